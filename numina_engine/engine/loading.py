@@ -1,0 +1,168 @@
+"""Find a Wan2.1 text-to-video checkpoint on disk and load its parts.
+
+Two layouts are understood, with their real file names:
+
+official (Wan-Video/Wan2.1 release folder)::
+
+    config.json
+    diffusion_pytorch_model.safetensors                 (1.3B) or
+    diffusion_pytorch_model-0000i-of-0000n.safetensors
+      + diffusion_pytorch_model.safetensors.index.json  (14B, sharded)
+    models_t5_umt5-xxl-enc-bf16.pth
+    Wan2.1_VAE.pth
+    google/umt5-xxl/                                     (tokenizer folder)
+
+diffusers (WanPipeline folder)::
+
+    model_index.json (optional)
+    transformer/  text_encoder/  tokenizer/  vae/  scheduler/
+
+A checkpoint folder may also hold `numina_engine.json`, this engine's own sidecar with the model's
+default video size, frame count, steps, a note shown to users, and NUMINA settings scaled to it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from .config import WanConfig
+from .model import WanDiT
+from .text_encoder import TextEncoder
+from .vae import WanVAE
+from .weights import diffusers_to_official, load_safetensors_state_dict
+
+OFFICIAL_FILES = {
+    "config": "config.json",
+    "t5": "models_t5_umt5-xxl-enc-bf16.pth",
+    "vae": "Wan2.1_VAE.pth",
+    "tokenizer": "google/umt5-xxl",
+}
+DIFFUSERS_FOLDERS = ("transformer", "text_encoder", "tokenizer", "vae")
+SIDECAR = "numina_engine.json"
+EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "assets" / "tiny-wan"
+
+
+@dataclass
+class ModelDefaults:
+    """Settings a checkpoint is meant to run with (overridable per call)."""
+    width: int = 832
+    height: int = 480
+    frames: int = 81
+    steps: int = 50
+    guide_scale: float = 5.0
+    shift: float = 5.0
+    note: str = ""
+    numina: dict = field(default_factory=dict)   # NuminaConfig overrides scaled to this model
+
+
+@dataclass
+class WanModel:
+    """The loaded parts of one checkpoint, ready to generate with."""
+    dit: WanDiT
+    text_encoder: TextEncoder
+    vae: WanVAE
+    defaults: ModelDefaults
+    layout: str          # "official" or "diffusers"
+    path: Path
+    device: torch.device
+    dtype: torch.dtype   # the DiT's compute dtype
+
+
+def detect_layout(ckpt_dir: Path) -> str:
+    """Return "official" or "diffusers"; raise CheckpointError saying what is missing otherwise."""
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(
+            f"checkpoint folder {ckpt_dir} does not exist. Point --ckpt-dir at a Wan2.1-T2V folder "
+            f"(official release or diffusers layout), or leave it out to use the embedded demo model.")
+    if (ckpt_dir / "transformer").is_dir() or (ckpt_dir / "model_index.json").is_file():
+        return "diffusers"
+    if (ckpt_dir / OFFICIAL_FILES["config"]).is_file():
+        return "official"
+    raise CheckpointError(
+        f"{ckpt_dir} is neither an official Wan2.1 folder (expected {OFFICIAL_FILES['config']}, "
+        f"diffusion_pytorch_model*.safetensors, {OFFICIAL_FILES['t5']}, {OFFICIAL_FILES['vae']}, "
+        f"{OFFICIAL_FILES['tokenizer']}/) nor a diffusers WanPipeline folder (expected subfolders "
+        f"{', '.join(DIFFUSERS_FOLDERS)}). Download the checkpoint completely and point --ckpt-dir at its top folder.")
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"missing {path} ({what}). The checkpoint folder is incomplete: download it again.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} ({what}) is not valid JSON: {err}. Replace it with the original file.") from err
+
+
+def read_defaults(ckpt_dir: Path) -> ModelDefaults:
+    """The sidecar's defaults if present, else Wan2.1's own (832x480, 81 frames, 50 steps)."""
+    sidecar = ckpt_dir / SIDECAR
+    if not sidecar.is_file():
+        return ModelDefaults()
+    values = _read_json(sidecar, "numina-engine model defaults")
+    known = set(ModelDefaults.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise CheckpointError(f"{sidecar} has unknown keys {unknown}; valid keys: {sorted(known)}")
+    return ModelDefaults(**values)
+
+
+def _load_dit(ckpt_dir: Path, layout: str, device: torch.device, dtype: torch.dtype) -> WanDiT:
+    if layout == "official":
+        config = WanConfig.from_official_json(_read_json(ckpt_dir / "config.json", "Wan2.1 DiT config"))
+        state = load_safetensors_state_dict(ckpt_dir)
+    else:
+        folder = ckpt_dir / "transformer"
+        config = WanConfig.from_diffusers_json(_read_json(folder / "config.json", "diffusers transformer config"))
+        state = diffusers_to_official(load_safetensors_state_dict(folder))
+    with torch.device("meta"):
+        dit = WanDiT(config)
+    try:
+        dit.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"the DiT weights in {ckpt_dir} do not fit the architecture its config describes ({err}). "
+            f"Check that config.json belongs to these weights.") from err
+    return dit.to(device=device).cast_weights(dtype).eval()
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """Wan's own choice: bf16 on a GPU; fp32 on the CPU, where bf16 is slow."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """`None`/"auto" picks CUDA when available; asking for CUDA without one is a clear error."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"--device {name} was asked for, but PyTorch sees no CUDA GPU here "
+                              f"(torch {torch.__version__}). Use --device cpu, or install a CUDA build of torch.")
+    return device
+
+
+def load_model(ckpt_dir: str | Path | None = None, device: str | torch.device | None = None,
+               dtype: torch.dtype | None = None) -> WanModel:
+    """Load a checkpoint (or the embedded demo model when `ckpt_dir` is None) onto `device`.
+
+    The DiT and text encoder use `dtype` (default: bf16 on CUDA, fp32 on CPU); the VAE runs in fp32
+    as Wan does.
+    """
+    path = EMBEDDED_DEFAULT if ckpt_dir is None else Path(ckpt_dir).expanduser().resolve()
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    dtype = dtype or default_dtype(device)
+    layout = detect_layout(path)
+    dit = _load_dit(path, layout, device, dtype)
+    if layout == "official":
+        text_encoder = TextEncoder.from_official(path, device=device, dtype=dtype)
+        vae = WanVAE.from_official(path / OFFICIAL_FILES["vae"], device=device, dtype=torch.float32)
+    else:
+        text_encoder = TextEncoder.from_diffusers(path, device=device, dtype=dtype)
+        vae = WanVAE.from_diffusers(path / "vae", device=device, dtype=torch.float32)
+    return WanModel(dit=dit, text_encoder=text_encoder, vae=vae, defaults=read_defaults(path),
+                    layout=layout, path=path, device=device, dtype=dtype)

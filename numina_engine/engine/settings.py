@@ -1,0 +1,92 @@
+"""What one generation is asked to do, checked before any work starts."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UserInputError
+from .loading import ModelDefaults
+
+# Wan2.1's default negative prompt (wan/configs/shared_config.py, sample_neg_prompt).
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
+
+SIZE_MULTIPLE = 16   # VAE stride 8 x DiT patch 2
+MAX_COUNT = 20
+
+
+@dataclass
+class GenerationRequest:
+    """One video to make. `None` fields take the checkpoint's defaults."""
+    prompt: str
+    negative_prompt: str = WAN_NEGATIVE_PROMPT
+    seed: int = 0
+    width: int | None = None
+    height: int | None = None
+    frames: int | None = None
+    steps: int | None = None
+    guide_scale: float | None = None
+    shift: float | None = None
+    numina: bool = True
+    counts: dict[str, int] | None = None       # None: parsed from the prompt
+    numina_overrides: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    prompt: str
+    negative_prompt: str
+    seed: int
+    width: int
+    height: int
+    frames: int
+    steps: int
+    guide_scale: float
+    shift: float
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """[channels, latent frames, latent height, latent width] of Wan2.1's VAE (4x time, 8x space)."""
+        return (16, (self.frames - 1) // 4 + 1, self.height // 8, self.width // 8)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'832*480' (Wan's notation, width*height) or '832x480' -> (832, 480)."""
+    for sep in ("*", "x", "X"):
+        if sep in text:
+            parts = text.split(sep)
+            break
+    else:
+        parts = [text]
+    try:
+        width, height = (int(p) for p in parts)
+    except ValueError:
+        raise UserInputError(f"--size {text!r} is not WIDTH*HEIGHT, e.g. 832*480") from None
+    return width, height
+
+
+def resolve(request: GenerationRequest, defaults: ModelDefaults) -> ResolvedSettings:
+    """Fill defaults and check every value; raise UserInputError naming the bad one."""
+    prompt = request.prompt.strip() if request.prompt else ""
+    if not prompt:
+        raise UserInputError("the prompt is empty: say what the video should show, e.g. --prompt \"three cats\"")
+    width = request.width or defaults.width
+    height = request.height or defaults.height
+    frames = request.frames or defaults.frames
+    steps = defaults.steps if request.steps is None else request.steps
+    for name, value in (("width", width), ("height", height)):
+        if value <= 0 or value % SIZE_MULTIPLE:
+            raise UserInputError(f"{name} {value} must be a positive multiple of {SIZE_MULTIPLE} "
+                                 f"(VAE stride 8 x patch 2), e.g. --size 832*480")
+    if frames < 1 or (frames - 1) % 4:
+        raise UserInputError(f"--frames {frames} must be 4n+1 (1, 5, 9, ..., 81): the VAE packs 4 frames a latent")
+    if steps < 1:
+        raise UserInputError(f"--steps {steps} must be at least 1")
+    guide_scale = defaults.guide_scale if request.guide_scale is None else request.guide_scale
+    shift = defaults.shift if request.shift is None else request.shift
+    if shift <= 0:
+        raise UserInputError(f"--shift {shift} must be positive")
+    return ResolvedSettings(prompt=prompt, negative_prompt=request.negative_prompt or "", seed=request.seed,
+                            width=width, height=height, frames=frames, steps=steps,
+                            guide_scale=float(guide_scale), shift=float(shift))

@@ -1,0 +1,174 @@
+"""Modulation plan and compact layout bias: numina_engine.numina.modulation.
+
+The oracle is the authors' dense-bias construction (H-EmbodVis/NUMINA build_cross_attention_bias)
+rebuilt here loop by loop: a [1, 1, Lq, Lk] bias fed to SDPA as attn_mask.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from numina_engine.numina.config import LABEL_ADDED_BASE, LABEL_REMOVED, NuminaConfig
+from numina_engine.numina.modulation import (
+    QUERY_ADDED, QUERY_REFERENCE, QUERY_REMOVED, build_modulation_plan, layout_bias, modulation_delta)
+
+CONFIG = NuminaConfig()
+FRAMES, HEIGHT, WIDTH = 3, 5, 7
+TOKENS = {"cat": [3, 4], "dog": [7], "bird": [10, 11, 12]}
+# Labels each (noun, frame) draws its pixels from: removed, added with and without an existing
+# instance (reference), both at once, and frames left alone.
+FRAME_LABELS = {
+    "cat": [[0, 1, 2, LABEL_REMOVED], [0, 1, 2, 3, 100], [0, 1]],
+    "dog": [[0, 100, 101], [0, 1, 2, 100, LABEL_REMOVED], [0, LABEL_REMOVED, 1]],
+    "bird": [[0, 1, 100, 101], [0], [0, 100]],
+}
+
+
+def random_refined(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    refined = {}
+    for noun, per_frame in FRAME_LABELS.items():
+        frames = []
+        for choices in per_frame:
+            pick = torch.randint(0, len(choices), (HEIGHT, WIDTH), generator=generator)
+            frames.append(torch.tensor(choices, dtype=torch.int32)[pick])
+        refined[noun] = torch.stack(frames)
+    return refined
+
+
+def dense_oracle_bias(refined, token_positions, q, k, delta: float, config: NuminaConfig) -> torch.Tensor:
+    """[1, 1, Lq, Lk] bias following the authors' loops. q, k: [1, H, L, D]."""
+    _, heads, queries, head_dim = q.shape
+    scale = 1.0 / head_dim ** 0.5
+    bias = torch.zeros(1, 1, queries, k.shape[2])
+    for noun, labels in refined.items():
+        tok = torch.tensor(token_positions[noun])
+        for f in range(labels.shape[0]):
+            flat = labels[f].flatten()
+            offset = f * flat.numel()
+            removed = torch.nonzero(flat == LABEL_REMOVED).flatten() + offset
+            added = torch.nonzero(flat >= LABEL_ADDED_BASE).flatten() + offset
+            existing_ids = sorted(int(i) for i in torch.unique(flat) if 1 <= int(i) < LABEL_ADDED_BASE)
+            if removed.numel():
+                bias[0, 0, removed[:, None], tok[None, :]] += -config.suppress_scale * delta
+            if added.numel() and not existing_ids:
+                bias[0, 0, added[:, None], tok[None, :]] += config.circle_bias_k * delta
+            if added.numel() and existing_ids:
+                smallest, size = None, float("inf")
+                for i in existing_ids:
+                    if int((flat == i).sum()) < size:
+                        smallest, size = i, int((flat == i).sum())
+                ref = torch.nonzero(flat == smallest).flatten() + offset
+                tok_k = k[:, :, tok, :]
+                mean_ref = (q[:, :, ref, :] @ tok_k.transpose(-2, -1) * scale).mean()
+                added_scores = (q[:, :, added, :] @ tok_k.transpose(-2, -1) * scale).mean(dim=(0, 1))
+                bias[0, 0, added[:, None], tok[None, :]] = mean_ref * delta - added_scores
+    return bias
+
+
+def scatter_compact(bias: torch.Tensor, columns: torch.Tensor, keys: int) -> torch.Tensor:
+    """[Lq, T] compact bias -> dense [Lq, keys] (what the attention kernel adds to the logits)."""
+    return torch.zeros(bias.shape[0], keys).index_add_(1, columns.long(), bias)
+
+
+@pytest.mark.parametrize("seed, step, padding", [(0, 10, 3), (1, 24, 0), (2, 27, 5)])
+def test_compact_bias_matches_dense_oracle_attention(seed, step, padding):
+    generator = torch.Generator().manual_seed(seed)
+    refined = random_refined(generator)
+    queries, keys, heads, head_dim = FRAMES * HEIGHT * WIDTH + padding, 19, 4, 16
+    q, k, v = (torch.randn(n, heads, head_dim, generator=generator) for n in (queries, keys, keys))
+    delta = modulation_delta(CONFIG, step)
+    plan = build_modulation_plan(refined, TOKENS, "cpu")
+    compact = layout_bias(plan, q, k, torch.tensor(delta), CONFIG)
+    assert compact.dtype == torch.float32 and compact.shape == (queries, 6)
+
+    q_t, k_t, v_t = (t.transpose(0, 1)[None] for t in (q, k, v))           # [1, H, L, D]
+    dense = dense_oracle_bias(refined, TOKENS, q_t, k_t, delta, CONFIG)
+    scattered = scatter_compact(compact, plan.bias_columns, keys)
+    torch.testing.assert_close(scattered, dense[0, 0], rtol=1e-5, atol=1e-5)
+    expected = F.scaled_dot_product_attention(q_t, k_t, v_t, attn_mask=dense)
+    logits = torch.einsum("qhd,khd->hqk", q, k) * head_dim ** -0.5 + scattered
+    actual = (logits.softmax(dim=-1) @ v.transpose(0, 1))[None]
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(F.scaled_dot_product_attention(q_t, k_t, v_t, attn_mask=scattered), expected,
+                               rtol=1e-5, atol=1e-6)
+    if padding:
+        assert torch.equal(compact[-padding:], torch.zeros(padding, 6))
+
+
+def test_plan_flags_reference_and_columns():
+    cat = torch.zeros(2, 3, 4, dtype=torch.int32)
+    cat[0] = torch.tensor([[1, 1, 0, 100], [2, 2, 0, 100], [3, 3, 3, LABEL_REMOVED]], dtype=torch.int32)
+    cat[1] = torch.tensor([[0, 100, 0, 0], [0, 0, 0, 0], [0, 0, 0, LABEL_REMOVED]], dtype=torch.int32)
+    dog = torch.zeros(2, 3, 4, dtype=torch.int32)
+    dog[1] = torch.tensor([[5, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.int32)
+    plan = build_modulation_plan({"cat": cat, "dog": dog}, {"cat": [9, 8], "dog": [2]}, torch.device("cpu"))
+    assert plan.nouns == ("cat", "dog") and plan.num_queries == 24 and plan.num_columns == 3
+    assert plan.bias_columns.dtype == torch.int32 and plan.bias_columns.tolist() == [9, 8, 2]
+    assert plan.column_noun.dtype == torch.int64 and plan.column_noun.tolist() == [0, 0, 1]
+    assert plan.min_key_length == 10
+    flags = plan.query_flags.view(2, 3, 4, 2)
+    assert plan.query_flags.dtype == torch.uint8 and plan.query_flags.shape == (24, 2)
+    # frame 0: instances 1 and 2 tie at two pixels; the lower id is the reference.
+    expected_cat0 = torch.tensor([[QUERY_REFERENCE, QUERY_REFERENCE, 0, QUERY_ADDED],
+                                  [0, 0, 0, QUERY_ADDED], [0, 0, 0, QUERY_REMOVED]], dtype=torch.uint8)
+    assert torch.equal(flags[0, :, :, 0], expected_cat0)
+    assert int(flags[1, 0, 1, 0]) == QUERY_ADDED and int(flags[1, 2, 3, 0]) == QUERY_REMOVED
+    assert int((flags[1, :, :, 0] & QUERY_REFERENCE).sum()) == 0
+    assert int(flags[..., 1].sum()) == 0          # dog: nothing removed or added, no reference
+    assert plan.frame_has_reference.tolist() == [[True, False], [False, False]]
+
+
+def test_plan_is_none_without_changes_and_rejects_bad_input():
+    generator = torch.Generator().manual_seed(5)
+    kept = torch.randint(0, 4, (2, 3, 5), generator=generator, dtype=torch.int32)
+    assert build_modulation_plan({"cat": kept, "dog": kept.clone()}, {"cat": [1], "dog": [2]}, "cpu") is None
+    changed = kept.clone()
+    changed[1, 0, 0] = LABEL_REMOVED
+    with pytest.raises(ValueError, match="distinct"):
+        build_modulation_plan({"cat": changed, "dog": kept}, {"cat": [1, 2], "dog": [2]}, "cpu")
+    with pytest.raises(ValueError, match="no token positions"):
+        build_modulation_plan({"cat": changed}, {"dog": [2]}, "cpu")
+    with pytest.raises(ValueError, match="share one"):
+        build_modulation_plan({"cat": changed, "dog": kept[:1]}, {"cat": [1], "dog": [2]}, "cpu")
+    with pytest.raises(ValueError, match="int32"):
+        build_modulation_plan({"cat": changed.long()}, {"cat": [1]}, "cpu")
+    plan = build_modulation_plan({"cat": changed}, {"cat": [4]}, "cpu")
+    q = torch.randn(30, 2, 8, generator=generator)
+    with pytest.raises(ValueError, match="rows"):
+        layout_bias(plan, q[:29], torch.randn(5, 2, 8), torch.tensor(1.0), CONFIG)
+    with pytest.raises(ValueError, match="rows"):
+        layout_bias(plan, q, torch.randn(4, 2, 8), torch.tensor(1.0), CONFIG)
+    with pytest.raises(ValueError, match="same H, D"):
+        layout_bias(plan, q, torch.randn(5, 2, 4), torch.tensor(1.0), CONFIG)
+
+
+def test_modulation_delta_is_config_delta():
+    config = CONFIG.with_overrides(modulation_min_delta=0.5, modulation_center=12.0)
+    assert [modulation_delta(config, s) for s in (0, 12, 30)] == [config.delta(s) for s in (0, 12, 30)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_layout_bias_replays_in_cuda_graph_and_keeps_half_inputs_exact():
+    generator = torch.Generator().manual_seed(9)
+    plan = build_modulation_plan(random_refined(generator), TOKENS, "cuda")
+    q = torch.randn(FRAMES * HEIGHT * WIDTH + 2, 4, 16, generator=generator).cuda().bfloat16()
+    k = torch.randn(19, 4, 16, generator=generator).cuda().bfloat16()
+    delta = torch.tensor(modulation_delta(CONFIG, 20), device="cuda")
+    eager = layout_bias(plan, q, k, delta, CONFIG)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        layout_bias(plan, q, k, delta, CONFIG)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = layout_bias(plan, q, k, delta, CONFIG)
+    delta.fill_(modulation_delta(CONFIG, 5))
+    graph.replay()
+    torch.testing.assert_close(captured, layout_bias(plan, q, k, delta, CONFIG), rtol=0, atol=0)
+    assert not torch.equal(captured, eager)
+    # half-precision inputs: float32 accumulation and output, as for upcast inputs
+    delta.fill_(modulation_delta(CONFIG, 20))
+    upcast = layout_bias(plan, q.float(), k.float(), delta, CONFIG)
+    torch.testing.assert_close(eager, upcast, rtol=1e-5, atol=1e-5)
