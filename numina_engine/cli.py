@@ -28,13 +28,36 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
                      help="folder for video.mp4 and report.json (default: outputs/<time>-<prompt>)")
     run.add_argument("--overwrite", action="store_true", help="replace video.mp4/report.json already in --out-dir")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    numina = run.add_argument_group("NUMINA")
+    numina.add_argument("--counts", default=None,
+                        help='JSON object of nouns and counts, e.g. \'{"cats": 3, "dogs": 2}\' '
+                             "(default: parsed from the prompt)")
+    numina.add_argument("--no-numina", action="store_true", help="plain Wan2.1 generation, no count alignment")
+    numina.add_argument("--reference-step", type=int, default=None, help="phase-1 step to extract at (default 20)")
+    numina.add_argument("--reference-layer", type=int, default=None, help="DiT block to extract at (default 15)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="numina-engine", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run_arguments(commands.add_parser("run", help="generate a video"))
+    counts = commands.add_parser("counts", help="print the nouns NUMINA counts in a prompt, as one JSON line")
+    counts.add_argument("prompt")
     return parser
+
+
+def parse_counts_json(text: str) -> dict[str, int]:
+    """--counts JSON -> {noun: count}; malformed JSON is an error that points at the bad character."""
+    try:
+        counts = json.loads(text)
+    except json.JSONDecodeError as err:
+        pointer = " " * err.pos + "^"
+        raise UserInputError(f"--counts is not valid JSON ({err.msg} at character {err.pos + 1}):\n"
+                             f"  {text}\n  {pointer}\n"
+                             f'expected an object like {{"cats": 3, "dogs": 2}}') from None
+    if not isinstance(counts, dict) or not counts:
+        raise UserInputError(f'--counts must be a non-empty JSON object like {{"cats": 3}}, got {text}')
+    return counts
 
 
 def _default_out_dir(prompt: str) -> Path:
@@ -58,9 +81,13 @@ def _run(args) -> int:
     from .engine.settings import GenerationRequest, parse_size
 
     width, height = parse_size(args.size) if args.size else (None, None)
+    overrides = {name: value for name, value in (("reference_step", args.reference_step),
+                                                 ("reference_layer", args.reference_layer)) if value is not None}
     request = GenerationRequest(prompt=args.prompt, seed=args.seed, width=width, height=height,
                                 frames=args.frames, steps=args.steps, guide_scale=args.guide_scale,
-                                shift=args.shift)
+                                shift=args.shift, numina=not args.no_numina,
+                                counts=parse_counts_json(args.counts) if args.counts else None,
+                                numina_overrides=overrides)
     if args.negative_prompt is not None:
         request.negative_prompt = args.negative_prompt
     engine = Engine.load(args.ckpt_dir, device=args.device)
@@ -74,11 +101,20 @@ def _run(args) -> int:
     return 0
 
 
+def _counts(args) -> int:
+    from .numina.prompt_counts import parse_counts
+
+    print(json.dumps(parse_counts(args.prompt), ensure_ascii=False))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "counts":
+            return _counts(args)
     except (UserInputError, CheckpointError) as err:
         print(f"numina-engine: error: {err}", file=sys.stderr)
         return 2

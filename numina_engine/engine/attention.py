@@ -1,38 +1,89 @@
 """The one attention interface the Wan DiT calls.
 
 Every self- and cross-attention of `WanDiT` goes through these two functions, with the block's
-`layer_index` and the per-forward-call `state` (NUMINA's per-run state travels in it), so that
-attention-map extraction and cross-attention modulation can be routed here without touching the
-model. The plain path is PyTorch's scaled-dot-product attention with the default 1/sqrt(D) scale.
+`layer_index` and the per-forward-call `ForwardState` (NUMINA's per-run state), so extraction and
+modulation are routed here without touching the model:
+
+- plain calls: PyTorch SDPA (cuDNN / flash backends on a GPU);
+- the extraction block: the fused self-attention that also yields within-frame softmax statistics,
+  then the within-frame maps chunk by chunk, scored per head, keeping each frame's best head; and
+  the cross-attention that yields each counted noun's probability map in the same pass;
+- modulated calls: cross-attention with the compact layout bias applied inside the kernel.
+
+The kernels run compiled on CUDA and fall back to their PyTorch references on the CPU.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from .. import kernels
+from ..numina.head_scoring import score_heads
+from ..numina.modulation import layout_bias
+from .forward_state import Extraction, ForwardState
+
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)) v over [B, L, H, D] inputs; returns [B, Lq, H, D] in q's dtype."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(),
-                                         v.transpose(1, 2).contiguous())
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
 
 
-def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer_index: int, state) -> torch.Tensor:
+def _extraction_at(state: ForwardState | None, layer_index: int) -> Extraction | None:
+    if state is None or state.extraction is None or state.extraction.layer != layer_index:
+        return None
+    return state.extraction
+
+
+def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer_index: int,
+                   state: ForwardState | None) -> torch.Tensor:
     """Self-attention over the video tokens of block `layer_index`.
 
     q, k, v: [B, L, H, D] (RoPE already applied to q and k), all in the model's compute dtype.
-    Returns [B, L, H, D] in the same dtype. `state` is the per-forward-call state object or None;
-    the plain path does not read it.
+    Returns [B, L, H, D] in the same dtype: always the true full attention output.
     """
-    return _sdpa(q, k, v)
+    extraction = _extraction_at(state, layer_index)
+    if extraction is None:
+        return _sdpa(q, k, v)
+    frames, height, width = extraction.grid
+    tokens = height * width
+    out, frame_lse = kernels.attention_with_frame_lse(
+        q, k, v, frame_tokens=tokens, num_frames=frames, stats_batch=extraction.batch_index)
+    best_maps, best_heads, all_scores = [], [], []
+    for start in range(0, frames, extraction.frames_per_chunk):
+        stop = min(start + extraction.frames_per_chunk, frames)
+        span = slice(start * tokens, stop * tokens)
+        maps = kernels.frame_attention_maps(q[:, span], k[:, span], frame_lse[:, span], frame_tokens=tokens,
+                                            num_frames=stop - start, batch=extraction.batch_index)
+        scores, best = score_heads(maps, (height, width), extraction.config)      # [c, H], [c]
+        best_maps.append(maps[torch.arange(stop - start, device=maps.device), best])
+        best_heads.append(best)
+        all_scores.append(scores)
+        del maps
+    extraction.self_maps = torch.cat(best_maps)
+    extraction.best_head = torch.cat(best_heads)
+    extraction.head_scores = torch.cat(all_scores)
+    return out
 
 
-def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer_index: int, state) -> torch.Tensor:
+def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer_index: int,
+                    state: ForwardState | None) -> torch.Tensor:
     """Cross-attention of block `layer_index` from video tokens to text tokens.
 
     q: [B, L, H, D] video queries; k, v: [B, T, H, D] text keys/values (T = text_len, 512 for Wan,
     zero-padded tokens included, as Wan attends to all of them). Returns [B, L, H, D] in q's dtype.
-    `state` is the per-forward-call state object or None; the plain path does not read it.
     """
+    extraction = _extraction_at(state, layer_index)
+    if extraction is not None:
+        out, noun_maps = kernels.cross_attention_with_noun_maps(
+            q, k, v, extraction.noun_tokens, maps_batch=extraction.batch_index)
+        frames, height, width = extraction.grid
+        extraction.noun_maps = noun_maps[:, :frames * height * width].unflatten(1, (frames, height * width))
+        return out
+    modulation = state.modulation if state is not None else None
+    if modulation is not None:
+        row = modulation.batch_index
+        bias = layout_bias(modulation.plan, q[row], k[row], modulation.delta, modulation.config)
+        return kernels.cross_attention_with_column_bias(q, k, v, modulation.plan.bias_columns, bias,
+                                                        bias_batch=row)
     return _sdpa(q, k, v)

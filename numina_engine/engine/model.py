@@ -266,9 +266,9 @@ class WanDiT(nn.Module):
 
         latents: [B, in_dim, F, H, W] (F, H, W multiples of the patch size), any float dtype.
         timestep: [B] float, 0..1000. context: [B, text_len, text_dim] T5 embeddings, zero-padded to text_len.
-        state: per-forward-call state handed, with each block's index, to `attention.self_attention`
-        and `attention.cross_attention`; None for plain Wan.
-        Returns [B, out_dim, F, H, W] float32.
+        state: the per-forward-call `ForwardState` handed, with each block's index, to
+        `attention.self_attention` and `attention.cross_attention`; None for plain Wan.
+        Returns [B, out_dim, F, H, W] float32, or None when `state.stop_after_layer` ends the call early.
         """
         self._check_inputs(latents, timestep, context)
         config = self.config
@@ -288,6 +288,8 @@ class WanDiT(nn.Module):
 
         for index, block in enumerate(self.blocks):
             hidden = block(hidden, time_modulation, text, rope, layer_index=index, state=state)
+            if state is not None and state.stop_after_layer == index:
+                return None                      # the caller wanted only what this block extracted
 
         patches = self.head(hidden, time_embedding)                           # [B, L, pt*ph*pw*out_dim]
         f, h, w = grid

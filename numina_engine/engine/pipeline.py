@@ -1,7 +1,22 @@
-"""Text-to-video generation, top to bottom: encode, denoise, decode.
+"""Text-to-video generation with NUMINA, top to bottom.
 
-Plain Wan2.1 sampling as the official code does it: seeded float32 noise, classifier-free guidance
-(conditional and unconditional passes batched into one forward), flow-matching UniPC, VAE decode.
+    settings   check the request, fill the checkpoint's defaults
+    counts     which nouns to count (--counts, else parsed from the prompt) and their token positions
+    encode     umT5 embeddings of the prompt and the negative prompt
+    noise      Wan's seeded float32 noise
+    plain:     denoise every step, decode
+    NUMINA:
+      phase 1  denoise up to the reference step (EasyCache may reuse cached outputs on stable steps);
+               at the reference step run only the conditional pass, only up to the reference layer,
+               extracting the best within-frame self-attention head per frame and each noun's
+               cross-attention map
+      layout   cluster into countable instances, refine to the target counts, build the modulation plan
+      phase 2  denoise again from the same noise with the layout bias on the conditional pass while
+               delta(t) is above its floor; if every count is already right, no regeneration: phase 1
+               just runs on to the end
+      decode   VAE to uint8 frames
+
+CFG batches the conditional and unconditional passes as rows 0 and 1 of one forward call.
 """
 from __future__ import annotations
 
@@ -12,9 +27,29 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import UserInputError
+from ..numina.config import NuminaConfig
+from ..numina.layout import build_layouts, count_instances
+from ..numina.modulation import build_modulation_plan
+from ..numina.prompt_counts import parse_counted_nouns
+from ..numina.refinement import refine_layout, summarize_refinement
+from ..numina.token_mapping import map_noun_tokens
+from .easycache import EasyCache
+from .forward_state import Extraction, ForwardState, Modulation
 from .loading import WanModel
+from .prompt_clean import clean_prompt
 from .scheduler import FlowUniPCScheduler
-from .settings import GenerationRequest, ResolvedSettings, resolve
+from .settings import MAX_COUNT, GenerationRequest, ResolvedSettings, resolve
+
+COND, UNCOND = 0, 1          # batch rows of a CFG forward call
+
+
+@dataclass
+class LayoutResult:
+    """What phase 1 found and what phase 2 was asked to do (token-grid labels, int32 [F, h, w])."""
+    reference: dict[str, torch.Tensor]
+    refined: dict[str, torch.Tensor]
+    preview_frames: torch.Tensor          # uint8 [F, H, W, 3]: the phase-1 preview at each latent frame
 
 
 @dataclass
@@ -24,6 +59,7 @@ class GenerationResult:
     settings: ResolvedSettings
     timings_s: dict[str, float] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
+    layout: LayoutResult | None = None
 
 
 class PhaseTimer:
@@ -46,6 +82,49 @@ class PhaseTimer:
             torch.cuda.synchronize(self.device)
 
 
+# ----------------------------------------------------------------------------------- building blocks
+
+def numina_config_for(model: WanModel, request: GenerationRequest, steps: int) -> NuminaConfig:
+    """The authors' defaults, then the checkpoint's scaled settings, then the request's overrides."""
+    overrides = {**model.defaults.numina, **request.numina_overrides, "total_steps": steps}
+    config = NuminaConfig().with_overrides(**overrides)
+    if config.reference_layer >= model.dit.config.num_layers:
+        raise UserInputError(f"--reference-layer {config.reference_layer} is past the model's last block "
+                             f"({model.dit.config.num_layers - 1})")
+    return config
+
+
+def counted_nouns(model: WanModel, request: GenerationRequest, prompt: str) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """({noun: count}, {noun: token positions}) for the prompt; ({}, {}) when nothing is counted."""
+    cleaned = clean_prompt(prompt)
+    if request.counts is None:
+        found = parse_counted_nouns(cleaned)
+        nouns: list = found
+        counts: dict[str, int] = {}
+        for item in found:
+            counts[item.noun] = counts.get(item.noun, 0) + item.count
+    else:
+        counts = dict(request.counts)
+        nouns = list(counts)
+    for noun, count in counts.items():
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
+            raise UserInputError(f"count for {noun!r} must be a whole number from 1 to {MAX_COUNT}, got {count!r}")
+    if not counts:
+        return {}, {}
+    tokenizer = model.text_encoder.tokenizer
+    positions = map_noun_tokens(tokenizer, model.text_encoder.token_ids(prompt), nouns)
+    return counts, positions
+
+
+def noun_token_table(positions: dict[str, list[int]], device: torch.device) -> torch.Tensor:
+    """int32 [n_nouns, T] token positions, rows in `positions` order, padded with -1."""
+    width = max(len(p) for p in positions.values())
+    table = torch.full((len(positions), width), -1, dtype=torch.int32)
+    for row, tokens in enumerate(positions.values()):
+        table[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.int32)
+    return table.to(device)
+
+
 def seeded_noise(settings: ResolvedSettings, device: torch.device) -> torch.Tensor:
     """Wan's initial noise: float32 [16, F', H/8, W/8] from a generator on `device` seeded with `seed`."""
     generator = torch.Generator(device=device).manual_seed(settings.seed)
@@ -53,44 +132,196 @@ def seeded_noise(settings: ResolvedSettings, device: torch.device) -> torch.Tens
 
 
 def encode_prompts(model: WanModel, settings: ResolvedSettings) -> torch.Tensor:
-    """[2, text_len, text_dim] in the DiT's dtype: row 0 the prompt, row 1 the negative prompt."""
+    """[2, text_len, text_dim] in the DiT's dtype: row COND the prompt, row UNCOND the negative prompt."""
     context = model.text_encoder.encode([settings.prompt, settings.negative_prompt])
     return context.to(device=model.device, dtype=model.dtype)
 
 
-def guided_velocity(model: WanModel, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                    guide_scale: float, state=None) -> torch.Tensor:
-    """One CFG step's flow prediction, float32 like `latents` [C, F, H, W].
-
-    Batch row 0 is conditional, row 1 unconditional; `state` carries per-call NUMINA work.
-    """
+def flow_predictions(model: WanModel, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                     state: ForwardState | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(conditional, unconditional) flow predictions, float32 [C, F, H, W], from one batched forward."""
     batch = latents.to(model.dtype).unsqueeze(0).expand(2, *latents.shape)
     flow = model.dit(batch, timestep.expand(2), context, state=state).float()
-    cond, uncond = flow[0], flow[1]
-    return uncond + guide_scale * (cond - uncond)
+    return flow[COND], flow[UNCOND]
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    return uncond + scale * (cond - uncond)
+
+
+def timestep_at(scheduler: FlowUniPCScheduler, index: int, device: torch.device) -> torch.Tensor:
+    return scheduler.timesteps[index].to(device).reshape(1)
 
 
 def denoise(model: WanModel, latents: torch.Tensor, context: torch.Tensor, scheduler: FlowUniPCScheduler,
-            settings: ResolvedSettings, *, progress: bool = True, desc: str = "denoising") -> torch.Tensor:
-    """Run every scheduler step from `latents` (float32 [C, F, H, W]); returns the final latents."""
-    for index in tqdm(range(settings.steps), desc=desc, disable=not progress, leave=False):
-        timestep = scheduler.timesteps[index].to(model.device).reshape(1)
-        velocity = guided_velocity(model, latents, timestep, context, settings.guide_scale)
-        latents = scheduler.step(velocity, latents, index)
+            settings: ResolvedSettings, steps: range, *, state_at=lambda step: None, progress: bool = True,
+            desc: str = "denoising") -> torch.Tensor:
+    """Run scheduler steps `steps` from `latents` (float32 [C, F, H, W]); returns the latents after them.
+
+    `state_at(step)` gives each step's ForwardState (None: plain).
+    """
+    for index in tqdm(steps, desc=desc, disable=not progress, leave=False):
+        cond, uncond = flow_predictions(model, latents, timestep_at(scheduler, index, model.device), context,
+                                        state_at(index))
+        latents = scheduler.step(guide(cond, uncond, settings.guide_scale), latents, index)
     return latents
+
+
+def preview_frames(model: WanModel, preview_latents: torch.Tensor) -> torch.Tensor:
+    """uint8 [F', H, W, 3]: the decoded phase-1 estimate, one frame per latent frame."""
+    video = model.vae.decode(preview_latents.unsqueeze(0))[0]                  # [T, H, W, 3]
+    temporal = model.vae.temporal_factor
+    pick = [min(i * temporal, video.shape[0] - 1) for i in range(preview_latents.shape[1])]
+    return video[pick].cpu()
+
+
+# --------------------------------------------------------------------------------------------- phases
+
+@dataclass
+class ReferencePass:
+    """Phase 1's outcome: where it stopped and what it extracted."""
+    latents: torch.Tensor           # float32 [C, F, H, W] at the reference step (before its update)
+    preview: torch.Tensor           # float32 [C, F, H, W] x0 estimate of the last computed step
+    extraction: Extraction
+    scheduler: FlowUniPCScheduler
+    computed_steps: int
+    reused_steps: int
+
+
+def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, settings: ResolvedSettings,
+                   config: NuminaConfig, noun_tokens: torch.Tensor, *, progress: bool) -> ReferencePass:
+    """Phase 1: denoise up to `config.reference_step`, then extract at `config.reference_layer`."""
+    scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device)
+    cache = EasyCache(config.easycache_tau, config.easycache_warmup, enabled=config.easycache_enabled)
+    latents, preview = noise, noise
+    for index in tqdm(range(config.reference_step), desc="phase 1", disable=not progress, leave=False):
+        if cache.must_compute(index):
+            cond, uncond = flow_predictions(model, latents, timestep_at(scheduler, index, model.device), context)
+            cache.record(latents, cond, uncond)
+        else:
+            cond, uncond = cache.reuse(latents)
+        velocity = guide(cond, uncond, settings.guide_scale)
+        preview = latents - scheduler.sigmas[index].to(model.device) * velocity
+        latents = scheduler.step(velocity, latents, index)
+
+    grid = model.dit.token_grid(latents.shape)
+    extraction = Extraction(layer=config.reference_layer, grid=grid, noun_tokens=noun_tokens, config=config,
+                            batch_index=0)
+    state = ForwardState(extraction=extraction, stop_after_layer=config.reference_layer)
+    timestep = timestep_at(scheduler, config.reference_step, model.device)
+    model.dit(latents.to(model.dtype).unsqueeze(0), timestep, context[COND:COND + 1], state=state)
+    return ReferencePass(latents=latents, preview=preview, extraction=extraction, scheduler=scheduler,
+                         computed_steps=cache.computed + 1, reused_steps=cache.skipped)
+
+
+def plan_layouts(model: WanModel, ref: ReferencePass, counts: dict[str, int], config: NuminaConfig):
+    """Layouts from the extracted maps, refined to `counts`; returns (reference, refined, plan summaries)."""
+    _, h, w = ref.extraction.grid
+    labels = build_layouts(ref.extraction.self_maps, ref.extraction.noun_maps, (h, w), config)
+    reference, refined, summaries = {}, {}, {}
+    for row, (noun, count) in enumerate(counts.items()):
+        reference[noun] = labels[row]
+        refined[noun] = refine_layout(labels[row], count, config)
+        summaries[noun] = summarize_refinement(labels[row], refined[noun], count).to_dict()
+    return reference, refined, summaries
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+@dataclass(frozen=True)
+class Prepared:
+    """A checked request: settings, counted nouns with their token positions, NUMINA settings (None: plain)."""
+    settings: ResolvedSettings
+    counts: dict[str, int]
+    positions: dict[str, list[int]]
+    config: NuminaConfig | None
+
+
+def prepare(model: WanModel, request: GenerationRequest) -> Prepared:
+    """Check everything about a request that can be checked cheaply; raises UserInputError."""
+    settings = resolve(request, model.defaults)
+    counts, positions = counted_nouns(model, request, settings.prompt) if request.numina else ({}, {})
+    config = numina_config_for(model, request, settings.steps) if counts else None
+    return Prepared(settings, counts, positions, config)
 
 
 @torch.inference_mode()
 def generate(model: WanModel, request: GenerationRequest, *, progress: bool = True) -> GenerationResult:
-    """Make one video. Raises UserInputError for bad requests before any heavy work starts."""
-    settings = resolve(request, model.defaults)
+    """Make one video. Bad requests raise UserInputError before any heavy work starts."""
+    prepared = prepare(model, request)
+    settings, counts, positions, config = prepared.settings, prepared.counts, prepared.positions, prepared.config
     timer = PhaseTimer(model.device)
+    report: dict = {}
+
     with timer("text encoding"):
         context = encode_prompts(model, settings)
     noise = seeded_noise(settings, model.device)
-    scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device)
-    with timer("denoising"):
-        latents = denoise(model, noise, context, scheduler, settings, progress=progress)
+
+    if config is None:
+        report["numina"] = {"enabled": False, "reason": ("turned off (--no-numina)" if not request.numina
+                                                         else "the prompt has no counted noun; ran plain Wan2.1")}
+        scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device)
+        with timer("denoising"):
+            latents = denoise(model, noise, context, scheduler, settings, range(settings.steps), progress=progress)
+        with timer("decode"):
+            frames = model.vae.decode(latents.unsqueeze(0))[0]
+        return GenerationResult(frames=frames.cpu(), settings=settings, timings_s=timer.seconds, report=report)
+
+    # Phase 1: the reference pass.
+    with timer("phase 1"):
+        ref = reference_pass(model, noise, context, settings, config, noun_token_table(positions, model.device),
+                             progress=progress)
+    # Layout: countable instances, refined to the asked counts, and the modulation plan.
+    with timer("layout"):
+        reference, refined, summaries = plan_layouts(model, ref, counts, config)
+        plan = build_modulation_plan(refined, positions, model.device)
+    with timer("preview decode"):
+        layout = LayoutResult(reference={n: t.cpu() for n, t in reference.items()},
+                              refined={n: t.cpu() for n, t in refined.items()},
+                              preview_frames=preview_frames(model, ref.preview))
+
+    # Phase 2: regenerate from the same noise with the layout bias, or run phase 1 on if nothing changes.
+    with timer("phase 2"):
+        if plan is None:
+            latents = denoise(model, ref.latents, context, ref.scheduler, settings,
+                              range(config.reference_step, settings.steps), progress=progress,
+                              desc="phase 1, continued")
+            modulated_steps = 0
+        else:
+            delta = torch.zeros((), dtype=torch.float32, device=model.device)
+            modulation = ForwardState(modulation=Modulation(plan=plan, delta=delta, config=config, batch_index=COND))
+
+            def state_at(step: int) -> ForwardState | None:
+                if not config.should_modulate(step):
+                    return None
+                delta.fill_(config.delta(step))
+                return modulation
+
+            scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device)
+            latents = denoise(model, noise, context, scheduler, settings, range(settings.steps),
+                              state_at=state_at, progress=progress, desc="phase 2")
+            modulated_steps = sum(config.should_modulate(s) for s in range(settings.steps))
     with timer("decode"):
         frames = model.vae.decode(latents.unsqueeze(0))[0]
-    return GenerationResult(frames=frames.cpu(), settings=settings, timings_s=timer.seconds)
+
+    found = {noun: count_instances(reference[noun]).tolist() for noun in counts}
+    report["numina"] = {
+        "enabled": True,
+        "counts_asked": counts,
+        "counts_source": "--counts" if request.counts is not None else "parsed from the prompt",
+        "token_positions": positions,
+        "reference_step": config.reference_step,
+        "reference_layer": config.reference_layer,
+        "token_grid": list(ref.extraction.grid),
+        "best_head_per_frame": ref.extraction.best_head.tolist(),
+        "counts_found_per_frame": found,
+        "refinement": summaries,
+        "regenerated": plan is not None,
+        "message": ("counts already match in every frame: no regeneration, phase 1 ran on to the end"
+                    if plan is None else "phase 2 regenerated with the layout bias"),
+        "phase1_steps_computed": ref.computed_steps,
+        "phase1_steps_reused": ref.reused_steps,
+        "phase2_modulated_steps": modulated_steps,
+    }
+    return GenerationResult(frames=frames.cpu(), settings=settings, timings_s=timer.seconds, report=report,
+                            layout=layout)
