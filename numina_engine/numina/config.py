@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 
+from ..errors import UserInputError
+
 # Label conventions of a layout map (per noun, per frame, int32 [h, w]).
 LABEL_BACKGROUND = 0      # not the noun
 LABEL_REMOVED = -1        # an instance removed by refinement: its cross-attention is suppressed
@@ -56,11 +58,11 @@ class NuminaConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.reference_step < self.total_steps:
-            raise ValueError(
+            raise UserInputError(
                 f"reference_step must be in [0, {self.total_steps - 1}] for {self.total_steps} steps, "
                 f"got {self.reference_step}")
         if self.reference_layer < 0:
-            raise ValueError(f"reference_layer must be >= 0, got {self.reference_layer}")
+            raise UserInputError(f"reference_layer must be >= 0, got {self.reference_layer}")
 
     def delta(self, step_index: int) -> float:
         """Modulation strength at denoising step `step_index` (0-based)."""
