@@ -127,7 +127,7 @@ def _load_dit(ckpt_dir: Path, layout: str, device: torch.device, dtype: torch.dt
         raise CheckpointError(
             f"the DiT weights in {ckpt_dir} do not fit the architecture its config describes ({err}). "
             f"Check that config.json belongs to these weights.") from err
-    return dit.to(device=device).cast_weights(dtype).eval()
+    return dit.to(device=device).cast_weights(dtype).eval().requires_grad_(False)
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

@@ -1,0 +1,130 @@
+"""The NUMINA flow through the engine: extraction at the reference layer, early exit, EasyCache,
+and the modulated cross-attention route, on the embedded demo model."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from numina_engine import Engine, GenerationRequest
+from numina_engine.engine import pipeline
+from numina_engine.engine.forward_state import Extraction, ForwardState, Modulation
+from numina_engine.engine.scheduler import FlowUniPCScheduler
+from numina_engine.numina.config import NuminaConfig
+from numina_engine.numina.modulation import build_modulation_plan, layout_bias
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    torch.manual_seed(0)
+    return Engine.load(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def inputs(engine):
+    settings = engine.check(GenerationRequest(prompt="Three cats chasing two dogs", steps=6)).settings
+    context = pipeline.encode_prompts(engine.model, settings)
+    latents = torch.randn(settings.latent_shape, generator=torch.Generator().manual_seed(4))
+    return settings, context, latents
+
+
+def extract(engine, latents, context, stop: bool, layer: int = 2) -> Extraction:
+    grid = engine.model.dit.token_grid(latents.shape)
+    extraction = Extraction(layer=layer, grid=grid, noun_tokens=torch.tensor([[2, -1], [7, 8]], dtype=torch.int32),
+                            config=NuminaConfig(), frames_per_chunk=2)
+    state = ForwardState(extraction=extraction, stop_after_layer=layer if stop else None)
+    out = engine.model.dit(latents.unsqueeze(0), torch.tensor([700.0]), context[:1], state=state)
+    assert (out is None) == stop
+    return extraction
+
+
+def test_early_exit_does_not_change_the_extracted_maps(engine, inputs):
+    _, context, latents = inputs
+    early, full = extract(engine, latents, context, stop=True), extract(engine, latents, context, stop=False)
+    for name in ("self_maps", "best_head", "head_scores", "noun_maps"):
+        assert torch.equal(getattr(early, name), getattr(full, name)), name
+
+
+def test_extraction_equals_plain_attention_maps_of_the_best_head(engine, inputs, monkeypatch):
+    """The maps handed to layout are softmax(Q_f K_f^T / sqrt(d)) of each frame's best-scoring head."""
+    _, context, latents = inputs
+    captured = {}
+    from numina_engine.engine import attention
+
+    def spy(q, k, v, *, layer_index, state):
+        if layer_index == 2:
+            captured["q"], captured["k"] = q[0].clone(), k[0].clone()
+        return original(q, k, v, layer_index=layer_index, state=state)
+
+    original = attention.self_attention
+    monkeypatch.setattr(attention, "self_attention", spy)
+    extraction = extract(engine, latents, context, stop=True)
+    f, h, w = extraction.grid
+    n = h * w
+    q = captured["q"].unflatten(0, (f, n))                           # [F, N, H, D]
+    k = captured["k"].unflatten(0, (f, n))
+    maps = torch.softmax(torch.einsum("fihd,fjhd->fhij", q, k) / q.shape[-1] ** 0.5, dim=-1)
+    expected = maps[torch.arange(f), extraction.best_head]
+    torch.testing.assert_close(extraction.self_maps, expected, rtol=1e-4, atol=1e-6)
+    assert extraction.noun_maps.shape == (2, f, n)
+
+
+def test_easycache_with_zero_tolerance_reproduces_the_uncached_run(engine, inputs):
+    settings, context, latents = inputs
+    config = NuminaConfig(total_steps=6, reference_step=4, reference_layer=2, easycache_tau=0.0,
+                          easycache_warmup=1)
+    noun_tokens = torch.tensor([[2]], dtype=torch.int32)
+    ref = pipeline.reference_pass(engine.model, latents, context, settings, config, noun_tokens, progress=False)
+    assert (ref.computed_steps, ref.reused_steps) == (5, 0)
+    scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift)
+    plain = pipeline.denoise(engine.model, latents, context, scheduler, settings, range(4), progress=False)
+    assert torch.equal(ref.latents, plain)
+
+    cached = pipeline.reference_pass(engine.model, latents, context, settings,
+                                     config.with_overrides(easycache_tau=10.0), noun_tokens, progress=False)
+    assert cached.reused_steps > 0 and not torch.equal(cached.latents, plain)
+
+
+def test_modulated_route_applies_the_layout_bias_to_the_conditional_row_only(engine, inputs, monkeypatch):
+    settings, context, latents = inputs
+    f, h, w = engine.model.dit.token_grid(latents.shape)
+    labels = torch.zeros(f, h, w, dtype=torch.int32)
+    labels[:, 1:3, 1:3] = 1
+    labels[:, 5:7, 5:7] = -1
+    labels[:, 4:6, 0:2] = 100
+    config = NuminaConfig()
+    plan = build_modulation_plan({"cats": labels}, {"cats": [2, 3]}, "cpu")
+    delta = torch.tensor(1.5)
+    state = ForwardState(modulation=Modulation(plan=plan, delta=delta, config=config, batch_index=0))
+    captured = {}
+    from numina_engine.engine import attention
+
+    def spy(q, k, v, *, layer_index, state):
+        out = original(q, k, v, layer_index=layer_index, state=state)
+        if layer_index == 1:
+            captured.update(q=q, k=k, v=v, out=out)
+        return out
+
+    original = attention.cross_attention
+    monkeypatch.setattr(attention, "cross_attention", spy)
+    batch = latents.unsqueeze(0).expand(2, *latents.shape)
+    engine.model.dit(batch, torch.tensor([500.0, 500.0]), context, state=state)
+    q, k, v = captured["q"], captured["k"], captured["v"]
+    dense = torch.zeros(q.shape[1], k.shape[1])
+    dense[:, plan.bias_columns.long()] += layout_bias(plan, q[0], k[0], delta, config)
+    logits = torch.einsum("ihd,jhd->hij", q[0], k[0]) / q.shape[-1] ** 0.5 + dense
+    expected_cond = torch.einsum("hij,jhd->ihd", logits.softmax(-1), v[0])
+    expected_uncond = torch.nn.functional.scaled_dot_product_attention(
+        q[1:].transpose(1, 2), k[1:].transpose(1, 2), v[1:].transpose(1, 2)).transpose(1, 2)[0]
+    torch.testing.assert_close(captured["out"][0], expected_cond, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(captured["out"][1], expected_uncond, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(captured["out"][0], original(q[:1], k[:1], v[:1], layer_index=1, state=None)[0])
+
+
+def test_counts_already_right_regenerate_nothing(engine, monkeypatch):
+    """When refinement changes nothing, phase 2 is skipped and phase 1 runs on to the end."""
+    monkeypatch.setattr(pipeline, "build_modulation_plan", lambda refined, positions, device: None)
+    result = engine.generate(GenerationRequest(prompt="Three cats chasing two dogs", steps=6,
+                                               numina_overrides={"reference_step": 3}), progress=False)
+    numina = result.report["numina"]
+    assert numina["regenerated"] is False and "no regeneration" in numina["message"]
+    assert result.frames.shape == (9, 128, 128, 3)
