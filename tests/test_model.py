@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from numina_engine.engine import attention
+from numina_engine.engine.forward_state import ForwardState
 from numina_engine.engine.config import PRESETS, WAN_1_3B, WAN_14B, WAN_TINY, WanConfig
 from numina_engine.engine.model import WanDiT, apply_rope, build_rope_tables, rope_axis_dims
 from numina_engine.engine.weights import diffusers_to_official
@@ -124,7 +125,7 @@ def test_attention_interface_receives_layer_index_and_state(monkeypatch):
     with torch.no_grad():
         expected = model(*inputs)
     calls = []
-    state = object()
+    state = ForwardState()          # empty: every call takes the plain path
 
     def recording(kind, original):
         def wrapper(q, k, v, *, layer_index, state):

@@ -10,7 +10,8 @@ modulation are routed here without touching the model:
   the cross-attention that yields each counted noun's probability map in the same pass;
 - modulated calls: cross-attention with the compact layout bias applied inside the kernel.
 
-The kernels run compiled on CUDA and fall back to their PyTorch references on the CPU.
+On CUDA tensors the kernels run compiled; on the CPU the engine calls their PyTorch references
+(Triton's interpreter is for the kernel tests, not for generating videos).
 """
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)) v over [B, L, H, D] inputs; returns [B, Lq, H, D] in q's dtype."""
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
+
+
+def _fused(kernel, q: torch.Tensor):
+    """The Triton kernel for CUDA inputs, its PyTorch reference (same signature) otherwise."""
+    return kernel if q.is_cuda else getattr(kernels, kernel.__name__ + "_reference")
 
 
 def _extraction_at(state: ForwardState | None, layer_index: int) -> Extraction | None:
@@ -47,13 +53,13 @@ def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer_i
         return _sdpa(q, k, v)
     frames, height, width = extraction.grid
     tokens = height * width
-    out, frame_lse = kernels.attention_with_frame_lse(
+    out, frame_lse = _fused(kernels.attention_with_frame_lse, q)(
         q, k, v, frame_tokens=tokens, num_frames=frames, stats_batch=extraction.batch_index)
     best_maps, best_heads, all_scores = [], [], []
     for start in range(0, frames, extraction.frames_per_chunk):
         stop = min(start + extraction.frames_per_chunk, frames)
         span = slice(start * tokens, stop * tokens)
-        maps = kernels.frame_attention_maps(q[:, span], k[:, span], frame_lse[:, span], frame_tokens=tokens,
+        maps = _fused(kernels.frame_attention_maps, q)(q[:, span], k[:, span], frame_lse[:, span], frame_tokens=tokens,
                                             num_frames=stop - start, batch=extraction.batch_index)
         scores, best = score_heads(maps, (height, width), extraction.config)      # [c, H], [c]
         best_maps.append(maps[torch.arange(stop - start, device=maps.device), best])
@@ -75,7 +81,7 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer_
     """
     extraction = _extraction_at(state, layer_index)
     if extraction is not None:
-        out, noun_maps = kernels.cross_attention_with_noun_maps(
+        out, noun_maps = _fused(kernels.cross_attention_with_noun_maps, q)(
             q, k, v, extraction.noun_tokens, maps_batch=extraction.batch_index)
         frames, height, width = extraction.grid
         extraction.noun_maps = noun_maps[:, :frames * height * width].unflatten(1, (frames, height * width))
@@ -84,6 +90,6 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer_
     if modulation is not None:
         row = modulation.batch_index
         bias = layout_bias(modulation.plan, q[row], k[row], modulation.delta, modulation.config)
-        return kernels.cross_attention_with_column_bias(q, k, v, modulation.plan.bias_columns, bias,
+        return _fused(kernels.cross_attention_with_column_bias, q)(q, k, v, modulation.plan.bias_columns, bias,
                                                         bias_batch=row)
     return _sdpa(q, k, v)
