@@ -57,6 +57,17 @@ class ModulationPlan:
     height: int
     width: int
     min_key_length: int
+    # Derived once from the above, per (query, column), float32 [L, T] 0/1 unless noted, so that a
+    # step's bias is a few elementwise ops: removed / added-without-reference / added-with-reference
+    # queries, reference pixels of the column's noun; reference_pairs [F, T]: (reference pixel,
+    # column) pairs of the column's noun in each frame (>= 1); same_noun [T, T]: 1 where two columns
+    # belong to one noun.
+    removed_columns: torch.Tensor
+    circle_columns: torch.Tensor
+    referenced_columns: torch.Tensor
+    reference_columns: torch.Tensor
+    reference_pairs: torch.Tensor
+    same_noun: torch.Tensor
 
     @property
     def num_queries(self) -> int:
@@ -99,13 +110,37 @@ def build_modulation_plan(refined: dict[str, torch.Tensor], token_positions: dic
     query_flags = torch.stack(flags, dim=1)
     if not bool(((query_flags & (QUERY_REMOVED | QUERY_ADDED)) != 0).any()):
         return None
+    frame_has_reference = torch.stack(has_reference, dim=0)
+    column_noun_t = torch.tensor(column_noun, dtype=torch.int64, device=device)
     return ModulationPlan(
         query_flags=query_flags,
-        frame_has_reference=torch.stack(has_reference, dim=0),
+        frame_has_reference=frame_has_reference,
         bias_columns=torch.tensor(columns, dtype=torch.int32, device=device),
-        column_noun=torch.tensor(column_noun, dtype=torch.int64, device=device),
+        column_noun=column_noun_t,
         nouns=nouns, num_frames=shape[0], height=shape[1], width=shape[2],
-        min_key_length=max(columns) + 1)
+        min_key_length=max(columns) + 1,
+        **_column_masks(query_flags, frame_has_reference, column_noun_t, shape))
+
+
+def _column_masks(query_flags: torch.Tensor, frame_has_reference: torch.Tensor, column_noun: torch.Tensor,
+                  shape: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+    """The per-(query, column) masks of ModulationPlan, from its flags (see the field comments)."""
+    frames, height, width = shape
+    flags = query_flags.index_select(1, column_noun)                                         # [L, T]
+    has_reference = frame_has_reference.t().index_select(1, column_noun)                       # [F, T]
+    has_reference = has_reference.repeat_interleave(height * width, dim=0)                     # [L, T]
+    added = (flags & QUERY_ADDED) != 0
+    reference = ((flags & QUERY_REFERENCE) != 0).to(torch.float32)
+    same_noun = (column_noun[:, None] == column_noun[None, :]).to(torch.float32)               # [T, T]
+    reference_pixels = reference.view(frames, height * width, -1).sum(1)                      # [F, T]
+    return {
+        "removed_columns": ((flags & QUERY_REMOVED) != 0).to(torch.float32),
+        "circle_columns": (added & ~has_reference).to(torch.float32),
+        "referenced_columns": (added & has_reference).to(torch.float32),
+        "reference_columns": reference,
+        "reference_pairs": (reference_pixels * same_noun.sum(0)).clamp_min(1.0),
+        "same_noun": same_noun,
+    }
 
 
 def _check_layouts(refined: dict[str, torch.Tensor]) -> tuple[int, int, int]:
@@ -183,24 +218,13 @@ def layout_bias(plan: ModulationPlan, q: torch.Tensor, k: torch.Tensor, delta: t
     k_columns = k.index_select(0, plan.bias_columns.long()).reshape(-1, heads * head_dim)
     logits = _float32_logits(q[:used].reshape(used, heads * head_dim), k_columns) * scale           # [L, T]
 
-    noun_of_column = (plan.column_noun[:, None]
-                      == torch.arange(plan.num_nouns, device=q.device)).to(torch.float32)        # [T, N]
-    reference = ((plan.query_flags & QUERY_REFERENCE) != 0).to(torch.float32)                    # [L, N]
-    reference_sum = ((logits @ noun_of_column) * reference).view(frames, tokens_per_frame, -1).sum(1)
-    reference_size = reference.view(frames, tokens_per_frame, -1).sum(1) * noun_of_column.sum(0)
-    reference_target = delta * reference_sum / reference_size.clamp_min(1.0)                    # [F, N]
-
-    column_flags = plan.query_flags.index_select(1, plan.column_noun)                             # [L, T]
-    removed = (column_flags & QUERY_REMOVED) != 0
-    added = (column_flags & QUERY_ADDED) != 0
-    has_reference = plan.frame_has_reference.t().index_select(1, plan.column_noun)               # [F, T]
-    has_reference = has_reference[:, None, :].expand(frames, tokens_per_frame, -1).reshape(used, -1)
-    target = reference_target.index_select(1, plan.column_noun)[:, None, :]
-    target = target.expand(frames, tokens_per_frame, -1).reshape(used, -1)
-
-    bias = torch.where(removed, -config.suppress_scale * delta, torch.zeros_like(logits))
-    bias = torch.where(added & ~has_reference, config.circle_bias_k * delta, bias)
-    bias = torch.where(added & has_reference, target - logits, bias)
+    # m[n, f] per column: mean head-averaged logit over the noun's reference pixels and columns.
+    reference_sum = (logits * plan.reference_columns).view(frames, tokens_per_frame, -1).sum(1)   # [F, T]
+    target = delta * (reference_sum @ plan.same_noun) / plan.reference_pairs                      # [F, T]
+    bias = (target[:, None, :] - logits.view(frames, tokens_per_frame, -1)).view(used, -1)
+    bias = bias * plan.referenced_columns
+    constant = plan.circle_columns * config.circle_bias_k - plan.removed_columns * config.suppress_scale
+    bias = torch.addcmul(bias, constant, delta)
     if queries > used:
         bias = torch.cat([bias, bias.new_zeros(queries - used, bias.shape[1])], dim=0)
     return bias
