@@ -13,6 +13,8 @@ import json
 
 import torch
 
+from timing import median_ms
+
 from numina_engine.engine.config import WAN_1_3B, WanConfig
 from numina_engine.engine.model import WanDiT
 from numina_engine.engine.weights import diffusers_to_official
@@ -20,18 +22,6 @@ from numina_engine.engine.weights import diffusers_to_official
 FLOP_PER_FORWARD_1_3B_81F = 289e12      # official Wan2.1-1.3B, 832x480x81 (shared/ANCHORS.md)
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:

@@ -16,19 +16,9 @@ import traceback
 import torch
 import torch.nn.functional as F
 
+from timing import median_ms
 
-def median_ms(fn, repeats: int = 10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+
 
 
 CANDIDATES = (("flash-attn-4", "flash_attn.cute", "flash_attn_func"),
