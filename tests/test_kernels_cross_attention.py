@@ -132,11 +132,13 @@ def test_noun_maps_rejects_bad_token_positions(noun_tokens, message):
 # Key positions with a bias: out of order, one repeated (its biases add up), one in the partial
 # last key block of Lk = 45, one out of range (ignored).
 BIAS_COLUMNS = [7, 3, 40, 7, 44, 50]
-# (batch, q_len, kv_len, heads, head_dim, dtype, bias_batch, q_gain, bias_scale)
+# (batch, q_len, kv_len, heads, head_dim, dtype, bias_batch, q_gain, bias_scale, column offset)
 COLUMN_BIAS_CASES = {
-    "7_frames_5x9_b2_fp32": (2, 315, 45, 2, 32, torch.float32, 1, 2.0, 4.0),
-    "7_frames_5x9_b2_fp16": (2, 315, 45, 2, 16, torch.float16, 0, 1.0, 8.0),
-    "head_dim_64_b1": (1, 50, 64, 1, 64, torch.float32, 0, 1.0, 4.0),
+    "7_frames_5x9_b2_fp32": (2, 315, 45, 2, 32, torch.float32, 1, 2.0, 4.0, 0),
+    "7_frames_5x9_b2_fp16": (2, 315, 45, 2, 16, torch.float16, 0, 1.0, 8.0, 0),
+    "head_dim_64_b1": (1, 50, 64, 1, 64, torch.float32, 0, 1.0, 4.0, 0),
+    # columns 43..90 of 150 keys: plain key blocks before, between and after the biased ones
+    "biased_blocks_amid_plain_ones": (2, 50, 150, 1, 32, torch.float32, 1, 1.0, 4.0, 40),
 }
 
 
@@ -151,11 +153,11 @@ def random_bias(q_len, num_columns, scale, *, seed, device=DEVICE):
 @requires_triton
 @pytest.mark.parametrize("case", list(COLUMN_BIAS_CASES))
 def test_column_bias_kernel_matches_reference(case, poisoned_outputs):
-    batch, q_len, kv_len, heads, head_dim, dtype, bias_batch, q_gain, bias_scale = COLUMN_BIAS_CASES[case]
+    batch, q_len, kv_len, heads, head_dim, dtype, bias_batch, q_gain, bias_scale, offset = COLUMN_BIAS_CASES[case]
     q, k, v = random_attention_inputs(batch, q_len, kv_len, heads, head_dim, dtype, seed=q_len * 3 + kv_len,
                                       q_gain=q_gain)
     assert triton_runs_on(q), KERNEL_PATH_MISSING
-    columns = torch.tensor(BIAS_COLUMNS, dtype=torch.int32, device=DEVICE)
+    columns = torch.tensor(BIAS_COLUMNS, dtype=torch.int32, device=DEVICE) + offset
     bias = random_bias(q_len, len(BIAS_COLUMNS), bias_scale, seed=q_len)
 
     out = cross_attention_with_column_bias(q, k, v, columns, bias, bias_batch=bias_batch)

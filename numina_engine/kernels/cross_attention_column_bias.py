@@ -1,10 +1,11 @@
 """Cross-attention with an additive logit bias on a few key columns (NUMINA's layout modulation).
 
 The bias is given compactly, as bias [Lq, T] on the key positions bias_columns [T] (T <= 64),
-never as a dense [Lq, Lk] tensor. Inside the kernel each key block's bias tile is scattered onto
-the block's columns by a one-hot matrix product on the tensor cores: bias [BLOCK_M, T] @
-onehot [T, BLOCK_N], with the float32 bias split into two float16 halves (hi + lo) so that the
-product is exact to ~2^-22 relative. A column listed twice gets both biases.
+never as a dense [Lq, Lk] tensor. Inside the kernel, the key blocks between the first and the
+last biased column get their bias tile scattered onto their columns by a one-hot matrix product on
+the tensor cores: bias [BLOCK_M, T] @ onehot [T, BLOCK_N], with the float32 bias split into two
+float16 halves (hi + lo) so that the product is exact to ~2^-22 relative; the other key blocks run
+as plain attention. A column listed twice gets both biases.
 
 The launcher reads no tensor values and picks every launch parameter from shapes alone, so a call
 can be captured in a CUDA graph.
@@ -35,8 +36,9 @@ MAX_BIAS_COLUMNS = 64
 BIAS_LIMIT = 30000.0
 
 # Hopper (H100) tiles by head_dim. At 32,760 queries x 512 keys, 12 heads of 128, bf16, 4 bias
-# columns, B=1/B=2 (H100, triton 3.6): 128/128/8 warps/2 stages 0.351/0.666 ms, 64/64/4/2
-# 0.354/0.695 ms, 128/64/8/3 0.373/0.725 ms, 128/64/4/3 0.552/1.065 ms (SDPA: 0.195/0.393 ms).
+# columns, B=1/B=2 (H100, triton 3.6, before the biased-block range was split off): 128/128/8
+# warps/2 stages 0.351/0.666 ms, 64/64/4/2 0.354/0.695 ms, 128/64/8/3 0.373/0.725 ms, 128/64/4/3
+# 0.552/1.065 ms (SDPA: 0.195/0.393 ms); with the split, 128/128/8/2: 0.357/0.668 ms.
 _GPU_CONFIGS = {
     16: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
     32: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
@@ -76,8 +78,7 @@ def _cross_attention_column_bias_kernel(
     q = tl.load(q_base + offs_m[:, None] * stride_ql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
 
     # Bias of this block's rows (zero for other batch elements), in base-2 logit units, as float16 hi + lo.
-    column_ok = offs_c < num_columns
-    columns = tl.load(BiasColumns + offs_c, mask=column_ok, other=-1)
+    columns = tl.load(BiasColumns + offs_c, mask=offs_c < num_columns, other=-1)
     bias_cols = tl.where(b == bias_batch, num_columns, 0)
     bias = tl.load(Bias + offs_m[:, None] * stride_bias_q + offs_c[None, :] * stride_bias_t,
                    mask=row_ok[:, None] & (offs_c[None, :] < bias_cols), other=0.0)
@@ -88,20 +89,34 @@ def _cross_attention_column_bias_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    # Key blocks holding this program's biased columns: [bias_key_lo, bias_key_hi) (empty for the
+    # other batch elements); only they pay for the one-hot products.
+    column_used = (offs_c < bias_cols) & (columns >= 0) & (columns < kv_len)
+    first_column = tl.min(tl.where(column_used, columns, kv_len), 0)
+    last_column = tl.max(tl.where(column_used, columns, -1), 0)
+    bias_key_lo = tl.where(last_column >= 0, first_column // BLOCK_N * BLOCK_N, 0)
+    bias_key_hi = tl.where(last_column >= 0, (last_column // BLOCK_N + 1) * BLOCK_N, 0)
     full_key_end = kv_len // BLOCK_N * BLOCK_N
-    # Two key ranges: the full blocks (no mask), then the partial tail block (masked).
-    for segment in tl.static_range(2):
+    # Four key ranges: before the biased blocks (no mask), the biased blocks (masked, biased), after
+    # them up to the last full block (no mask), and the partial tail block (masked).
+    for segment in tl.static_range(4):
         if segment == 0:
             lo = 0
+            hi = bias_key_lo
+        elif segment == 1:
+            lo = bias_key_lo
+            hi = bias_key_hi
+        elif segment == 2:
+            lo = bias_key_hi
             hi = full_key_end
         else:
-            lo = full_key_end
+            lo = tl.maximum(full_key_end, bias_key_hi)
             hi = kv_len
         for start_n in range(lo, hi, BLOCK_N):
             cols = start_n + offs_n
             k_ptrs = k_base + cols[None, :] * stride_kl + offs_d[:, None]
             v_ptrs = v_base + cols[:, None] * stride_vl + offs_d[None, :]
-            if segment == 1:
+            if segment % 2 == 1:
                 key_ok = cols < kv_len
                 k = tl.load(k_ptrs, mask=key_ok[None, :], other=0.0)
                 v = tl.load(v_ptrs, mask=key_ok[:, None], other=0.0)
@@ -109,10 +124,11 @@ def _cross_attention_column_bias_kernel(
                 k = tl.load(k_ptrs)
                 v = tl.load(v_ptrs)
             s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
-            onehot = (columns[:, None] == cols[None, :]).to(tl.float16)   # [COLUMNS_PAD, BLOCK_N]
-            s = tl.dot(bias_hi, onehot, s)
-            s = tl.dot(bias_lo, onehot, s)
             if segment == 1:
+                onehot = (columns[:, None] == cols[None, :]).to(tl.float16)   # [COLUMNS_PAD, BLOCK_N]
+                s = tl.dot(bias_hi, onehot, s)
+                s = tl.dot(bias_lo, onehot, s)
+            if segment % 2 == 1:
                 s = tl.where(key_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.exp2(s - m_new[:, None])
