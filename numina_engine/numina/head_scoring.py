@@ -14,16 +14,31 @@ image; Sobel with zero padding), as in the NUMINA authors' head selection.
 Sign convention (the authors' randomized SVD leaves it arbitrary): each principal component is
 flipped so that its entry of largest magnitude is positive (the first such entry on exact ties).
 
-Fast path: batched block subspace iteration on the centred map (block of 32 vectors, 24
-multiplications by C^T C, shifted Cholesky-QR orthonormalisation) followed by a Rayleigh-Ritz step whose
-small symmetric eigenproblem is solved by a batched cyclic Jacobi method. Everything runs on the
-maps' device in float64 without host synchronisation (torch.linalg.eigh/svd synchronise on CUDA).
+Fast path: all maps of a call at once, a fixed number of batched products, no host sync.
+With J = I - 1 1^T / N, the centred map is C = J A, and C = J (A - 1 d^T) for any row d.
+  1. One bfloat16 copy of A - 1 m~^T (m~: mean of a subsample of rows; a Triton kernel on CUDA).
+  2. Block subspace iteration on C: SUBSPACE_ITERATIONS multiplications of SUBSPACE_BLOCK vectors
+     by C^T C, as copy^T J (copy X) in bfloat16 tensor-core products (float32 accumulation), each
+     followed by a float64 shifted Cholesky-QR. bfloat16 rounding limits how well the subspace
+     is found (~1e-4).
+  3. EXACT_ITERATIONS more multiplications by C^T C with exact float32 products on the float32
+     maps (C Q = J (A Q), C^T P = A^T P; TF32 off), which remove that bfloat16 floor.
+  4. Rayleigh-Ritz: P = C Q (exact float32), the top-3 eigenvectors W of P^T P (float64, powered
+     deflation in top_eigenvectors), components = P W.
+Components converge like (s_{k+1} / s_i)^(2 * iterations + 1) (s: singular values of C, k the
+block) and, within the subspace, are resolved to a relative error of about 1e-6 / (relative gap
+to the next singular value). They match an exact SVD to ~1e-6 where the spectrum decays and the
+top singular values are apart (structured heads); near ties (s4 ~ s3) and flat spectra (i.i.d.
+random logits), which make the components barely determined by the map, give ~1e-4 to 1e-3.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
 
+from ..kernels._triton import TRITON_INTERPRETED, next_power_of_2, tl, triton_kernel, triton_runs_on
 from .config import NuminaConfig
 
 NUM_COMPONENTS = 3
@@ -32,9 +47,13 @@ CONSTANT_RANGE = 1e-8        # a component whose max - min is at most this is "c
 CONSTANT_GRAY = 0.5
 
 SUBSPACE_BLOCK = 32          # vectors iterated together (3 wanted + 29 oversampling)
-SUBSPACE_ITERATIONS = 24     # multiplications by C^T C
-JACOBI_SWEEPS = 12
-CHUNK_BYTES = 1 << 30        # float64 working copy of the maps processed at once
+SUBSPACE_ITERATIONS = 5      # multiplications by C^T C with bfloat16 products
+EXACT_ITERATIONS = 1         # then multiplications by C^T C with exact float32 products
+ITERATION_DTYPE = torch.bfloat16
+MEAN_SAMPLE_ROWS = 256       # the bfloat16 copy is centred by the mean of about this many rows
+POWER_ROUNDS = 2             # top_eigenvectors: rounds of (normalise, square SQUARINGS_PER_ROUND times):
+SQUARINGS_PER_ROUND = 6      # each Ritz vector is read off the 2^12-th power of the deflated matrix
+CENTRE_TILE = 8192           # elements per program of the centring kernel (rows x power-of-2 columns)
 
 
 def _sobel_kernels(like: torch.Tensor) -> torch.Tensor:
@@ -64,69 +83,74 @@ def _check_grid(grid_hw: tuple[int, int], num_tokens: int) -> tuple[int, int]:
     return h, w
 
 
-def _orthonormalize(y: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis of the columns of y [B, N, k] float64 (shifted Cholesky-QR, three passes).
+@contextlib.contextmanager
+def _ieee_float32_matmul(device: torch.device):
+    """Inside the block, float32 matmuls on CUDA are exact IEEE products (no TF32), whatever the
+    caller's setting; the setting is restored on exit. Nothing changes for other devices."""
+    if device.type != "cuda":
+        yield
+        return
+    settings = torch.backends.cuda.matmul
+    saved = settings.fp32_precision
+    settings.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        settings.fp32_precision = saved
 
-    The shift keeps rank-deficient blocks finite (no NaN): columns along null directions of y
-    come out tiny or as an arbitrary orthonormal completion; either way they add nothing to the
-    dominant subspace that the Rayleigh-Ritz step reads.
+
+def _orthonormalize(y: torch.Tensor, passes: int) -> torch.Tensor:
+    """Basis [B, N, k] float64 of the span of the columns of y [B, N, k] (shifted Cholesky-QR).
+
+    One pass gives a well-conditioned basis (enough between iterations, where only the span
+    counts), two an orthonormal one to float64 rounding for y with condition number below ~1e7
+    (the shift bounds it). The shift keeps rank-deficient blocks finite (no NaN): columns along
+    null directions of y come out tiny or zero and add nothing to the dominant subspace.
     """
+    y = y.to(torch.float64)
     k = y.shape[-1]
     eye = torch.eye(k, dtype=y.dtype, device=y.device)
     shift_scale = 11.0 * (y.shape[-2] * k + k * (k + 1)) * torch.finfo(y.dtype).eps
-    for _ in range(3):
+    for _ in range(passes):
         gram = y.mT @ y
-        trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
-        shift = shift_scale * trace + torch.finfo(y.dtype).tiny
-        chol = torch.linalg.cholesky_ex(gram + shift[:, None, None] * eye, check_errors=False).L
-        y = torch.linalg.solve_triangular(chol.mT, y, upper=True, left=False)     # y L^-T
+        diagonal = gram.diagonal(dim1=-2, dim2=-1)
+        diagonal.add_(torch.add(torch.finfo(y.dtype).tiny, diagonal.sum(-1, keepdim=True), alpha=shift_scale))
+        chol = torch.linalg.cholesky_ex(gram, check_errors=False).L
+        y = y @ torch.linalg.solve_triangular(chol, eye, upper=False).mT                  # y L^-T
     return y
 
 
-def _round_robin_pairs(k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Round-robin schedule for k (even) indices: (p, q) each [k - 1, k / 2] int64, built on device.
+def top_eigenvectors(gram: torch.Tensor, count: int) -> torch.Tensor:
+    """Eigenvectors of the `count` largest eigenvalues of symmetric PSD matrices, largest first.
 
-    Round r pairs (r, k-1) and ((r + i) mod (k-1), (r - i) mod (k-1)) for i = 1 .. k/2 - 1: every
-    pair of indices meets exactly once, and the pairs of a round are disjoint.
+    gram: [B, k, k] float64. Returns [B, k, count] float64 orthonormal columns, without host sync.
+    Each vector is the dominant direction of the matrix with the vectors before it projected out,
+    read off a column of its 4096th power (normalised repeated squaring): exact to float64
+    rounding where consecutive eigenvalues differ by more than ~0.5% relative; near ties give a
+    basis of the nearly tied eigenspace, rank deficiency some orthonormal completion. Zero
+    matrices give zero vectors.
     """
-    r = torch.arange(k - 1, device=device)[:, None]
-    i = torch.arange(k // 2, device=device)[None, :]
-    p = (r + i) % (k - 1)
-    q = torch.where(i == 0, k - 1, (r - i) % (k - 1))
-    return p, q
-
-
-def symmetric_eigh(t: torch.Tensor, sweeps: int = JACOBI_SWEEPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigen-decomposition of symmetric matrices by cyclic Jacobi rotations, without host sync.
-
-    t: [B, k, k] float64 symmetric. Returns (eigenvalues [B, k], eigenvectors [B, k, k] as
-    columns), unordered. Each round applies k/2 disjoint rotations at once.
-    """
-    batch, k = t.shape[0], t.shape[-1]
-    if k % 2:
-        t = F.pad(t, (0, 1, 0, 1))
-    size = t.shape[-1]
-    eye = torch.eye(size, dtype=t.dtype, device=t.device)
-    vectors = eye.expand(batch, size, size).clone()
-    rows = torch.arange(batch, device=t.device)[:, None]
-    schedule_p, schedule_q = _round_robin_pairs(size, t.device)
-    # per round: (row, col) of the entries (pp, qq, pq) read, and of (pp, qq, pq, qp) written
-    read_rows, read_cols = torch.cat([schedule_p, schedule_q, schedule_p], 1), \
-        torch.cat([schedule_p, schedule_q, schedule_q], 1)
-    write_rows, write_cols = torch.cat([schedule_p, schedule_q, schedule_p, schedule_q], 1), \
-        torch.cat([schedule_p, schedule_q, schedule_q, schedule_p], 1)
-    for _ in range(sweeps):
-        for read_r, read_c, write_r, write_c in zip(read_rows, read_cols, write_rows, write_cols):
-            app, aqq, apq = t[:, read_r, read_c].chunk(3, dim=-1)
-            # rotation angle zeroing apq, taken in [-pi/4, pi/4] (the smallest; converges best)
-            diff = aqq - app
-            theta = 0.5 * torch.atan2(2.0 * apq * torch.where(diff < 0, -1.0, 1.0), diff.abs())
-            c, s = torch.cos(theta), torch.sin(theta)
-            rot = eye.expand(batch, size, size).clone()
-            rot[rows, write_r, write_c] = torch.cat([c, c, s, -s], dim=-1)
-            t = rot.mT @ t @ rot
-            vectors = vectors @ rot
-    return t.diagonal(dim1=-2, dim2=-1)[:, :k], vectors[:, :k, :k]
+    tiny = torch.finfo(gram.dtype).tiny
+    k = gram.shape[-1]
+    eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
+    remaining, found = gram, gram.new_zeros(gram.shape[0], k, 0)
+    for index in range(count):
+        power = remaining
+        for _ in range(POWER_ROUNDS):
+            # the normalised matrix has eigenvalues <= 1 and its largest >= k^-1/2: 6 squarings
+            # (power 64) neither overflow nor underflow that one
+            power = power / (torch.linalg.vector_norm(power, dim=(-2, -1), keepdim=True) + tiny)
+            for _ in range(SQUARINGS_PER_ROUND):
+                power = power @ power
+        pick = power.square().sum(dim=-2).argmax(dim=-1)                                  # [B]
+        vector = power.gather(-1, pick[:, None, None].expand(-1, k, 1))                   # [B, k, 1]
+        vector = vector - found @ (found.mT @ vector)          # exactly orthogonal to the ones found
+        vector = vector / (torch.linalg.vector_norm(vector, dim=-2, keepdim=True) + tiny)
+        found = torch.cat([found, vector], dim=-1)
+        if index + 1 < count:
+            projector = eye - found @ found.mT
+            remaining = projector @ gram @ projector
+    return found
 
 
 def _fix_signs(components: torch.Tensor) -> torch.Tensor:
@@ -142,37 +166,117 @@ def _pad_components(components: torch.Tensor) -> torch.Tensor:
     return F.pad(components, (0, missing)) if missing > 0 else components
 
 
-def _projected_subspace(chunk: torch.Tensor, start: torch.Tensor, iterations: int) -> torch.Tensor:
-    """C Q [B, N, k] float64: the centred maps chunk [B, N, N] applied to an orthonormal basis Q
-    of their converged dominant right-singular subspace (block subspace iteration from start)."""
-    centred = chunk.to(torch.float64)
-    centred = centred - centred.mean(dim=-2, keepdim=True)
-    basis = _orthonormalize(start.expand(centred.shape[0], -1, -1))
+@triton_kernel
+def _centre_rows_kernel(maps_ptr, mean_ptr, out_ptr, total_rows, n, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out[b, i, j] = maps[b, i, j] - mean[b, j] in out's dtype; one program: ROWS x BLOCK_N."""
+    row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)                                  # b * n + i
+    col = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (row < total_rows)[:, None] & (col < n)[None, :]
+    offsets = row.to(tl.int64)[:, None] * n + col[None, :]
+    mean_offsets = (row // n).to(tl.int64)[:, None] * n + col[None, :]
+    values = tl.load(maps_ptr + offsets, mask=mask, other=0.0)
+    means = tl.load(mean_ptr + mean_offsets, mask=mask, other=0.0)
+    tl.store(out_ptr + offsets, (values - means).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _launch_centre_rows(maps: torch.Tensor, mean: torch.Tensor, out: torch.Tensor,
+                        tile: int = CENTRE_TILE) -> torch.Tensor:
+    """out [B, N, N] <- maps [B, N, N] - mean [B, 1, N] (all contiguous; maps and mean float32)
+    by the Triton kernel, `tile` (a power of 2) elements per program."""
+    batch, n, _ = maps.shape
+    block_n = min(next_power_of_2(n), tile)
+    rows = max(1, tile // block_n)
+    grid = (-(-batch * n // rows), -(-n // block_n))
+    _centre_rows_kernel[grid](maps, mean, out, batch * n, n, ROWS=rows, BLOCK_N=block_n, num_warps=8)
+    return out
+
+
+def _centred_copy(maps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """maps [B, N, N] float32 contiguous minus an estimate of their mean row, in dtype [B, N, N].
+
+    The mean of every (N // MEAN_SAMPLE_ROWS)-th row is used (all rows for N < 2 * MEAN_SAMPLE_ROWS):
+    the copy is only used through products centred exactly afterwards (_centred), so the estimate
+    only has to make the copy's entries about as small as the centred map's (for its rounding).
+    """
+    n = maps.shape[-1]
+    mean = maps[:, ::max(1, n // MEAN_SAMPLE_ROWS)].mean(dim=-2, keepdim=True)               # [B, 1, N]
+    out = torch.empty(maps.shape, dtype=dtype, device=maps.device)
+    if triton_runs_on(maps) and not TRITON_INTERPRETED:       # the interpreter rounds bfloat16 wrongly
+        return _launch_centre_rows(maps, mean, out)
+    return torch.sub(maps, mean, out=out)
+
+
+def _centred(product: torch.Tensor) -> torch.Tensor:
+    """J Y for Y = M X [B, N, k] (J = I - 1 1^T / N, in place): the product of the centred map
+    C = J M. For M = C + 1 d^T (any row offset d), J M = C, so this is exact."""
+    return product.sub_(product.mean(dim=-2, keepdim=True))
+
+
+def _dominant_subspace(copy: torch.Tensor, block: int, iterations: int) -> torch.Tensor:
+    """Well-conditioned basis [B, N, block] float64 (one Cholesky-QR pass from orthonormal) of the
+    dominant right-singular subspace of the centred maps C = J copy, copy: [B, N, N]
+    ITERATION_DTYPE (see _centred_copy): block subspace iteration from a fixed random start
+    shared by all maps. C^T Y = copy^T Y for Y = C X (columns summing to zero), so only C X
+    needs the centring.
+    """
+    n = copy.shape[-1]
+    generator = torch.Generator(device=copy.device).manual_seed(0)
+    basis = torch.randn(n, block, generator=generator, device=copy.device).to(copy.dtype)
     for _ in range(iterations):
-        basis = _orthonormalize(centred.mT @ (centred @ basis))
-    return centred @ basis
+        spanning = _orthonormalize(copy.mT @ _centred(copy @ basis), passes=1)
+        basis = spanning.to(copy.dtype)
+    return spanning
+
+
+def _exact_product(maps: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """C Q [B, N, k] float32 of the centred maps C = J maps, by exact float32 products.
+
+    maps: [B, N, N] float32; basis Q: [B, N, k] float32. Computed as J (maps Q): exact in real
+    arithmetic, rounding relative to |maps Q| (not |C Q|).
+    """
+    with _ieee_float32_matmul(maps.device):
+        return _centred(maps @ basis)
+
+
+def _exact_transposed_product(maps: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """C^T P [B, N, k] float32 for P = C Q (columns summing to zero), by exact float32 products.
+
+    maps: [B, N, N] float32. C^T P = maps^T J P = maps^T P since J P = P.
+    """
+    with _ieee_float32_matmul(maps.device):
+        return maps.mT @ left
 
 
 def principal_components(maps: torch.Tensor, iterations: int = SUBSPACE_ITERATIONS,
-                         chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
+                         block: int = SUBSPACE_BLOCK, exact_iterations: int = EXACT_ITERATIONS) -> torch.Tensor:
     """Top-3 principal components of the rows of each attention map (fast, batched).
 
     maps: [..., N, N] floating point (softmax rows), any device. Returns U*S of the centred map,
-    [..., N, 3] float64 on the maps' device, signs fixed by the module's convention. The maps are
-    processed in chunks whose float64 copy fits in `chunk_bytes`; no host synchronisation.
+    [..., N, 3] float64 on the maps' device, signs fixed by the module's convention. Needs about
+    N*N*2 bytes per map of working memory (the bfloat16 copy); no host synchronisation.
+    iterations: bfloat16 subspace iterations (>= 1); exact_iterations: float32 ones after them
+    (>= 0); block: vectors iterated together (>= 3, capped at N).
     """
     _check_maps(maps)
+    if int(iterations) != iterations or iterations < 1:
+        raise ValueError(f"iterations must be an int >= 1, got {iterations}")
+    if int(exact_iterations) != exact_iterations or exact_iterations < 0:
+        raise ValueError(f"exact_iterations must be an int >= 0, got {exact_iterations}")
+    if int(block) != block or block < NUM_COMPONENTS:
+        raise ValueError(f"block must be an int >= {NUM_COMPONENTS}, got {block}")
     n = maps.shape[-1]
-    flat = maps.reshape(-1, n, n)
-    block = min(SUBSPACE_BLOCK, n)
-    generator = torch.Generator(device=maps.device).manual_seed(0)
-    start = torch.randn(n, block, generator=generator, device=maps.device, dtype=torch.float64)
-    per_chunk = max(1, chunk_bytes // (n * n * 8))
-    projected = torch.cat([_projected_subspace(flat[i:i + per_chunk], start, iterations)
-                           for i in range(0, flat.shape[0], per_chunk)])          # [B, N, k]
-    values, vectors = symmetric_eigh(projected.mT @ projected)                   # Rayleigh-Ritz
-    top = values.topk(min(NUM_COMPONENTS, values.shape[-1]), dim=-1).indices
-    ritz = vectors.gather(-1, top[:, None, :].expand(-1, vectors.shape[-2], -1))
+    flat = maps.reshape(-1, n, n).to(torch.float32).contiguous()
+    copy = _centred_copy(flat, ITERATION_DTYPE)
+    basis = _dominant_subspace(copy, min(block, n), iterations)
+    del copy
+    if exact_iterations == 0:
+        basis = _orthonormalize(basis, passes=1)                       # orthonormal for Rayleigh-Ritz
+    basis = basis.to(torch.float32)
+    for _ in range(exact_iterations):
+        product = _exact_transposed_product(flat, _exact_product(flat, basis))
+        basis = _orthonormalize(product, passes=2).to(torch.float32)
+    projected = _exact_product(flat, basis).to(torch.float64)                             # C Q [B, N, k]
+    ritz = top_eigenvectors(projected.mT @ projected, min(NUM_COMPONENTS, basis.shape[-1]))
     components = _fix_signs(_pad_components(projected @ ritz))
     return components.reshape(*maps.shape[:-1], NUM_COMPONENTS)
 
