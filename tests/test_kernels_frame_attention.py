@@ -6,13 +6,9 @@ computes bfloat16 wrongly); with CUDA the same small cases run compiled, plus th
 shape (21 frames x 1560 tokens, 12 heads of 128, bfloat16).
 """
 import math
-import os
 
 import torch
-
-if not torch.cuda.is_available():
-    # Before triton is imported: Triton fixes interpreting vs compiling for the whole process then.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# Without CUDA, tests/conftest.py has set TRITON_INTERPRET=1 before anything imported triton.
 
 import pytest
 import torch.nn.functional as F

@@ -74,7 +74,8 @@ def _check_maps(maps: torch.Tensor, name: str = "maps") -> None:
         raise ValueError(f"{name} needs at least 2 tokens per frame, got N={maps.shape[-1]}")
 
 
-def _check_grid(grid_hw: tuple[int, int], num_tokens: int) -> tuple[int, int]:
+def check_grid(grid_hw: tuple[int, int], num_tokens: int) -> tuple[int, int]:
+    """(h, w) as ints, checked against the N = h*w tokens of a frame; ValueError otherwise."""
     if len(grid_hw) != 2 or any(int(s) != s or s < 1 for s in grid_hw):
         raise ValueError(f"grid_hw must be two positive ints (h, w), got {grid_hw}")
     h, w = int(grid_hw[0]), int(grid_hw[1])
@@ -312,7 +313,7 @@ def _block_shape(h: int, w: int, block_grid: int) -> tuple[int, int]:
 
 def structure_scores(gray: torch.Tensor, grid_hw: tuple[int, int], config: NuminaConfig) -> torch.Tensor:
     """Structure score [B] (dtype of gray) of gray images gray [B, N], N = h*w in row-major order."""
-    h, w = _check_grid(grid_hw, gray.shape[-1])
+    h, w = check_grid(grid_hw, gray.shape[-1])
     images = gray.reshape(-1, 1, h, w)
     spread = gray.std(dim=-1)
     bh, bw = _block_shape(h, w, config.sa_block_grid)
@@ -335,7 +336,7 @@ def score_heads(maps: torch.Tensor, grid_hw: tuple[int, int],
     if maps.dim() != 4:
         raise ValueError(f"maps must be [F, H, N, N], got shape {tuple(maps.shape)}")
     frames, heads, n, _ = maps.shape
-    _check_grid(grid_hw, n)
+    check_grid(grid_hw, n)
     gray = gray_from_components(principal_components(maps)).reshape(frames * heads, n)
     scores = structure_scores(gray, grid_hw, config).reshape(frames, heads).to(torch.float32)
     return scores, scores.argmax(dim=-1)
@@ -351,7 +352,7 @@ def score_heads_reference(maps: torch.Tensor, grid_hw: tuple[int, int],
     if maps.dim() != 4:
         raise ValueError(f"maps must be [F, H, N, N], got shape {tuple(maps.shape)}")
     frames, heads, n, _ = maps.shape
-    h, w = _check_grid(grid_hw, n)
+    h, w = check_grid(grid_hw, n)
     scores = torch.zeros(frames, heads, dtype=torch.float64)
     sobel_x = torch.tensor([[[[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]]], dtype=torch.float64)
     sobel_y = sobel_x.transpose(-1, -2)

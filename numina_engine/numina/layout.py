@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import LABEL_ADDED_BASE, NuminaConfig
-from .head_scoring import principal_components
+from .head_scoring import check_grid, principal_components
 from .meanshift import estimate_bandwidth, estimate_bandwidth_sklearn, mean_shift, mean_shift_sklearn
 
 BACKENDS = ("auto", "torch", "sklearn")
@@ -38,13 +38,6 @@ FALLBACK_BANDWIDTH = 0.5
 MAX_INSTANCES = LABEL_ADDED_BASE - 1
 
 
-def _grid(grid_hw: tuple[int, int], num_tokens: int) -> tuple[int, int]:
-    if len(grid_hw) != 2 or any(int(s) != s or s < 1 for s in grid_hw):
-        raise ValueError(f"grid_hw must be two positive ints (h, w), got {grid_hw}")
-    h, w = int(grid_hw[0]), int(grid_hw[1])
-    if h * w != num_tokens:
-        raise ValueError(f"grid_hw {h}x{w} = {h * w} tokens does not match N={num_tokens}")
-    return h, w
 
 
 def layout_features(self_maps: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
@@ -55,7 +48,7 @@ def layout_features(self_maps: torch.Tensor, grid_hw: tuple[int, int]) -> torch.
     """
     if self_maps.dim() != 3:
         raise ValueError(f"self_maps must be [F, N, N], got shape {tuple(self_maps.shape)}")
-    h, w = _grid(grid_hw, self_maps.shape[-1])
+    h, w = check_grid(grid_hw, self_maps.shape[-1])
     components = principal_components(self_maps)
     low = components.amin(dim=-2, keepdim=True)
     span = components.amax(dim=-2, keepdim=True) - low
@@ -86,7 +79,7 @@ def focus_masks(noun_maps: torch.Tensor, grid_hw: tuple[int, int], config: Numin
     (>= cross_attn_peak_ratio * peak) with at least dbscan_min_samples candidates (self included)
     within dbscan_eps, and candidates within dbscan_eps of such a core pixel.
     """
-    h, w = _grid(grid_hw, noun_maps.shape[-1])
+    h, w = check_grid(grid_hw, noun_maps.shape[-1])
     candidates = _peak_candidates(noun_maps, config.cross_attn_peak_ratio).reshape(-1, 1, h, w)
     disk = _disk(config.dbscan_eps, noun_maps.device)
     pad = disk.shape[-1] // 2
@@ -100,7 +93,7 @@ def focus_masks_sklearn(noun_maps: torch.Tensor, grid_hw: tuple[int, int], confi
     """Reference for focus_masks: scikit-learn DBSCAN on the candidate pixels of each map (CPU)."""
     from sklearn.cluster import DBSCAN
 
-    h, w = _grid(grid_hw, noun_maps.shape[-1])
+    h, w = check_grid(grid_hw, noun_maps.shape[-1])
     maps = noun_maps.detach().cpu().reshape(-1, h, w).numpy()
     masks = np.zeros(maps.shape, dtype=bool)
     for i, frame in enumerate(maps):
@@ -151,7 +144,7 @@ def build_layouts(self_maps: torch.Tensor, noun_maps: torch.Tensor, grid_hw: tup
     frames, n = self_maps.shape[0], self_maps.shape[-1]
     if noun_maps.dim() != 3 or noun_maps.shape[1:] != (frames, n):
         raise ValueError(f"noun_maps must be [n_nouns, F={frames}, N={n}], got shape {tuple(noun_maps.shape)}")
-    h, w = _grid(grid_hw, n)
+    h, w = check_grid(grid_hw, n)
     device = self_maps.device
     backend = _resolve_backend(backend, device)
     noun_maps = noun_maps.to(device=device, dtype=torch.float32)
