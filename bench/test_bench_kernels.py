@@ -271,12 +271,12 @@ def authors_dense_bias(batch: int) -> torch.Tensor:
 
 def ours_layout_biased_attention(batch: int) -> Callable[[], torch.Tensor]:
     """layout_bias (the engine's compact bias of one step) + the column-bias kernel."""
-    from numina_engine.numina.modulation import build_modulation_plan, layout_bias, modulation_delta
+    from numina_engine.numina.modulation import build_modulation_plan, layout_bias
 
     q, k, v = cross_attention_inputs(batch)
     layouts = {noun: torch.from_numpy(labels) for noun, labels in synthetic_layouts().items()}
     plan = build_modulation_plan(layouts, NOUN_TOKENS, device="cuda")
-    delta = torch.tensor(modulation_delta(CONFIG, MODULATED_STEP), dtype=torch.float32, device="cuda")
+    delta = torch.tensor(CONFIG.delta(MODULATED_STEP), dtype=torch.float32, device="cuda")
 
     def run():
         bias = layout_bias(plan, q[0], k[0], delta, CONFIG)

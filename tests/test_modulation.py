@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from numina_engine.numina.config import LABEL_ADDED_BASE, LABEL_REMOVED, NuminaConfig
 from numina_engine.numina.modulation import (
-    QUERY_ADDED, QUERY_REFERENCE, QUERY_REMOVED, build_modulation_plan, layout_bias, modulation_delta)
+    QUERY_ADDED, QUERY_REFERENCE, QUERY_REMOVED, build_modulation_plan, layout_bias)
 
 CONFIG = NuminaConfig()
 FRAMES, HEIGHT, WIDTH = 3, 5, 7
@@ -77,7 +77,7 @@ def test_compact_bias_matches_dense_oracle_attention(seed, step, padding):
     refined = random_refined(generator)
     queries, keys, heads, head_dim = FRAMES * HEIGHT * WIDTH + padding, 19, 4, 16
     q, k, v = (torch.randn(n, heads, head_dim, generator=generator) for n in (queries, keys, keys))
-    delta = modulation_delta(CONFIG, step)
+    delta = CONFIG.delta(step)
     plan = build_modulation_plan(refined, TOKENS, "cpu")
     compact = layout_bias(plan, q, k, torch.tensor(delta), CONFIG)
     assert compact.dtype == torch.float32 and compact.shape == (queries, 6)
@@ -143,9 +143,6 @@ def test_plan_is_none_without_changes_and_rejects_bad_input():
         layout_bias(plan, q, torch.randn(5, 2, 4), torch.tensor(1.0), CONFIG)
 
 
-def test_modulation_delta_is_config_delta():
-    config = CONFIG.with_overrides(modulation_min_delta=0.5, modulation_center=12.0)
-    assert [modulation_delta(config, s) for s in (0, 12, 30)] == [config.delta(s) for s in (0, 12, 30)]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -154,7 +151,7 @@ def test_layout_bias_replays_in_cuda_graph_and_keeps_half_inputs_exact():
     plan = build_modulation_plan(random_refined(generator), TOKENS, "cuda")
     q = torch.randn(FRAMES * HEIGHT * WIDTH + 2, 4, 16, generator=generator).cuda().bfloat16()
     k = torch.randn(19, 4, 16, generator=generator).cuda().bfloat16()
-    delta = torch.tensor(modulation_delta(CONFIG, 20), device="cuda")
+    delta = torch.tensor(CONFIG.delta(20), device="cuda")
     eager = layout_bias(plan, q, k, delta, CONFIG)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -164,11 +161,11 @@ def test_layout_bias_replays_in_cuda_graph_and_keeps_half_inputs_exact():
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = layout_bias(plan, q, k, delta, CONFIG)
-    delta.fill_(modulation_delta(CONFIG, 5))
+    delta.fill_(CONFIG.delta(5))
     graph.replay()
     torch.testing.assert_close(captured, layout_bias(plan, q, k, delta, CONFIG), rtol=0, atol=0)
     assert not torch.equal(captured, eager)
     # half-precision inputs: float32 accumulation and output, as for upcast inputs
-    delta.fill_(modulation_delta(CONFIG, 20))
+    delta.fill_(CONFIG.delta(20))
     upcast = layout_bias(plan, q.float(), k.float(), delta, CONFIG)
     torch.testing.assert_close(eager, upcast, rtol=1e-5, atol=1e-5)

@@ -201,7 +201,8 @@ def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, 
         else:
             cond, uncond = cache.reuse(latents)
         velocity = guide(cond, uncond, settings.guide_scale)
-        preview = latents - scheduler.sigmas[index].to(model.device) * velocity
+        if index == config.reference_step - 1:     # x0 estimate of the last step, for layout.png
+            preview = latents - scheduler.sigmas[index].to(model.device) * velocity
         latents = scheduler.step(velocity, latents, index)
 
     grid = model.dit.token_grid(latents.shape)

@@ -26,7 +26,7 @@ from .config import LABEL_ADDED_BASE, LABEL_REMOVED, NuminaConfig
 
 __all__ = [
     "QUERY_REMOVED", "QUERY_ADDED", "QUERY_REFERENCE",
-    "ModulationPlan", "build_modulation_plan", "layout_bias", "modulation_delta",
+    "ModulationPlan", "build_modulation_plan", "layout_bias",
 ]
 
 # Bits of ModulationPlan.query_flags.
@@ -81,10 +81,6 @@ class ModulationPlan:
     def num_columns(self) -> int:
         return self.bias_columns.shape[0]
 
-
-def modulation_delta(config: NuminaConfig, step_index: int) -> float:
-    """Modulation strength delta at denoising step `step_index` (0-based), NuminaConfig.delta."""
-    return config.delta(step_index)
 
 
 def build_modulation_plan(refined: dict[str, torch.Tensor], token_positions: dict[str, list[int]],
