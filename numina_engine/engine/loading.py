@@ -31,6 +31,7 @@ import torch
 from ..errors import CheckpointError
 from .config import WanConfig
 from .model import WanDiT
+from .pixel_space import CLASS_NAME as PIXEL_SPACE, PixelSpace
 from .text_encoder import TextEncoder
 from .vae import WanVAE
 from .weights import diffusers_to_official, load_safetensors_state_dict
@@ -44,6 +45,25 @@ OFFICIAL_FILES = {
 DIFFUSERS_FOLDERS = ("transformer", "text_encoder", "tokenizer", "vae")
 SIDECAR = "numina_engine.json"
 EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "assets" / "tiny-wan"
+
+
+@dataclass(frozen=True)
+class LatentGeometry:
+    """How a model's pixels map to its latents and tokens.
+
+    channels: latent channels (16 for Wan2.1's VAE, 3 in pixel space); temporal_factor: frames per
+    latent frame after the first (4 for Wan2.1, 1 in pixel space); spatial_factor: pixels per latent
+    pixel along each side (8, or 1); patch: the DiT's (t, h, w) patch size in latent units.
+    """
+    channels: int = 16
+    temporal_factor: int = 4
+    spatial_factor: int = 8
+    patch: tuple[int, int, int] = (1, 2, 2)
+
+    @property
+    def size_multiple(self) -> int:
+        """Width and height must be multiples of this: one token's side in pixels."""
+        return self.spatial_factor * max(self.patch[1], self.patch[2])
 
 
 @dataclass
@@ -64,12 +84,18 @@ class WanModel:
     """The loaded parts of one checkpoint, ready to generate with."""
     dit: WanDiT
     text_encoder: TextEncoder
-    vae: WanVAE
+    vae: WanVAE | PixelSpace
     defaults: ModelDefaults
     layout: str          # "official" or "diffusers"
     path: Path
     device: torch.device
     dtype: torch.dtype   # the DiT's compute dtype
+
+    @property
+    def geometry(self) -> LatentGeometry:
+        """How this model's pixels map to latents and tokens (checked against each request)."""
+        return LatentGeometry(channels=self.vae.z_dim, temporal_factor=self.vae.temporal_factor,
+                              spatial_factor=self.vae.spatial_factor, patch=tuple(self.dit.config.patch_size))
 
 
 def detect_layout(ckpt_dir: Path) -> str:
@@ -130,6 +156,14 @@ def _load_dit(ckpt_dir: Path, layout: str, device: torch.device, dtype: torch.dt
     return dit.to(device=device).cast_weights(dtype).eval().requires_grad_(False)
 
 
+def _load_diffusers_vae(folder: Path, device: torch.device) -> WanVAE | PixelSpace:
+    """Wan's VAE (float32, as Wan runs it), or pixel space when `vae/config.json` names it."""
+    config_path = folder / "config.json"
+    if config_path.is_file() and _read_json(config_path, "VAE config").get("_class_name") == PIXEL_SPACE:
+        return PixelSpace.from_config(_read_json(config_path, "VAE config"), config_path, device)
+    return WanVAE.from_diffusers(folder, device=device, dtype=torch.float32)
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """Wan's own choice: bf16 on a GPU; fp32 on the CPU, where bf16 is slow."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -163,6 +197,6 @@ def load_model(ckpt_dir: str | Path | None = None, device: str | torch.device | 
         vae = WanVAE.from_official(path / OFFICIAL_FILES["vae"], device=device, dtype=torch.float32)
     else:
         text_encoder = TextEncoder.from_diffusers(path, device=device, dtype=dtype)
-        vae = WanVAE.from_diffusers(path / "vae", device=device, dtype=torch.float32)
+        vae = _load_diffusers_vae(path / "vae", device)
     return WanModel(dit=dit, text_encoder=text_encoder, vae=vae, defaults=read_defaults(path),
                     layout=layout, path=path, device=device, dtype=dtype)

@@ -240,7 +240,7 @@ class Prepared:
 
 def prepare(model: WanModel, request: GenerationRequest) -> Prepared:
     """Check everything about a request that can be checked cheaply; raises UserInputError."""
-    settings = resolve(request, model.defaults)
+    settings = resolve(request, model.defaults, model.geometry)
     counts, positions = counted_nouns(model, request, settings.prompt) if request.numina else ({}, {})
     config = numina_config_for(model, request, settings.steps) if counts else None
     return Prepared(settings, counts, positions, config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UserInputError
-from .loading import ModelDefaults
+from .loading import LatentGeometry, ModelDefaults
 
 # Wan2.1's default negative prompt (wan/configs/shared_config.py, sample_neg_prompt).
 WAN_NEGATIVE_PROMPT = (
@@ -12,7 +12,6 @@ WAN_NEGATIVE_PROMPT = (
     "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
 
-SIZE_MULTIPLE = 16   # VAE stride 8 x DiT patch 2
 MAX_COUNT = 20
 
 
@@ -44,11 +43,14 @@ class ResolvedSettings:
     steps: int
     guide_scale: float
     shift: float
+    geometry: LatentGeometry = LatentGeometry()
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
-        """[channels, latent frames, latent height, latent width] of Wan2.1's VAE (4x time, 8x space)."""
-        return (16, (self.frames - 1) // 4 + 1, self.height // 8, self.width // 8)
+        """[channels, latent frames, latent height, latent width] (Wan2.1's VAE: 16, 4x time, 8x space)."""
+        g = self.geometry
+        return (g.channels, (self.frames - 1) // g.temporal_factor + 1, self.height // g.spatial_factor,
+                self.width // g.spatial_factor)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -66,8 +68,10 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def resolve(request: GenerationRequest, defaults: ModelDefaults) -> ResolvedSettings:
-    """Fill defaults and check every value; raise UserInputError naming the bad one."""
+def resolve(request: GenerationRequest, defaults: ModelDefaults,
+            geometry: LatentGeometry = LatentGeometry()) -> ResolvedSettings:
+    """Fill defaults and check every value against the model's `geometry`; raise UserInputError naming
+    the bad one."""
     prompt = request.prompt.strip() if request.prompt else ""
     if not prompt:
         raise UserInputError("the prompt is empty: say what the video should show, e.g. --prompt \"three cats\"")
@@ -75,12 +79,16 @@ def resolve(request: GenerationRequest, defaults: ModelDefaults) -> ResolvedSett
     height = request.height or defaults.height
     frames = request.frames or defaults.frames
     steps = defaults.steps if request.steps is None else request.steps
+    multiple = geometry.size_multiple
     for name, value in (("width", width), ("height", height)):
-        if value <= 0 or value % SIZE_MULTIPLE:
-            raise UserInputError(f"{name} {value} must be a positive multiple of {SIZE_MULTIPLE} "
-                                 f"(VAE stride 8 x patch 2), e.g. --size 832*480")
-    if frames < 1 or (frames - 1) % 4:
-        raise UserInputError(f"--frames {frames} must be 4n+1 (1, 5, 9, ..., 81): the VAE packs 4 frames a latent")
+        if value <= 0 or value % multiple:
+            raise UserInputError(f"{name} {value} must be a positive multiple of {multiple} (one token: "
+                                 f"VAE stride {geometry.spatial_factor} x patch {geometry.patch[1]}), "
+                                 f"e.g. --size {defaults.width}*{defaults.height}")
+    temporal = geometry.temporal_factor
+    if frames < 1 or (frames - 1) % temporal:
+        raise UserInputError(f"--frames {frames} must be {temporal}n+1 (1, {1 + temporal}, {1 + 2 * temporal}, ...): "
+                             f"the VAE packs {temporal} frames a latent")
     if steps < 1:
         raise UserInputError(f"--steps {steps} must be at least 1")
     guide_scale = defaults.guide_scale if request.guide_scale is None else request.guide_scale
@@ -89,4 +97,4 @@ def resolve(request: GenerationRequest, defaults: ModelDefaults) -> ResolvedSett
         raise UserInputError(f"--shift {shift} must be positive")
     return ResolvedSettings(prompt=prompt, negative_prompt=request.negative_prompt or "", seed=request.seed,
                             width=width, height=height, frames=frames, steps=steps,
-                            guide_scale=float(guide_scale), shift=float(shift))
+                            guide_scale=float(guide_scale), shift=float(shift), geometry=geometry)

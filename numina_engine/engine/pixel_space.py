@@ -1,0 +1,58 @@
+"""Pixel space in place of a VAE: for small models that denoise RGB frames directly.
+
+A diffusers-layout checkpoint selects it with `vae/config.json` = {"_class_name": "PixelSpace"}
+(no weights). Latents are the frames themselves, [B, 3, T, H, W] with pixels scaled to [-1, 1], so
+it has the same decode/encode interface as `WanVAE` with z_dim 3 and factors 1 in time and space.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+
+CLASS_NAME = "PixelSpace"
+
+
+class PixelSpace:
+    """Identity "autoencoder": [-1, 1] float latents <-> uint8 RGB frames, as Wan's VAE maps pixels."""
+
+    z_dim = 3
+    temporal_factor = 1
+    spatial_factor = 1
+    dtype = torch.float32
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_config(cls, config: dict, source: Path, device: torch.device | str = "cpu") -> PixelSpace:
+        """Check a `vae/config.json` payload that names this class; `source` is used in errors."""
+        extra = sorted(set(config) - {"_class_name", "_diffusers_version"})
+        if config.get("_class_name") != CLASS_NAME or extra:
+            raise CheckpointError(f"{source} should be {{\"_class_name\": \"{CLASS_NAME}\"}} for a pixel-space model; "
+                                  f"got {config}")
+        return cls(device)
+
+    def to(self, device: torch.device | str) -> PixelSpace:
+        self.device = torch.device(device)
+        return self
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Float latents [B, 3, T, H, W] -> uint8 frames [B, T, H, W, 3] on `device`.
+
+        Clamped to [-1, 1] and mapped to 0..255 by truncation, exactly as `WanVAE.decode` maps its output.
+        """
+        if latents.ndim != 5 or latents.shape[1] != 3 or not latents.is_floating_point():
+            raise ValueError(f"decode() takes float latents [B, 3, T, H, W], got {latents.dtype} {tuple(latents.shape)}")
+        video = latents.to(self.device, torch.float32).clamp(-1, 1)
+        return ((video + 1) / 2 * 255).to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous()
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames [B, T, H, W, 3] -> float32 latents [B, 3, T, H, W] in [-1, 1]."""
+        if frames.dtype != torch.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
+            raise ValueError(f"encode() takes uint8 frames [B, T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+        return frames.to(self.device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
