@@ -1,4 +1,5 @@
-"""Fused Triton attention kernels for NUMINA, each beside its plain-PyTorch reference.
+"""Fused Triton kernels, each beside its plain-PyTorch reference: NUMINA's attention kernels, and
+the DiT block's fused elementwise work (modulated LayerNorm, q/k RMSNorm + RoPE, gated residual add).
 
 Importable without triton: the launchers then (and for CPU tensors unless TRITON_INTERPRET=1)
 run the references.
@@ -16,10 +17,14 @@ from .frame_attention import (
     frame_attention_maps,
     frame_attention_maps_reference,
 )
+from .gated_residual import gated_residual_add, gated_residual_add_reference
+from .norm_modulate import layer_norm_modulate, layer_norm_modulate_reference
+from .rms_norm_rope import apply_rope, qk_norm_rope, qk_norm_rope_reference
 
 __all__ = [
     "MAX_BIAS_COLUMNS",
     "TRITON_AVAILABLE",
+    "apply_rope",
     "attention_with_frame_lse",
     "attention_with_frame_lse_reference",
     "cross_attention_with_column_bias",
@@ -28,5 +33,11 @@ __all__ = [
     "cross_attention_with_noun_maps_reference",
     "frame_attention_maps",
     "frame_attention_maps_reference",
+    "gated_residual_add",
+    "gated_residual_add_reference",
+    "layer_norm_modulate",
+    "layer_norm_modulate_reference",
+    "qk_norm_rope",
+    "qk_norm_rope_reference",
     "triton_runs_on",
 ]
