@@ -1,21 +1,33 @@
 """WanDiT against diffusers' WanTransformer3DModel, its RoPE against Wan's float64 formula, bf16 vs
-fp32, the attention-interface plumbing, and WanConfig's JSON forms."""
+fp32, the attention-interface plumbing, the fused-kernel path (CUDA) against the PyTorch path,
+and WanConfig's JSON forms."""
 import dataclasses
 
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from numina_engine.engine import attention
+from numina_engine.engine import model as model_module
 from numina_engine.engine.forward_state import ForwardState
 from numina_engine.engine.config import PRESETS, WAN_1_3B, WAN_14B, WAN_TINY, WanConfig
-from numina_engine.engine.model import WanDiT, apply_rope, build_rope_tables, rope_axis_dims
+from numina_engine.engine.model import WanDiT, build_rope_tables, feed_forward, rope_axis_dims
 from numina_engine.engine.weights import diffusers_to_official
 from numina_engine.errors import CheckpointError
+from numina_engine.kernels import apply_rope
+from numina_engine.kernels._triton import TRITON_INTERPRETED
 
 # Latent F=3, H=10, W=14 -> odd, non-square token grid 3 x 5 x 7.
 LATENT_SHAPE = (2, 16, 3, 10, 14)
 # head_dim 20 (RoPE split 8/6/6, not a multiple of 6) and no cross-attention LayerNorm.
 ODD_CONFIG = WanConfig(dim=60, ffn_dim=96, num_heads=3, num_layers=2, text_dim=24, cross_attn_norm=False)
+# No q/k RMSNorm either: the fused path then only rotates (self-attention) or copies (cross-attention).
+NO_NORMS_CONFIG = WanConfig(dim=48, ffn_dim=80, num_heads=2, num_layers=2, text_dim=24, qk_norm=False,
+                            cross_attn_norm=False)
+FUSED_PATH_CONFIGS = pytest.mark.parametrize("config", [WAN_TINY, ODD_CONFIG, NO_NORMS_CONFIG],
+                                             ids=["tiny", "odd_head_dim_no_norm3", "no_norms"])
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def random_inputs(config: WanConfig, generator: torch.Generator):
@@ -142,6 +154,101 @@ def test_attention_interface_receives_layer_index_and_state(monkeypatch):
     assert calls == [call for i in range(WAN_TINY.num_layers) for call in (
         ("self", i, state, (2, 105, heads, head_dim), (2, 105, heads, head_dim)),
         ("cross", i, state, (2, 105, heads, head_dim), (2, WAN_TINY.text_len, heads, head_dim)))]
+
+
+@pytest.mark.skipif(not TRITON_INTERPRETED, reason="runs the Triton kernels on CPU tensors in the interpreter")
+@FUSED_PATH_CONFIGS
+def test_fused_path_in_the_interpreter_matches_torch_path_fp32(config, monkeypatch):
+    """The model's kernel wiring (shapes, strides, modulation views, in-place residual), checked on
+    the CPU: with use_fused_kernels forced on, the kernels run in Triton's interpreter."""
+    # A 1 x 3 x 5 token grid and 16 text tokens: few interpreted programs (4 tokens each, some partial).
+    config = dataclasses.replace(config, text_len=16)
+    model = random_wandit(config, seed=9)
+    generator = torch.Generator().manual_seed(10)
+    inputs = (torch.randn(2, 16, 1, 6, 10, generator=generator), torch.rand(2, generator=generator) * 1000,
+              torch.randn(2, config.text_len, config.text_dim, generator=generator))
+    with torch.no_grad():
+        expected = model(*inputs)
+        monkeypatch.setattr(model_module, "use_fused_kernels", lambda x: True)
+        actual = model(*inputs)
+    assert relative_error(actual, expected) < 1e-5
+
+
+@pytest.fixture
+def exact_float32_on_gpu(monkeypatch):
+    """float32 matmuls and convolutions without TF32 (cuDNN's convolutions default to it)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
+@requires_cuda
+@FUSED_PATH_CONFIGS
+def test_cuda_fused_path_matches_cpu_fp32(config, exact_float32_on_gpu):
+    model = random_wandit(config, seed=11)
+    inputs = random_inputs(config, torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        expected = model(*inputs)
+        expected_b1 = model(*(t[:1] for t in inputs))
+        model.cuda()
+        actual = model(*(t.cuda() for t in inputs)).cpu()
+        actual_b1 = model(*(t[:1].cuda() for t in inputs)).cpu()
+    assert relative_error(actual, expected) < 1e-5
+    assert relative_error(actual_b1, expected_b1) < 1e-5
+
+
+@requires_cuda
+def test_cuda_fused_path_bf16_as_close_to_fp32_as_torch_path(exact_float32_on_gpu, monkeypatch):
+    model = random_wandit(WAN_TINY, seed=13).cuda()
+    inputs = [t.cuda() for t in random_inputs(WAN_TINY, torch.Generator().manual_seed(14))]
+    with torch.no_grad():
+        expected = model(*inputs)
+        model.cast_weights(torch.bfloat16)
+        fused = model(*inputs)
+        monkeypatch.setattr(model_module, "use_fused_kernels", lambda x: False)
+        unfused = model(*inputs)
+    assert relative_error(fused, unfused) < 1e-2
+    assert relative_error(fused, expected) <= 1.25 * relative_error(unfused, expected) + 1e-3
+
+
+@requires_cuda
+def test_gelu_epilogue_is_gelu_tanh_within_bf16_rounding(exact_float32_on_gpu):
+    """feed_forward's cuBLASLt GELU epilogue (bf16, Wan2.1-1.3B's FFN widths) against the float32
+    GELU(tanh) of the same bf16 inputs: no further from it than nn.Linear + nn.GELU("tanh") in bf16."""
+    gen = torch.Generator(device="cpu").manual_seed(15)
+    first, second = nn.Linear(1536, 8960), nn.Linear(8960, 1536)
+    ffn = nn.Sequential(first, nn.GELU(approximate="tanh"), second).cuda().to(torch.bfloat16)
+    x = (3 * torch.randn(2, 2000, 1536, generator=gen)).cuda().to(torch.bfloat16)   # pre-activations ~N(0, 1.7^2)
+    with torch.no_grad():
+        exact = F.gelu(F.linear(x.float(), first.weight.float(), first.bias.float()), approximate="tanh")
+        fused = torch._addmm_activation(first.bias, x.flatten(0, 1), first.weight.t(), use_gelu=True).view_as(exact)
+        unfused = ffn[1](first(x))
+        assert relative_error(fused, exact) <= 1.25 * relative_error(unfused, exact)
+        assert (fused.float() - exact).abs().max() <= 2 * (unfused.float() - exact).abs().max()
+        exact_out = F.linear(exact, second.weight.float(), second.bias.float())
+        assert relative_error(feed_forward(ffn, x), exact_out) <= 1.25 * relative_error(ffn(x), exact_out)
+
+
+@requires_cuda
+def test_forward_replays_in_a_cuda_graph():
+    """No host syncs or per-call host tensors in the fused bf16 forward: it captures, and the replay
+    reads new inputs written into the captured ones."""
+    model = random_wandit(WAN_TINY, seed=16).cuda().cast_weights(torch.bfloat16)
+    static = [t.cuda() for t in random_inputs(WAN_TINY, torch.Generator().manual_seed(17))]
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            first = model(*static)              # compiles the kernels and caches the RoPE tables
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = model(*static)
+        for tensor, fresh in zip(static, random_inputs(WAN_TINY, torch.Generator().manual_seed(18))):
+            tensor.copy_(fresh)
+        graph.replay()
+        expected = model(*static)
+    assert relative_error(captured, expected) < 1e-3
+    assert relative_error(first, expected) > 0.1
 
 
 def test_token_grid_and_input_errors():

@@ -6,6 +6,12 @@ names are the official checkpoint's, so its safetensors load with no renaming.
 Precision policy (Wan's): the residual stream, LayerNorms, q/k RMSNorms, RoPE, the timestep
 embedding and all shift/scale/gate modulation run in float32; matmuls and convolutions run in the
 dtype of their weights (the "compute dtype", float32 or bfloat16), their inputs cast to it.
+
+That elementwise float32 work goes through four helpers below (`modulated_norm`, `qk_norm_rope`,
+`gated_add_`, `feed_forward`): on CUDA tensors they run fused Triton kernels (numina_engine/kernels),
+one read and one write of each tensor, float32 inside, rounded once to the compute dtype; elsewhere
+they run the kernels' PyTorch references, which are Wan's op-by-op float32 computation. The norm
+modules (nn.LayerNorm, nn.RMSNorm) only carry their parameters and eps: the helpers compute with them.
 """
 from __future__ import annotations
 
@@ -13,8 +19,8 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .. import kernels
 from . import attention
 from .config import WanConfig
 
@@ -62,39 +68,66 @@ def build_rope_tables(grid: tuple[int, int, int], head_dim: int) -> tuple[torch.
     return torch.cos(angles).float(), torch.sin(angles).float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (2i, 2i+1) of x by the table angles.
+def use_fused_kernels(x: torch.Tensor) -> bool:
+    """Whether the elementwise work on `x` runs in the fused kernels (CUDA tensors) or in their
+    PyTorch references (elsewhere)."""
+    return x.is_cuda
 
-    x: [B, L, H, D] float32; cos, sin: [L, D/2] float32 (from `build_rope_tables`). Returns [B, L, H, D] float32.
+
+def _kernel_or_reference(kernel, x: torch.Tensor):
+    """The Triton kernel when `use_fused_kernels(x)`, else its PyTorch reference (same signature)."""
+    return kernel if use_fused_kernels(x) else getattr(kernels, kernel.__name__ + "_reference")
+
+
+def modulated_norm(hidden: torch.Tensor, norm: nn.Module, dtype: torch.dtype, shift: torch.Tensor | None = None,
+                   scale: torch.Tensor | None = None) -> torch.Tensor:
+    """norm(hidden) * (1 + scale) + shift in float32, cast to `dtype`.
+
+    hidden: [B, L, dim] float32; norm: an nn.LayerNorm (its parameters, if any, used in float32) or
+    nn.Identity (then no modulation either: hidden is only cast); shift, scale: [B, dim] float32 or
+    both None. Returns [B, L, dim] in `dtype`.
     """
-    x_even, x_odd = x.unflatten(-1, (-1, 2)).unbind(-1)          # [B, L, H, D/2] each
-    cos, sin = cos[:, None, :], sin[:, None, :]
-    return torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1).flatten(-2)
+    if isinstance(norm, nn.Identity):
+        return hidden.to(dtype)
+    weight = norm.weight.float() if norm.weight is not None else None
+    bias = norm.bias.float() if norm.bias is not None else None
+    return _kernel_or_reference(kernels.layer_norm_modulate, hidden)(
+        hidden, weight, bias, scale, shift, eps=norm.eps, out_dtype=dtype)
 
 
-class Float32LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 whatever the input/parameter dtype; returns float32."""
+def qk_norm_rope(x: torch.Tensor, norm: nn.Module, num_heads: int,
+                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Wan's q/k RMSNorm over the full width (nn.RMSNorm; nn.Identity: none), split into heads, then
+    RoPE when `rope` = (cos, sin) [L, head_dim/2] float32 is given; float32 inside.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.float() if self.weight is not None else None
-        bias = self.bias.float() if self.bias is not None else None
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
-
-
-class QKRMSNorm(nn.Module):
-    """RMSNorm over the full model width (all heads together), as Wan normalises q and k.
-
-    Input [..., dim] any float dtype; output float32.
+    x: [B, L, dim] (a q or k projection). Returns [B, L, num_heads, head_dim] in x's dtype.
     """
+    weight, eps = (None, 0.0) if isinstance(norm, nn.Identity) else (norm.weight.float(), norm.eps)
+    cos, sin = rope if rope is not None else (None, None)
+    return _kernel_or_reference(kernels.qk_norm_rope, x)(x, weight, cos, sin, num_heads=num_heads, eps=eps)
 
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight.float()
+def gated_add_(hidden: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+    """hidden += y.float() * gate (or + y.float() without a gate), in place; returns hidden.
+
+    hidden: [B, L, dim] float32 residual stream; y: [B, L, dim] compute dtype; gate: [B, dim] float32.
+    """
+    return _kernel_or_reference(kernels.gated_residual_add, hidden)(hidden, y, gate)
+
+
+def feed_forward(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Wan's FFN (Linear, GELU(tanh), Linear) of x [B, L, dim] in the compute dtype.
+
+    With the fused kernels in bfloat16/float16, the GELU runs in the first matmul's cuBLASLt epilogue
+    (torch._addmm_activation, whose GELU on CUDA is the tanh form), on the float32 accumulator plus
+    bias before the one rounding to x's dtype. Elsewhere the modules run as written: in float32 (the
+    epilogue's accuracy there is not documented) and on the CPU (whose _addmm_activation GELU is erf).
+    """
+    if use_fused_kernels(x) and x.dtype in (torch.bfloat16, torch.float16):
+        first, _, second = ffn
+        hidden = torch._addmm_activation(first.bias, x.flatten(0, -2), first.weight.t(), use_gelu=True)
+        return second(hidden.unflatten(0, x.shape[:-1]))
+    return ffn(x)
 
 
 class WanSelfAttention(nn.Module):
@@ -108,18 +141,16 @@ class WanSelfAttention(nn.Module):
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
         self.o = nn.Linear(dim, dim)
-        self.norm_q = QKRMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
-        self.norm_k = QKRMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
+        self.norm_q = nn.RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
+        self.norm_k = nn.RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], *, layer_index: int,
                 state) -> torch.Tensor:
         """x: [B, L, dim] in the compute dtype; rope: (cos, sin) [L, head_dim/2] float32 on x's device.
         Returns [B, L, dim] in the compute dtype."""
-        q = self.norm_q(self.q(x)).float().unflatten(-1, (self.num_heads, -1))
-        k = self.norm_k(self.k(x)).float().unflatten(-1, (self.num_heads, -1))
+        q = qk_norm_rope(self.q(x), self.norm_q, self.num_heads, rope)
+        k = qk_norm_rope(self.k(x), self.norm_k, self.num_heads, rope)
         v = self.v(x).unflatten(-1, (self.num_heads, -1))
-        q = apply_rope(q, *rope).to(x.dtype)
-        k = apply_rope(k, *rope).to(x.dtype)
         out = attention.self_attention(q, k, v, layer_index=layer_index, state=state)
         return self.o(out.flatten(2))
 
@@ -135,13 +166,13 @@ class WanCrossAttention(nn.Module):
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
         self.o = nn.Linear(dim, dim)
-        self.norm_q = QKRMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
-        self.norm_k = QKRMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
+        self.norm_q = nn.RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
+        self.norm_k = nn.RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, *, layer_index: int, state) -> torch.Tensor:
         """x: [B, L, dim], context: [B, T, dim], both in the compute dtype. Returns [B, L, dim]."""
-        q = self.norm_q(self.q(x)).to(x.dtype).unflatten(-1, (self.num_heads, -1))
-        k = self.norm_k(self.k(context)).to(x.dtype).unflatten(-1, (self.num_heads, -1))
+        q = qk_norm_rope(self.q(x), self.norm_q, self.num_heads)
+        k = qk_norm_rope(self.k(context), self.norm_k, self.num_heads)
         v = self.v(context).unflatten(-1, (self.num_heads, -1))
         out = attention.cross_attention(q, k, v, layer_index=layer_index, state=state)
         return self.o(out.flatten(2))
@@ -153,33 +184,32 @@ class WanBlock(nn.Module):
     def __init__(self, config: WanConfig):
         super().__init__()
         dim, eps = config.dim, config.eps
-        self.norm1 = Float32LayerNorm(dim, eps, elementwise_affine=False)
+        self.norm1 = nn.LayerNorm(dim, eps, elementwise_affine=False)
         self.self_attn = WanSelfAttention(config)
-        self.norm3 = Float32LayerNorm(dim, eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
+        self.norm3 = nn.LayerNorm(dim, eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
         self.cross_attn = WanCrossAttention(config)
-        self.norm2 = Float32LayerNorm(dim, eps, elementwise_affine=False)
+        self.norm2 = nn.LayerNorm(dim, eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"),
                                  nn.Linear(config.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
 
     def forward(self, hidden: torch.Tensor, time_modulation: torch.Tensor, context: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor], *, layer_index: int, state) -> torch.Tensor:
-        """hidden: [B, L, dim] float32 residual stream; time_modulation: [B, 6, dim] float32;
-        context: [B, T, dim] compute dtype; rope: (cos, sin) [L, head_dim/2] float32.
-        Returns the updated residual stream [B, L, dim] float32."""
+        """hidden: [B, L, dim] float32 residual stream (last dimension contiguous), updated in place;
+        time_modulation: [B, 6, dim] float32; context: [B, T, dim] compute dtype; rope: (cos, sin)
+        [L, head_dim/2] float32. Returns hidden."""
         compute_dtype = self.ffn[0].weight.dtype
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (
-            self.modulation.float() + time_modulation).unsqueeze(2).unbind(1)          # [B, 1, dim] each
+            self.modulation.float() + time_modulation).unbind(1)                      # [B, dim] each
 
-        x = self.norm1(hidden) * (1 + scale_sa) + shift_sa
-        x = self.self_attn(x.to(compute_dtype), rope, layer_index=layer_index, state=state)
-        hidden = hidden + x.float() * gate_sa
+        x = modulated_norm(hidden, self.norm1, compute_dtype, shift_sa, scale_sa)
+        gated_add_(hidden, self.self_attn(x, rope, layer_index=layer_index, state=state), gate_sa)
 
-        x = self.norm3(hidden).to(compute_dtype)
-        hidden = hidden + self.cross_attn(x, context, layer_index=layer_index, state=state).float()
+        x = modulated_norm(hidden, self.norm3, compute_dtype)
+        gated_add_(hidden, self.cross_attn(x, context, layer_index=layer_index, state=state))
 
-        x = self.norm2(hidden) * (1 + scale_ff) + shift_ff
-        return hidden + self.ffn(x.to(compute_dtype)).float() * gate_ff
+        x = modulated_norm(hidden, self.norm2, compute_dtype, shift_ff, scale_ff)
+        return gated_add_(hidden, feed_forward(self.ffn, x), gate_ff)
 
 
 class WanHead(nn.Module):
@@ -188,16 +218,15 @@ class WanHead(nn.Module):
     def __init__(self, config: WanConfig):
         super().__init__()
         dim = config.dim
-        self.norm = Float32LayerNorm(dim, config.eps, elementwise_affine=False)
+        self.norm = nn.LayerNorm(dim, config.eps, elementwise_affine=False)
         self.head = nn.Linear(dim, config.out_dim * math.prod(config.patch_size))
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim ** 0.5)
 
     def forward(self, hidden: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
         """hidden: [B, L, dim] float32; time_embedding: [B, dim] float32.
         Returns [B, L, out_dim * prod(patch_size)] float32."""
-        shift, scale = (self.modulation.float() + time_embedding.unsqueeze(1)).unsqueeze(2).unbind(1)
-        x = self.norm(hidden) * (1 + scale) + shift
-        return self.head(x.to(self.head.weight.dtype)).float()
+        shift, scale = (self.modulation.float() + time_embedding.unsqueeze(1)).unbind(1)     # [B, dim] each
+        return self.head(modulated_norm(hidden, self.norm, self.head.weight.dtype, shift, scale)).float()
 
 
 class WanDiT(nn.Module):
@@ -276,7 +305,8 @@ class WanDiT(nn.Module):
         grid = self.token_grid(latents.shape)
         compute_dtype = self.patch_embedding.weight.dtype
 
-        hidden = self.patch_embedding(latents.to(compute_dtype)).flatten(2).transpose(1, 2).float()  # [B, L, dim]
+        hidden = self.patch_embedding(latents.to(compute_dtype)).flatten(2).transpose(1, 2)  # [B, L, dim]
+        hidden = hidden.float().contiguous()         # the float32 residual stream, token rows contiguous
 
         time_dtype = self.time_embedding[0].weight.dtype
         time_embedding = self.time_embedding(timestep_sinusoid(timestep, config.freq_dim).to(time_dtype))
