@@ -2,18 +2,27 @@
 
 Timing does not depend on weight values, so the model is built in memory at the real sizes
 (1.3B DiT, umT5-XXL encoder, Wan VAE) with random weights; the tokenizer is the embedded demo one.
-Both runs use the same engine and settings, side by side in one process. Prints a table and one
-JSON object (phase times, steps computed/reused, peak GPU memory, forward TFLOP/s).
+All runs use the same engine and settings, one after the other in one process:
 
-    python bench/e2e.py [--steps 50] [--frames 81] [--size 832*480]
+    warm-up          a NUMINA run with WARMUP_STEPS steps and phase 2 forced, at the same shape
+                     (Triton compilation, cuDNN plans, first-call setup: not timed)
+    plain            CUDA graphs on
+    plain, eager     CUDA graphs off (left out with --skip-graphs-off)
+    NUMINA           CUDA graphs on
 
-With --steps below 50 the per-step times are also extrapolated to 50 steps (marked as such).
+Prints a table and one JSON object: phase times, steps computed/reused, peak GPU memory (allocated
+and reserved), forward TFLOP/s, graphs on/off ratio, NUMINA/plain ratio and the authors' ~255 s
+estimate over ours. With --steps below 50, per-step times are also extrapolated to 50 steps
+("extrapolated_to_50_steps": estimates, not measurements).
+
+    python bench/e2e.py --steps 50 --force-modulation [--skip-graphs-off] [--json e2e.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -25,11 +34,16 @@ from numina_engine.engine.model import WanDiT
 from numina_engine.engine.settings import GenerationRequest, parse_size
 from numina_engine.engine.text_encoder import TextEncoder
 from numina_engine.engine.vae import WanVAE
+from numina_engine.numina.config import NuminaConfig
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "numina_engine" / "assets" / "tiny-wan" / "tokenizer"
 FLOP_PER_FORWARD_1_3B_81F = 289e12          # one batch-1 forward at 832x480x81 (shared/ANCHORS.md)
+AUTHORS_ESTIMATE_S = 255.0                  # the authors' pipeline, one NUMINA video, 50 steps (shared/ANCHORS.md)
 PROMPT = "Three cats chasing two dogs"
 COUNTS = {"cats": 2, "dogs": 3}             # differ from what random weights give, so phase 2 runs
+WARMUP_STEPS = 2
+FULL_STEPS = 50
+FULL_REFERENCE_STEP = NuminaConfig().reference_step
 
 
 def random_model(device: torch.device) -> WanModel:
@@ -51,7 +65,8 @@ def random_model(device: torch.device) -> WanModel:
                     path=Path("random"), device=device, dtype=torch.bfloat16)
 
 
-def force_modulation() -> None:
+@contextmanager
+def forced_modulation():
     """Random weights give layouts that refinement may leave as they are (e.g. one instance covering
     the frame), so phase 2 would not run. For timing only: after the real layout step, add one disc
     of radius 3 tokens per noun and frame to the refined layout, so that phase 2 regenerates with a
@@ -69,55 +84,123 @@ def force_modulation() -> None:
         return reference, refined, summaries
 
     pipeline.plan_layouts = with_added_disc
+    try:
+        yield
+    finally:
+        pipeline.plan_layouts = real
 
 
-def timed_run(model: WanModel, request: GenerationRequest) -> dict:
-    torch.cuda.reset_peak_memory_stats()
+def timed_run(model: WanModel, request: GenerationRequest, *, cuda_graphs: bool) -> dict:
+    """One generation from an emptied allocator cache: wall time, phase times, peak memory, reports."""
+    torch.cuda.empty_cache()
     torch.cuda.synchronize()
     start = time.perf_counter()
-    result = pipeline.generate(model, request, progress=False)
+    result = pipeline.generate(model, request, progress=False, cuda_graphs=cuda_graphs)
     torch.cuda.synchronize()
     return {"total_s": time.perf_counter() - start, "phases_s": result.timings_s,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "numina": result.report.get("numina", {})}
+            "peak_gpu_memory_gib": result.report.get("peak_gpu_memory_gib", {}),
+            "cuda_graphs": result.report["cuda_graphs"], "numina": result.report.get("numina", {})}
+
+
+def forward_tflops(step_s: float) -> float:
+    """Effective TFLOP/s of a CFG step (two batch rows) at 832x480x81."""
+    return 2 * FLOP_PER_FORWARD_1_3B_81F / step_s / 1e12
+
+
+def extrapolate_to_50_steps(plain: dict, numina: dict, steps: int) -> dict:
+    """Whole-video estimates at 50 steps from a shorter run's per-step times (not measurements).
+
+    plain: the non-step phases as measured plus 50 plain steps. NUMINA: phase 1 as 20 plain steps (all
+    computed: EasyCache's reuse at 50 steps is not predicted from a shorter run, so this is an upper
+    bound) plus the measured reference forward; phase 2 at the measured phase-2 step time, for 50
+    steps when it regenerated, else for the 30 steps phase 1 runs on.
+    """
+    plain_phases, numina_phases, report = plain["phases_s"], numina["phases_s"], numina["numina"]
+    plain_step = plain_phases["denoising"] / steps
+    computed_plain_steps = report["phase1_steps_computed"] - 1                   # less the reference forward
+    reference_forward = numina_phases["phase 1"] - computed_plain_steps * plain_step
+    regenerated = report["regenerated"]
+    phase2_step = numina_phases["phase 2"] / (steps if regenerated else steps - report["reference_step"])
+    phase2_steps = FULL_STEPS if regenerated else FULL_STEPS - FULL_REFERENCE_STEP
+    plain_s = plain_phases["text encoding"] + FULL_STEPS * plain_step + plain_phases["decode"]
+    numina_s = (numina_phases["text encoding"] + FULL_REFERENCE_STEP * plain_step + reference_forward
+                + numina_phases["layout"] + numina_phases["preview decode"] + phase2_steps * phase2_step
+                + numina_phases["decode"])
+    return {"note": "estimates from per-step times of this shorter run, not measured",
+            "plain_step_s": plain_step, "numina_phase2_step_s": phase2_step,
+            "numina_reference_forward_s": reference_forward,
+            "plain_total_s": plain_s, "numina_total_s": numina_s, "numina_over_plain": numina_s / plain_s}
+
+
+def print_table(runs: dict[str, dict]) -> None:
+    columns = ["text", "phase 1", "layout", "preview", "phase 2 / denoise", "decode", "total",
+               "peak alloc GiB", "peak reserved GiB"]
+    print("| run | " + " | ".join(columns) + " |")
+    print("| --- |" + " ---: |" * len(columns))
+    for name, run in runs.items():
+        p = run["phases_s"]
+        cells = [p.get("text encoding", 0), p.get("phase 1", 0), p.get("layout", 0), p.get("preview decode", 0),
+                 p.get("phase 2", p.get("denoising", 0)), p.get("decode", 0), run["total_s"]]
+        memory = run["peak_gpu_memory_gib"]
+        print(f"| {name} | " + " | ".join(f"{c:.2f} s" for c in cells)
+              + f" | {memory.get('allocated', 0):.1f} | {memory.get('reserved', 0):.1f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=FULL_STEPS)
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--size", default="832*480")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", default=None, help="also write the JSON result to this file")
     parser.add_argument("--force-modulation", action="store_true",
-                        help="timing aid: make phase 2 run even when refinement changes nothing (see force_modulation)")
+                        help="timing aid: make phase 2 run even when refinement changes nothing (see forced_modulation)")
+    parser.add_argument("--skip-graphs-off", action="store_true",
+                        help="leave out the plain run with CUDA graphs off (saves one plain run's time)")
     args = parser.parse_args()
-    if args.force_modulation:
-        force_modulation()
     device = torch.device("cuda")
     model = random_model(device)
     width, height = parse_size(args.size)
-    common = dict(prompt=PROMPT, seed=1, width=width, height=height, frames=args.frames, steps=args.steps)
-    reference_step = min(20, args.steps - 1)
-    plain = timed_run(model, GenerationRequest(**common, numina=False))
-    numina = timed_run(model, GenerationRequest(**common, counts=COUNTS,
-                                                numina_overrides={"reference_step": reference_step}))
+    common = dict(prompt=PROMPT, seed=1, width=width, height=height, frames=args.frames, counts=COUNTS)
     steps = args.steps
-    per_step_plain = plain["phases_s"]["denoising"] / steps
-    result = {"device": torch.cuda.get_device_name(), "steps": steps, "frames": args.frames, "size": args.size,
-              "plain": plain, "numina": numina,
-              "numina_over_plain": numina["total_s"] / plain["total_s"],
-              "plain_step_s": per_step_plain, "forced_modulation": args.force_modulation}
-    if (args.frames, width, height) == (81, 832, 480):
-        result["forward_tflops"] = 2 * FLOP_PER_FORWARD_1_3B_81F / per_step_plain / 1e12   # CFG: 2 rows a step
-    if steps != 50:
-        result["extrapolated_to_50_steps_plain_denoising_s"] = per_step_plain * 50
+
+    with forced_modulation():                  # the warm-up compiles every kernel phase 2 uses, too
+        warmup = timed_run(model, GenerationRequest(**common, steps=WARMUP_STEPS,
+                                                    numina_overrides={"reference_step": WARMUP_STEPS - 1}),
+                           cuda_graphs=True)
+    plain_request = GenerationRequest(**common, steps=steps, numina=False)
+    runs = {"plain": timed_run(model, plain_request, cuda_graphs=True)}
+    if not args.skip_graphs_off:
+        runs["plain, graphs off"] = timed_run(model, plain_request, cuda_graphs=False)
+    numina_request = GenerationRequest(**common, steps=steps,
+                                       numina_overrides={"reference_step": min(FULL_REFERENCE_STEP, steps - 1)})
+    with forced_modulation() if args.force_modulation else nullcontext():
+        runs["NUMINA"] = timed_run(model, numina_request, cuda_graphs=True)
+
+    plain, numina = runs["plain"], runs["NUMINA"]
+    plain_step = plain["phases_s"]["denoising"] / steps
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": steps,
+              "frames": args.frames, "size": args.size, "forced_modulation": args.force_modulation,
+              "warmup_run": {"steps": WARMUP_STEPS, "total_s": warmup["total_s"]},
+              "runs": runs,
+              "plain_step_s": plain_step,
+              "numina_over_plain": numina["total_s"] / plain["total_s"]}
+    if "plain, graphs off" in runs:
+        eager_step = runs["plain, graphs off"]["phases_s"]["denoising"] / steps
+        result["plain_step_graphs_off_s"] = eager_step
+        result["graphs_off_over_on_step"] = eager_step / plain_step
+    if steps < FULL_STEPS:
+        result["extrapolated_to_50_steps"] = extrapolate_to_50_steps(plain, numina, steps)
+    if (args.frames, width, height) == (81, 832, 480):          # the shape the anchors are for
+        result["forward_tflops"] = forward_tflops(plain_step)
+        if "plain, graphs off" in runs:
+            result["forward_tflops_graphs_off"] = forward_tflops(result["plain_step_graphs_off_s"])
+        measured = steps == FULL_STEPS
+        numina_50_s = numina["total_s"] if measured else result["extrapolated_to_50_steps"]["numina_total_s"]
+        result["authors_estimate_over_numina_50_steps"] = {
+            "ratio": AUTHORS_ESTIMATE_S / numina_50_s, "authors_estimate_s": AUTHORS_ESTIMATE_S,
+            "numina_s": numina_50_s, "numina_s_is": "measured" if measured else "extrapolated"}
     print(json.dumps(result, indent=2, default=str))
-    print("| run | " + " | ".join(["text", "phase 1", "layout", "preview", "phase 2 / denoise", "decode",
-                                    "total", "peak GiB"]) + " |")
-    for name, run in (("plain", plain), ("NUMINA", numina)):
-        p = run["phases_s"]
-        cells = [p.get("text encoding", 0), p.get("phase 1", 0), p.get("layout", 0), p.get("preview decode", 0),
-                 p.get("phase 2", p.get("denoising", 0)), p.get("decode", 0), run["total_s"]]
-        print(f"| {name} | " + " | ".join(f"{c:.2f} s" for c in cells) + f" | {run['peak_gib']:.1f} |")
+    print_table(runs)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
 

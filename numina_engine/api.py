@@ -14,18 +14,12 @@ import torch
 
 from .engine import pipeline
 from .engine.loading import WanModel, load_model
+from .engine.offload import load_offloaded
 from .engine.settings import GenerationRequest
 from .engine.video_io import atomic_output, write_mp4
 from .numina.layout_image import render_layout_png
 
 VIDEO_FPS = 16
-LAYOUT_COLUMNS = 4
-
-
-def layout_frames_to_show(num_frames: int) -> list[int]:
-    """Up to LAYOUT_COLUMNS latent frames spread evenly from first to last."""
-    count = min(LAYOUT_COLUMNS, num_frames)
-    return sorted({round(i * (num_frames - 1) / max(count - 1, 1)) for i in range(count)})
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -34,24 +28,42 @@ def write_json_atomic(path: Path, payload: dict) -> None:
         tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-class Engine:
-    """A loaded Wan2.1 checkpoint and the NUMINA pipeline around it."""
+def preview_by_latent_frame(layout: pipeline.LayoutResult) -> torch.Tensor:
+    """uint8 [F, H, W, 3], indexed by latent frame as render_layout_png reads it: the decoded preview at
+    `layout.shown_frames`, black at the frames layout.png does not show (only those were decoded)."""
+    num_frames = next(iter(layout.reference.values())).shape[0]
+    frames = layout.preview_frames.new_zeros((num_frames, *layout.preview_frames.shape[1:]))
+    frames[layout.shown_frames] = layout.preview_frames
+    return frames
 
-    def __init__(self, model: WanModel):
+
+class Engine:
+    """A loaded Wan2.1 checkpoint and the NUMINA pipeline around it.
+
+    `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA). `offload`: the text
+    encoder stays on the CPU and the DiT leaves the GPU while the VAE decodes, for small GPUs.
+    """
+
+    def __init__(self, model: WanModel, *, cuda_graphs: bool = True, offload: bool = False):
         self.model = model
+        self.cuda_graphs = cuda_graphs
+        self.offload = offload
 
     @classmethod
     def load(cls, ckpt_dir: str | Path | None = None, device: str | torch.device | None = None,
-             dtype: torch.dtype | None = None) -> "Engine":
-        """`ckpt_dir=None` loads the embedded demo model; see `numina_engine.engine.loading` for layouts."""
-        return cls(load_model(ckpt_dir, device=device, dtype=dtype))
+             dtype: torch.dtype | None = None, *, cuda_graphs: bool = True, offload: bool = False) -> "Engine":
+        """`ckpt_dir=None` loads the embedded demo model; see `numina_engine.engine.loading` for layouts.
+        With `offload` the text encoder is loaded onto the CPU and stays there."""
+        load = load_offloaded if offload else load_model
+        return cls(load(ckpt_dir, device=device, dtype=dtype), cuda_graphs=cuda_graphs, offload=offload)
 
     def check(self, request: GenerationRequest) -> pipeline.Prepared:
         """Validate a request (sizes, counts, nouns, NUMINA settings) without generating; raises UserInputError."""
         return pipeline.prepare(self.model, request)
 
     def generate(self, request: GenerationRequest, *, progress: bool = True) -> pipeline.GenerationResult:
-        return pipeline.generate(self.model, request, progress=progress)
+        return pipeline.generate(self.model, request, progress=progress, cuda_graphs=self.cuda_graphs,
+                                 offload=self.offload)
 
     def save(self, result: pipeline.GenerationResult, out_dir: str | Path) -> dict[str, Path]:
         """Write video.mp4, layout.png (NUMINA runs) and report.json into `out_dir`, each atomically,
@@ -63,8 +75,8 @@ class Engine:
         if result.layout is not None:
             paths["layout"] = out_dir / "layout.png"
             layout = result.layout
-            render_layout_png(paths["layout"], layout.preview_frames, layout.reference, layout.refined,
-                              frames_to_show=layout_frames_to_show(layout.preview_frames.shape[0]))
+            render_layout_png(paths["layout"], preview_by_latent_frame(layout), layout.reference, layout.refined,
+                              frames_to_show=layout.shown_frames)
         write_json_atomic(paths["report"], self.report(result, paths))
         return paths
 

@@ -28,6 +28,13 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
                      help="folder for video.mp4 and report.json (default: outputs/<time>-<prompt>)")
     run.add_argument("--overwrite", action="store_true", help="replace video.mp4/report.json already in --out-dir")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    gpu = run.add_argument_group("GPU memory and speed")
+    gpu.add_argument("--offload", action="store_true",
+                     help="for small GPUs: the text encoder runs on the CPU and the DiT leaves the GPU "
+                          "while the VAE decodes")
+    gpu.add_argument("--no-cuda-graphs", action="store_true",
+                     help="run the denoising steps eagerly instead of replaying CUDA graphs "
+                          "(graphs are used on CUDA only)")
     numina = run.add_argument_group("NUMINA")
     numina.add_argument("--counts", default=None,
                         help='JSON object of nouns and counts, e.g. \'{"cats": 3, "dogs": 2}\' '
@@ -90,7 +97,8 @@ def _run(args) -> int:
                                 numina_overrides=overrides)
     if args.negative_prompt is not None:
         request.negative_prompt = args.negative_prompt
-    engine = Engine.load(args.ckpt_dir, device=args.device)
+    engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=not args.no_cuda_graphs,
+                         offload=args.offload)
     engine.check(request)                       # bad sizes etc. fail before the output folder is made
     out_dir = _prepare_out_dir(args)
     if engine.model.defaults.note:

@@ -10,19 +10,24 @@
                at the reference step run only the conditional pass, only up to the reference layer,
                extracting the best within-frame self-attention head per frame and each noun's
                cross-attention map
-      layout   cluster into countable instances, refine to the target counts, build the modulation plan
+      layout   cluster into countable instances, refine to the target counts, build the modulation plan;
+               decode the latent frames layout.png shows of phase 1's last x0 estimate
       phase 2  denoise again from the same noise with the layout bias on the conditional pass while
                delta(t) is above its floor; if every count is already right, no regeneration: phase 1
                just runs on to the end
       decode   VAE to uint8 frames
 
-CFG batches the conditional and unconditional passes as rows 0 and 1 of one forward call.
+CFG batches the conditional and unconditional passes as rows 0 and 1 of one forward call. On a GPU
+the denoising steps replay CUDA graphs of that call (`cuda_graphs.py`; the extraction stays eager),
+and --offload keeps the text encoder on the CPU and the DiT off the GPU while the VAE decodes
+(`offload.py`).
 """
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from tqdm.auto import tqdm
@@ -34,14 +39,17 @@ from ..numina.modulation import build_modulation_plan
 from ..numina.prompt_counts import parse_counted_nouns
 from ..numina.refinement import refine_layout, summarize_refinement
 from ..numina.token_mapping import map_noun_tokens
+from .cuda_graphs import StepGraphs
 from .easycache import EasyCache
 from .forward_state import Extraction, ForwardState, Modulation
 from .loading import WanModel
+from .offload import park_dit_on_cpu, place_for_generation
 from .prompt_clean import clean_prompt
 from .scheduler import FlowUniPCScheduler
 from .settings import MAX_COUNT, GenerationRequest, ResolvedSettings, resolve
 
 COND, UNCOND = 0, 1          # batch rows of a CFG forward call
+LAYOUT_COLUMNS = 4           # latent frames shown in layout.png
 
 
 @dataclass
@@ -49,7 +57,8 @@ class LayoutResult:
     """What phase 1 found and what phase 2 was asked to do (token-grid labels, int32 [F, h, w])."""
     reference: dict[str, torch.Tensor]
     refined: dict[str, torch.Tensor]
-    preview_frames: torch.Tensor          # uint8 [F, H, W, 3]: the phase-1 preview at each latent frame
+    preview_frames: torch.Tensor          # uint8 [S, H, W, 3]: the phase-1 preview at latent frames `shown_frames`
+    shown_frames: list[int]               # the S latent frames layout.png shows
 
 
 @dataclass
@@ -137,11 +146,21 @@ def encode_prompts(model: WanModel, settings: ResolvedSettings) -> torch.Tensor:
     return context.to(device=model.device, dtype=model.dtype)
 
 
-def flow_predictions(model: WanModel, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                     state: ForwardState | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(conditional, unconditional) flow predictions, float32 [C, F, H, W], from one batched forward."""
+def cfg_forward(model: WanModel, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                state: ForwardState | None = None) -> torch.Tensor:
+    """float32 [2, C, F, H, W]: rows COND and UNCOND of one batched forward of latents float32
+    [C, F, H, W] at timestep [1] (0..1000) with context [2, text_len, text_dim]."""
     batch = latents.to(model.dtype).unsqueeze(0).expand(2, *latents.shape)
-    flow = model.dit(batch, timestep.expand(2), context, state=state).float()
+    return model.dit(batch, timestep.expand(2), context, state=state).float()
+
+
+def flow_predictions(model: WanModel, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                     state: ForwardState | None = None, graphs: StepGraphs | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(conditional, unconditional) flow predictions, float32 [C, F, H, W], from one batched forward,
+    replayed from `graphs` (CUDA graphs of `cfg_forward`) when given."""
+    forward = graphs if graphs is not None else partial(cfg_forward, model)
+    flow = forward(latents, timestep, context, state)
     return flow[COND], flow[UNCOND]
 
 
@@ -155,24 +174,51 @@ def timestep_at(scheduler: FlowUniPCScheduler, index: int, device: torch.device)
 
 def denoise(model: WanModel, latents: torch.Tensor, context: torch.Tensor, scheduler: FlowUniPCScheduler,
             settings: ResolvedSettings, steps: range, *, state_at=lambda step: None, progress: bool = True,
-            desc: str = "denoising") -> torch.Tensor:
+            desc: str = "denoising", graphs: StepGraphs | None = None) -> torch.Tensor:
     """Run scheduler steps `steps` from `latents` (float32 [C, F, H, W]); returns the latents after them.
 
-    `state_at(step)` gives each step's ForwardState (None: plain).
+    `state_at(step)` gives each step's ForwardState (None: plain); `graphs` replays the forwards.
     """
     for index in tqdm(steps, desc=desc, disable=not progress, leave=False):
         cond, uncond = flow_predictions(model, latents, timestep_at(scheduler, index, model.device), context,
-                                        state_at(index))
+                                        state_at(index), graphs)
         latents = scheduler.step(guide(cond, uncond, settings.guide_scale), latents, index)
     return latents
 
 
-def preview_frames(model: WanModel, preview_latents: torch.Tensor) -> torch.Tensor:
-    """uint8 [F', H, W, 3]: the decoded phase-1 estimate, one frame per latent frame."""
-    video = model.vae.decode(preview_latents.unsqueeze(0))[0]                  # [T, H, W, 3]
-    temporal = model.vae.temporal_factor
-    pick = [min(i * temporal, video.shape[0] - 1) for i in range(preview_latents.shape[1])]
-    return video[pick].cpu()
+def layout_frames_to_show(num_frames: int) -> list[int]:
+    """Up to LAYOUT_COLUMNS latent frames spread evenly from first to last."""
+    count = min(LAYOUT_COLUMNS, num_frames)
+    return sorted({round(i * (num_frames - 1) / max(count - 1, 1)) for i in range(count)})
+
+
+def preview_frames(model: WanModel, preview_latents: torch.Tensor, shown: list[int]) -> torch.Tensor:
+    """uint8 [S, H, W, 3] on the CPU: the phase-1 estimate (float32 [C, F, h, w]) at latent frames `shown`.
+
+    Only those frames are decoded, each as its own one-latent-frame clip, all in one batch. Wan's
+    causal VAE decodes a clip's first latent frame alone, so frame 0 is exactly what a whole decode
+    gives and the others approximate their in-context decode (no cache of the frames before them):
+    fine for a preview, at a small part of a whole decode's cost.
+    """
+    clips = preview_latents[:, shown].transpose(0, 1).unsqueeze(2)                 # [S, C, 1, h, w]
+    return model.vae.decode(clips)[:, 0].cpu()
+
+
+def decode_video(model: WanModel, latents: torch.Tensor, timer: PhaseTimer, *, offload: bool) -> torch.Tensor:
+    """uint8 [T, H, W, 3] on the CPU from float32 latents [C, F, h, w]; with `offload` the DiT moves
+    to the CPU first (timed as "offload"), so that the VAE gets its GPU memory."""
+    if offload:
+        with timer("offload"):
+            park_dit_on_cpu(model)
+    with timer("decode"):
+        return model.vae.decode(latents.unsqueeze(0))[0].cpu()
+
+
+def peak_gpu_memory_gib(device: torch.device) -> dict[str, float]:
+    """For report.json: the peak memory of CUDA `device` since the generation started, allocated by
+    tensors and reserved by PyTorch's allocator (what the GPU sees), GiB."""
+    return {"allocated": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3),
+            "reserved": round(torch.cuda.max_memory_reserved(device) / 2 ** 30, 3)}
 
 
 # --------------------------------------------------------------------------------------------- phases
@@ -189,14 +235,17 @@ class ReferencePass:
 
 
 def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, settings: ResolvedSettings,
-                   config: NuminaConfig, noun_tokens: torch.Tensor, *, progress: bool) -> ReferencePass:
-    """Phase 1: denoise up to `config.reference_step`, then extract at `config.reference_layer`."""
+                   config: NuminaConfig, noun_tokens: torch.Tensor, *, progress: bool,
+                   graphs: StepGraphs | None = None) -> ReferencePass:
+    """Phase 1: denoise up to `config.reference_step` (steps replayed from `graphs`, released before the
+    extraction, which runs eagerly), then extract at `config.reference_layer`."""
     scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device)
     cache = EasyCache(config.easycache_tau, config.easycache_warmup, enabled=config.easycache_enabled)
     latents, preview = noise, noise
     for index in tqdm(range(config.reference_step), desc="phase 1", disable=not progress, leave=False):
         if cache.must_compute(index):
-            cond, uncond = flow_predictions(model, latents, timestep_at(scheduler, index, model.device), context)
+            cond, uncond = flow_predictions(model, latents, timestep_at(scheduler, index, model.device), context,
+                                            graphs=graphs)
             cache.record(latents, cond, uncond)
         else:
             cond, uncond = cache.reuse(latents)
@@ -204,6 +253,8 @@ def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, 
         if index == config.reference_step - 1:     # x0 estimate of the last step, for layout.png
             preview = latents - scheduler.sigmas[index].to(model.device) * velocity
         latents = scheduler.step(velocity, latents, index)
+    if graphs is not None:
+        graphs.release()                           # the extraction's maps get the graphs' memory
 
     grid = model.dit.token_grid(latents.shape)
     extraction = Extraction(layer=config.reference_layer, grid=grid, noun_tokens=noun_tokens, config=config,
@@ -246,13 +297,32 @@ def prepare(model: WanModel, request: GenerationRequest) -> Prepared:
     return Prepared(settings, counts, positions, config)
 
 
+def engine_report(graphs: StepGraphs, *, offload: bool, device: torch.device) -> dict:
+    """report.json's entries on how the engine ran: CUDA graphs, offload, peak GPU memory (CUDA only)."""
+    report = {"cuda_graphs": graphs.summary(), "offload": offload}
+    if device.type == "cuda":
+        report["peak_gpu_memory_gib"] = peak_gpu_memory_gib(device)
+    return report
+
+
 @torch.inference_mode()
-def generate(model: WanModel, request: GenerationRequest, *, progress: bool = True) -> GenerationResult:
-    """Make one video. Bad requests raise UserInputError before any heavy work starts."""
+def generate(model: WanModel, request: GenerationRequest, *, progress: bool = True, cuda_graphs: bool = True,
+             offload: bool = False) -> GenerationResult:
+    """Make one video. Bad requests raise UserInputError before any heavy work starts.
+
+    `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA). `offload`: the text
+    encoder runs on the CPU and the DiT leaves the GPU while the VAE decodes (`offload.py`).
+    """
     prepared = prepare(model, request)
     settings, counts, positions, config = prepared.settings, prepared.counts, prepared.positions, prepared.config
     timer = PhaseTimer(model.device)
     report: dict = {}
+    if model.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(model.device)
+    if offload:
+        with timer("offload"):
+            place_for_generation(model)
+    graphs = StepGraphs(partial(cfg_forward, model), model.device, enabled=cuda_graphs)
 
     with timer("text encoding"):
         context = encode_prompts(model, settings)
@@ -263,30 +333,33 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
                                                          else "the prompt has no counted noun; ran plain Wan2.1")}
         scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device)
         with timer("denoising"):
-            latents = denoise(model, noise, context, scheduler, settings, range(settings.steps), progress=progress)
-        with timer("decode"):
-            frames = model.vae.decode(latents.unsqueeze(0))[0]
-        return GenerationResult(frames=frames.cpu(), settings=settings, timings_s=timer.seconds, report=report)
+            latents = denoise(model, noise, context, scheduler, settings, range(settings.steps), progress=progress,
+                              graphs=graphs)
+            graphs.release()
+        frames = decode_video(model, latents, timer, offload=offload)
+        report.update(engine_report(graphs, offload=offload, device=model.device))
+        return GenerationResult(frames=frames, settings=settings, timings_s=timer.seconds, report=report)
 
     # Phase 1: the reference pass.
     with timer("phase 1"):
         ref = reference_pass(model, noise, context, settings, config, noun_token_table(positions, model.device),
-                             progress=progress)
+                             progress=progress, graphs=graphs)
     # Layout: countable instances, refined to the asked counts, and the modulation plan.
     with timer("layout"):
         reference, refined, summaries = plan_layouts(model, ref, counts, config)
         plan = build_modulation_plan(refined, positions, model.device)
     with timer("preview decode"):
+        shown = layout_frames_to_show(ref.preview.shape[1])
         layout = LayoutResult(reference={n: t.cpu() for n, t in reference.items()},
                               refined={n: t.cpu() for n, t in refined.items()},
-                              preview_frames=preview_frames(model, ref.preview))
+                              preview_frames=preview_frames(model, ref.preview, shown), shown_frames=shown)
 
     # Phase 2: regenerate from the same noise with the layout bias, or run phase 1 on if nothing changes.
     with timer("phase 2"):
         if plan is None:
             latents = denoise(model, ref.latents, context, ref.scheduler, settings,
                               range(config.reference_step, settings.steps), progress=progress,
-                              desc="phase 1, continued")
+                              desc="phase 1, continued", graphs=graphs)
             modulated_steps = 0
         else:
             delta = torch.zeros((), dtype=torch.float32, device=model.device)
@@ -300,10 +373,10 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
 
             scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device)
             latents = denoise(model, noise, context, scheduler, settings, range(settings.steps),
-                              state_at=state_at, progress=progress, desc="phase 2")
+                              state_at=state_at, progress=progress, desc="phase 2", graphs=graphs)
             modulated_steps = sum(config.should_modulate(s) for s in range(settings.steps))
-    with timer("decode"):
-        frames = model.vae.decode(latents.unsqueeze(0))[0]
+        graphs.release()
+    frames = decode_video(model, latents, timer, offload=offload)
 
     found = {noun: count_instances(reference[noun]).tolist() for noun in counts}
     report["numina"] = {
@@ -324,5 +397,6 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
         "phase1_steps_reused": ref.reused_steps,
         "phase2_modulated_steps": modulated_steps,
     }
-    return GenerationResult(frames=frames.cpu(), settings=settings, timings_s=timer.seconds, report=report,
+    report.update(engine_report(graphs, offload=offload, device=model.device))
+    return GenerationResult(frames=frames, settings=settings, timings_s=timer.seconds, report=report,
                             layout=layout)
