@@ -76,7 +76,7 @@ def test_numina_run_with_graphs_equals_the_eager_run_bit_for_bit(gpu_engine, mon
     # modulated graph for steps 0-3 (delta written into the graph's input each step) and a plain one after.
     overrides = {"reference_step": 3, "modulation_center": -16.0, "easycache_warmup": 3}
     request = GenerationRequest(prompt=PROMPT, width=256, height=256, frames=17, steps=8,
-                                numina_overrides=overrides)
+                                counts={"cats": 2, "dogs": 3}, numina_overrides=overrides)
     force_phase_2(monkeypatch)
     graphed, graphed_latents = generate_recording_latents(gpu_engine, request, cuda_graphs=True)
     eager, eager_latents = generate_recording_latents(gpu_engine, request, cuda_graphs=False)

@@ -46,7 +46,8 @@ def test_shown_frames_are_decoded_alone_in_one_batch(engine, monkeypatch):
 def test_numina_run_decodes_the_shown_frames_and_the_video_only(engine, monkeypatch):
     shapes = record_decodes(engine, monkeypatch)
     result = engine.generate(GenerationRequest(prompt="Three cats chasing two dogs", width=64, height=64, frames=17,
-                                               steps=4, numina_overrides={"reference_step": 2}), progress=False)
+                                               steps=4, counts={"cats": 2, "dogs": 3},
+                                               numina_overrides={"reference_step": 2}), progress=False)
     latent_frames = result.settings.latent_shape[1]                              # 5
     shown = pipeline.layout_frames_to_show(latent_frames)
     assert result.layout.shown_frames == shown

@@ -302,3 +302,18 @@ def test_config_errors():
         WanConfig(dim=16, ffn_dim=128, num_heads=4, num_layers=1)        # head_dim 4
     with pytest.raises(ValueError, match="patch_size"):
         dataclasses.replace(WAN_TINY, patch_size=(1, 2))
+
+
+def test_trainable_forward_equals_inference_and_backpropagates():
+    """With autograd recording (training) the residual stream is updated out of place, so the backward
+    pass works, and the forward value equals the in-place inference forward."""
+    model = random_wandit(WAN_TINY, seed=5)
+    latents, timestep, context = random_inputs(WAN_TINY, torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = model(latents, timestep, context)
+    out = model(latents, timestep, context)
+    assert torch.equal(out.detach(), expected)
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.blocks[0].self_attn.q.weight.grad.abs().sum() > 0

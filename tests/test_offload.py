@@ -22,6 +22,7 @@ def test_offload_on_the_cpu_gives_the_same_video():
 
 
 def test_cli_passes_offload_and_the_graph_switch_to_the_engine(tmp_path, capsys):
+    pytest.importorskip("av", reason="writing video.mp4 needs PyAV")
     code = main(["run", "--prompt", "Three cats chasing two dogs", "--no-numina", "--steps", "2", "--size", "64*64",
                  "--quiet",
                  "--offload", "--no-cuda-graphs", "--out-dir", str(tmp_path)])

@@ -5,6 +5,12 @@ verbs and places (no benchmark prompts), with a fixed seed and one training thre
 twice writes the same files. Special ids follow T5: <pad> 0, </s> 1, <unk> 2; no bos, no sentinels.
 
     python tools/make_tiny_tokenizer.py [--out numina_engine/assets/tiny-wan/tokenizer] [--vocab-size 1024]
+    python tools/make_tiny_tokenizer.py --world --out numina_engine/assets/counting-world/tokenizer
+
+--world trains on the counting world's captions instead (numina_engine.demo: the demo model's
+vocabulary, 43 words) with WORLD_VOCAB_SIZE pieces, the most sentencepiece's unigram trainer allows on
+so small a corpus: some words stay whole ("circles", "squares", "triangles", "left"), others are split
+into pieces ("▁", "re", "d"), and any other word still tokenizes from the letters.
 
 The folder loads with `AutoTokenizer.from_pretrained(folder, local_files_only=True)`; the script checks
 that the loaded tokenizer gives the same ids as the raw sentencepiece model (plus </s>) before finishing.
@@ -24,6 +30,7 @@ import sentencepiece as spm
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "numina_engine" / "assets" / "tiny-wan" / "tokenizer"
 SEED = 20240601
 NUM_SENTENCES = 30000
+WORLD_VOCAB_SIZE = 79
 FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json")
 TOKENIZER_CONFIG = {"tokenizer_class": "T5Tokenizer", "pad_token": "<pad>", "eos_token": "</s>",
                     "unk_token": "<unk>", "extra_ids": 0, "additional_special_tokens": []}
@@ -208,9 +215,17 @@ def check_tokenizer_folder(out: Path, sentences: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output tokenizer folder")
-    parser.add_argument("--vocab-size", type=int, default=1024, help="sentencepiece vocabulary size")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help=f"sentencepiece vocabulary size (default 1024, or {WORLD_VOCAB_SIZE} with --world)")
+    parser.add_argument("--world", action="store_true", help="train on the counting world's captions")
     args = parser.parse_args()
-    corpus = generate_corpus()
+    if args.world:
+        from numina_engine.demo.world import vocabulary_sentences
+        corpus = vocabulary_sentences(NUM_SENTENCES, seed=SEED)
+        args.vocab_size = args.vocab_size or WORLD_VOCAB_SIZE
+    else:
+        corpus = generate_corpus()
+        args.vocab_size = args.vocab_size or 1024
     write_tokenizer_folder(train_sentencepiece(corpus, args.vocab_size), args.out)
     probes = corpus[:: max(1, len(corpus) // 500)] + [
         "Three dogs play in a park.", "  odd   spacing\tand CAPITALS 123 ", "unseen words: xylophone, zeppelin",

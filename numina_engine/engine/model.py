@@ -8,8 +8,8 @@ embedding and all shift/scale/gate modulation run in float32; matmuls and convol
 dtype of their weights (the "compute dtype", float32 or bfloat16), their inputs cast to it.
 
 That elementwise float32 work goes through four helpers below (`modulated_norm`, `qk_norm_rope`,
-`gated_add_`, `feed_forward`): on CUDA tensors they run fused Triton kernels (numina_engine/kernels),
-one read and one write of each tensor, float32 inside, rounded once to the compute dtype; elsewhere
+`gated_add`, `feed_forward`): on CUDA tensors outside autograd they run fused Triton kernels
+(numina_engine/kernels), one read and one write of each tensor, float32 inside, rounded once to the compute dtype; elsewhere
 they run the kernels' PyTorch references, which are Wan's op-by-op float32 computation. The norm
 modules (nn.LayerNorm, nn.RMSNorm) only carry their parameters and eps: the helpers compute with them.
 """
@@ -69,9 +69,9 @@ def build_rope_tables(grid: tuple[int, int, int], head_dim: int) -> tuple[torch.
 
 
 def use_fused_kernels(x: torch.Tensor) -> bool:
-    """Whether the elementwise work on `x` runs in the fused kernels (CUDA tensors) or in their
-    PyTorch references (elsewhere)."""
-    return x.is_cuda
+    """Whether the elementwise work on `x` runs in the fused kernels (CUDA tensors, autograd not
+    recording: the kernels have no backward) or in their PyTorch references (elsewhere, and in training)."""
+    return x.is_cuda and not torch.is_grad_enabled()
 
 
 def _kernel_or_reference(kernel, x: torch.Tensor):
@@ -107,11 +107,15 @@ def qk_norm_rope(x: torch.Tensor, norm: nn.Module, num_heads: int,
     return _kernel_or_reference(kernels.qk_norm_rope, x)(x, weight, cos, sin, num_heads=num_heads, eps=eps)
 
 
-def gated_add_(hidden: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-    """hidden += y.float() * gate (or + y.float() without a gate), in place; returns hidden.
+def gated_add(hidden: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+    """hidden + y.float() * gate (or + y.float() without a gate); returns the updated residual stream.
 
     hidden: [B, L, dim] float32 residual stream; y: [B, L, dim] compute dtype; gate: [B, dim] float32.
+    In place when autograd is not recording (inference); a new tensor while it is (training), where an
+    in-place update would break the backward pass.
     """
+    if torch.is_grad_enabled() and (hidden.requires_grad or y.requires_grad):
+        return hidden + (y.float() * gate[:, None] if gate is not None else y.float())
     return _kernel_or_reference(kernels.gated_residual_add, hidden)(hidden, y, gate)
 
 
@@ -195,7 +199,8 @@ class WanBlock(nn.Module):
 
     def forward(self, hidden: torch.Tensor, time_modulation: torch.Tensor, context: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor], *, layer_index: int, state) -> torch.Tensor:
-        """hidden: [B, L, dim] float32 residual stream (last dimension contiguous), updated in place;
+        """hidden: [B, L, dim] float32 residual stream (last dimension contiguous), updated in place
+        outside autograd;
         time_modulation: [B, 6, dim] float32; context: [B, T, dim] compute dtype; rope: (cos, sin)
         [L, head_dim/2] float32. Returns hidden."""
         compute_dtype = self.ffn[0].weight.dtype
@@ -203,13 +208,13 @@ class WanBlock(nn.Module):
             self.modulation.float() + time_modulation).unbind(1)                      # [B, dim] each
 
         x = modulated_norm(hidden, self.norm1, compute_dtype, shift_sa, scale_sa)
-        gated_add_(hidden, self.self_attn(x, rope, layer_index=layer_index, state=state), gate_sa)
+        hidden = gated_add(hidden, self.self_attn(x, rope, layer_index=layer_index, state=state), gate_sa)
 
         x = modulated_norm(hidden, self.norm3, compute_dtype)
-        gated_add_(hidden, self.cross_attn(x, context, layer_index=layer_index, state=state))
+        hidden = gated_add(hidden, self.cross_attn(x, context, layer_index=layer_index, state=state))
 
         x = modulated_norm(hidden, self.norm2, compute_dtype, shift_ff, scale_ff)
-        return gated_add_(hidden, feed_forward(self.ffn, x), gate_ff)
+        return gated_add(hidden, feed_forward(self.ffn, x), gate_ff)
 
 
 class WanHead(nn.Module):
