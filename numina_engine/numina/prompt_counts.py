@@ -18,7 +18,12 @@ English grammar (never with a list of known prompts):
   in a library") are not counted.
 - Settings and backgrounds (sky, beach, street, stage, room, forest, trail ...), units of time
   and measure ("two hours") and collective nouns ("a flock of six sparrows" counts the sparrows)
-  are never counted themselves.
+  are never counted themselves. A noun that is a place only after a setting noun ("a town
+  square") is otherwise an object ("two blue squares").
+- The tagger's noun/adjective confusions are repaired from the phrase's shape: a count phrase
+  ends on its noun, so an adjective ending it is the noun ("one cyan square on ..." with "cyan"
+  read as a noun and "square" as an adjective), unless the parser attaches it to the noun before
+  it ("a dog asleep"); a direction after a participle is an adverb ("drifting right").
 - A compound counts by its head word ("construction workers" -> "workers", "hydration-station"
   -> "station"), except a hyphenated partitive ("debris-pieces" -> "debris", as "pieces of
   debris" -> "debris"; but "chess pieces" -> "pieces").
@@ -85,7 +90,7 @@ _SETTING_NOUNS = frozenset({
     "street", "road", "highway", "alley", "lane", "avenue", "boulevard", "sidewalk", "pavement",
     "path", "trail", "track", "tunnel", "corridor", "hallway", "crosswalk", "intersection",
     # built places and rooms
-    "city", "town", "village", "neighborhood", "neighbourhood", "downtown", "square", "plaza",
+    "city", "town", "village", "neighborhood", "neighbourhood", "downtown", "plaza",
     "market", "mall", "room", "kitchen", "bedroom", "bathroom", "classroom", "office", "studio",
     "library", "museum", "gallery", "theater", "theatre", "stage", "arena", "stadium", "court",
     "gym", "playground", "campus", "airport", "restaurant", "cafe", "café", "bar", "shop",
@@ -102,6 +107,9 @@ _SETTING_NOUNS = frozenset({
 })
 # Settings named by a compound whose head alone is not one ("a film set").
 _SETTING_COMPOUNDS = frozenset({"film set", "movie set"})
+# Nouns that name a place only right after a setting noun ("a town square", "the market square");
+# otherwise they name an object or a shape ("two blue squares").
+_SETTINGS_AFTER_A_SETTING = frozenset({"square"})
 
 # Units of time and measure: "two hours later", "three times", "five meters away".
 _UNIT_NOUNS = frozenset({
@@ -145,6 +153,13 @@ _ING_NOUNS = frozenset({
     "viking", "herring", "recording",
 })
 _NOUN_POS = frozenset({"NOUN", "PROPN"})
+_PARTICIPLE_TAGS = frozenset({"VBG", "VBN"})
+# Directions that follow a verb of motion as adverbs ("drifting right", "turning left"), which the
+# tagger may read as nouns modified by the participle.
+_DIRECTION_ADVERBS = frozenset({
+    "left", "right", "up", "down", "upward", "upwards", "downward", "downwards", "forward",
+    "forwards", "backward", "backwards", "sideways", "away",
+})
 
 
 @dataclass(frozen=True)
@@ -324,8 +339,11 @@ def _phrase_nouns(doc, start: int) -> _Phrase:
 
     It ends before a participle ("a candle flickering on ...", even when tagged as a noun); an
     adjective- or adverb-tagged word right before that participle is the noun the tagger missed
-    ("seven geese flying"). It ends before a verb, even one tagged as a noun that the parser gave
-    a subject or an object ("two dogs and a cat run past").
+    ("seven geese flying"). An adjective that ends the phrase after a noun, and that the parser
+    does not attach to that noun as a postponed modifier ("a dog asleep"), is the noun the tagger
+    missed, its modifier taken for the noun ("one cyan square on ..."). It ends before a verb,
+    even one tagged as a noun that the parser gave a subject or an object ("two dogs and a cat
+    run past").
     """
     nouns, after_noun = [], False
     for j in range(start, min(len(doc), start + _MAX_PHRASE_TOKENS)):
@@ -335,6 +353,10 @@ def _phrase_nouns(doc, start: int) -> _Phrase:
             if not nouns and j > start and doc[j - 1].tag_ in _ADJECTIVE_TAGS | _ADVERB_TAGS:
                 nouns.append(doc[j - 1])
             break
+        if (after_noun and token.tag_ in _ADJECTIVE_TAGS and token.head.i != j - 1
+                and _ends_phrase(doc, j + 1)):
+            nouns.append(token)
+            continue
         if after_noun and (token.tag_ in ("VBZ", "VBP")
                            or any(c.dep_ in _VERB_ARGUMENT_DEPS for c in token.children)):
             return _Phrase(nouns, token)
@@ -346,18 +368,29 @@ def _phrase_nouns(doc, start: int) -> _Phrase:
         elif not after_noun and token.tag_ in _MODIFIER_TAGS:
             continue
         elif not (not after_noun and token.text in {",", "and"} and next_tag in _MODIFIER_TAGS):
+            if not nouns and j > start and doc[j - 1].tag_ in _ADJECTIVE_TAGS:
+                nouns.append(doc[j - 1])
             break
     return _Phrase(nouns)
 
 
+def _ends_phrase(doc, j: int) -> bool:
+    """Whether no noun phrase goes on at doc[j]: the end, a participle, or a word that is not a
+    noun, an adjective or a hyphen."""
+    if j >= len(doc) or _is_participle(doc, j):
+        return True
+    return doc[j].tag_ not in _NOUN_TAGS | _ADJECTIVE_TAGS and doc[j].text != "-"
+
+
 def _is_participle(doc, j: int) -> bool:
-    """Whether doc[j] is an "-ing" verb form that does not modify a following noun."""
+    """Whether doc[j] is an "-ing" verb form that does not modify a following noun (a direction
+    after it is an adverb of the verb: "drifting right")."""
     word = doc[j].lower_
     if not word.endswith("ing") or len(word) < 6 or word in _ING_NOUNS:
         return False
     following = doc[j + 1] if j + 1 < len(doc) else None
-    modifies_next = following is not None and (
-        following.tag_ in _NOUN_TAGS | _ADJECTIVE_TAGS | {"VBG", "VBN"} or following.text == "-")
+    modifies_next = following is not None and following.lower_ not in _DIRECTION_ADVERBS and (
+        following.tag_ in _NOUN_TAGS | _ADJECTIVE_TAGS | _PARTICIPLE_TAGS or following.text == "-")
     return not modifies_next
 
 
@@ -402,7 +435,8 @@ def _claim_phrase(doc, start: int, count: int, explicit: bool):
 def _phrase_head(phrase: _Phrase, plural: bool, explicit: bool):
     """The noun a count word counts: the phrase's last noun, unless the count's number shows
     that the tagger took a verb for that noun ("a single butterfly flutters", "four cherry
-    blossoms swirl", "four maple leaves" with "leaves" tagged as a verb). None when no noun fits.
+    blossoms swirl", "four maple leaves" with "leaves" tagged as a verb, "four magenta triangles"
+    with "magenta" tagged as a noun and "triangles" parsed as its verb). None when no noun fits.
     """
     def agrees(token):
         return (token.tag_ in _PLURAL_TAGS) == plural
@@ -421,28 +455,41 @@ def _phrase_head(phrase: _Phrase, plural: bool, explicit: bool):
         return earlier[-1]
     if not plural and earlier and regular_plural(last):
         return earlier[-1]
-    if plural and verb is not None and verb.tag_ == "VBZ" and verb.lower_.endswith("s"):
+    if plural and verb is not None and (
+            verb.tag_ in _PLURAL_TAGS or (verb.tag_ == "VBZ" and verb.lower_.endswith("s"))):
         return verb
     return last if explicit else None
 
 
 def _checked(claim: _Claim):
     """The claim, or None when its noun is a setting or a unit of time or measure."""
-    lemma, word = claim.head.lemma_.lower(), claim.head.lower_
+    head = claim.head
+    lemma, word = head.lemma_.lower(), head.lower_
     if {lemma, word} & (_SETTING_NOUNS | _UNIT_NOUNS):
         return None
+    if {lemma, word} & _SETTINGS_AFTER_A_SETTING and head.i > 0:
+        before = head.doc[head.i - 1]
+        if {before.lemma_.lower(), before.lower_} & _SETTING_NOUNS:
+            return None
     return claim
 
 
 def _role_token(token):
     """The token whose dependency role is the noun phrase's: climbs a misread compound
-    ("a distant star glows" parsed as a compound "star glows") and noun conjunctions."""
+    ("a distant star glows" parsed as a compound "star glows") and noun conjunctions, in any
+    order ("two circles and a square sliding right" with "circles" a modifier of "right"), up to
+    the collective noun whose members are conjoined ("a pair of dogs and a cat")."""
     role = token
-    while role.dep_ in _MODIFIER_DEPS and role.head.i > role.i:
-        role = role.head
-    while role.dep_ == "conj" and role.head.pos_ in _NOUN_POS:
-        role = role.head
-    return role
+    while True:
+        if role.dep_ in _MODIFIER_DEPS and role.head.i > role.i:
+            role = role.head
+        elif role.dep_ == "conj" and role.head.pos_ in _NOUN_POS:
+            role = role.head
+            if role.dep_ == "pobj" and role.head.lower_ == "of" and (
+                    role.head.head.lemma_.lower() in _COLLECTIVE_NOUNS):
+                role = role.head.head   # "a pair of dogs and a cat": the pair's conjunct
+        else:
+            return role
 
 
 def _is_participant(token, verb_follows: bool) -> bool:
@@ -454,6 +501,8 @@ def _is_participant(token, verb_follows: bool) -> bool:
     dep = role.dep_
     if verb_follows and dep == "pobj" and role.head.lower_ in _SUBORDINATORS:
         return True        # "as a dog watches" read as the preposition "as" + "dog watches"
+    if role.i != token.i and role.tag_ in _PARTICIPLE_TAGS:
+        return True        # "a cat and a dog running" with "dog" read as a modifier of "running"
     if dep in _PARTICIPANT_DEPS or any(c.dep_ == "mark" for c in role.children):
         return True
     if dep == "conj":      # coordinated with a clause: the subject of a clause the parser missed
