@@ -36,7 +36,7 @@ from numina_engine.engine.text_encoder import TextEncoder
 from numina_engine.engine.vae import WanVAE
 from numina_engine.numina.config import NuminaConfig
 
-TOKENIZER = Path(__file__).resolve().parents[1] / "numina_engine" / "assets" / "tiny-wan" / "tokenizer"
+TOKENIZER = Path(__file__).resolve().parents[1] / "numina_engine" / "assets" / "counting-world" / "tokenizer"
 FLOP_PER_FORWARD_1_3B_81F = 289e12          # one batch-1 forward at 832x480x81 (shared/ANCHORS.md)
 AUTHORS_ESTIMATE_S = 255.0                  # the authors' pipeline, one NUMINA video, 50 steps (shared/ANCHORS.md)
 PROMPT = "Three cats chasing two dogs"

@@ -13,13 +13,14 @@ import torch
 from numina_engine import Engine, GenerationRequest
 from numina_engine.engine import pipeline
 from numina_engine.numina.config import LABEL_ADDED_BASE
+from assets_paths import TINY_WAN
 
 PROMPT = "Three cats chasing two dogs"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def test_the_graph_switch_is_ignored_on_the_cpu():
-    engine = Engine.load(device="cpu")
+    engine = Engine.load(TINY_WAN, device="cpu")
     request = GenerationRequest(prompt=PROMPT, width=64, height=64, steps=3, numina=False)
     on = pipeline.generate(engine.model, request, progress=False, cuda_graphs=True)
     off = pipeline.generate(engine.model, request, progress=False, cuda_graphs=False)
@@ -31,7 +32,7 @@ def test_the_graph_switch_is_ignored_on_the_cpu():
 @pytest.fixture(scope="module")
 def gpu_engine() -> Engine:
     torch.manual_seed(0)
-    return Engine.load(device="cuda")
+    return Engine.load(TINY_WAN, device="cuda")
 
 
 def force_phase_2(monkeypatch) -> None:

@@ -7,12 +7,13 @@ import torch
 from numina_engine import Engine, GenerationRequest
 from numina_engine.api import preview_by_latent_frame
 from numina_engine.engine import pipeline
+from assets_paths import TINY_WAN
 
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
     torch.manual_seed(0)
-    return Engine.load(device="cpu")
+    return Engine.load(TINY_WAN, device="cpu")
 
 
 def record_decodes(engine: Engine, monkeypatch) -> list[tuple[int, ...]]:

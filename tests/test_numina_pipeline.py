@@ -11,12 +11,13 @@ from numina_engine.engine.forward_state import Extraction, ForwardState, Modulat
 from numina_engine.engine.scheduler import FlowUniPCScheduler
 from numina_engine.numina.config import NuminaConfig
 from numina_engine.numina.modulation import build_modulation_plan, layout_bias
+from assets_paths import TINY_WAN
 
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
     torch.manual_seed(0)
-    return Engine.load(device="cpu")
+    return Engine.load(TINY_WAN, device="cpu")
 
 
 @pytest.fixture(scope="module")

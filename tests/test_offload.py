@@ -8,12 +8,13 @@ import torch
 
 from numina_engine import Engine, GenerationRequest
 from numina_engine.cli import main
+from assets_paths import TINY_WAN
 
 
 def test_offload_on_the_cpu_gives_the_same_video():
     request = GenerationRequest(prompt="Three cats chasing two dogs", numina=False, width=64, height=64, steps=3)
-    resident = Engine.load(device="cpu").generate(request, progress=False)
-    engine = Engine.load(device="cpu", offload=True)
+    resident = Engine.load(TINY_WAN, device="cpu").generate(request, progress=False)
+    engine = Engine.load(TINY_WAN, device="cpu", offload=True)
     offloaded = engine.generate(request, progress=False)
     assert torch.equal(offloaded.frames, resident.frames)
     assert offloaded.report["offload"] is True and resident.report["offload"] is False
@@ -34,7 +35,7 @@ def test_cli_passes_offload_and_the_graph_switch_to_the_engine(tmp_path, capsys)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_offload_on_a_gpu_parks_the_dit_during_each_decode_and_brings_it_back(monkeypatch):
-    engine = Engine.load(device="cuda", offload=True)
+    engine = Engine.load(TINY_WAN, device="cuda", offload=True)
     model = engine.model
     assert model.text_encoder.device.type == "cpu" and model.vae.device.type == "cuda"
     dit_device_at_decode = []

@@ -15,7 +15,7 @@ from numina_engine.engine.text_encoder import TextEncoder
 from numina_engine.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKENIZER_ASSET = ROOT / "numina_engine" / "assets" / "tiny-wan" / "tokenizer"
+TOKENIZER_ASSET = ROOT / "tests" / "assets" / "tiny-wan" / "tokenizer"
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 VOCAB, DIM, HEADS, HEAD_DIM, FFN, LAYERS, BUCKETS = 1031, 32, 4, 6, 40, 3, 32   # attention width 24 != DIM
 TEXT_LEN = 48

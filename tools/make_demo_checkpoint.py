@@ -5,7 +5,7 @@ scheduler/, model_index.json) that loads through the same loader as Wan2.1-T2V-1
 `numina-engine run` works out of the box on a CPU in seconds. Its weights are random: the video it
 makes is not a meaningful picture. Deterministic: the same files every run (seed 0).
 
-    python tools/make_demo_checkpoint.py            # writes numina_engine/assets/tiny-wan/
+    python tools/make_demo_checkpoint.py            # writes tests/assets/tiny-wan/
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from numina_engine.engine.model import WanDiT
 from numina_engine.engine.weights import official_to_diffusers
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "numina_engine" / "assets" / "tiny-wan"
+DEFAULT_OUT = ROOT / "tests" / "assets" / "tiny-wan"
 
 DIT = WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=4, text_dim=32, freq_dim=64)
 TEXT = dict(vocab_size=1024, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,

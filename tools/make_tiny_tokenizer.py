@@ -4,7 +4,7 @@ The training text is generated here from templates over count words, colours, sh
 verbs and places (no benchmark prompts), with a fixed seed and one training thread, so running this
 twice writes the same files. Special ids follow T5: <pad> 0, </s> 1, <unk> 2; no bos, no sentinels.
 
-    python tools/make_tiny_tokenizer.py [--out numina_engine/assets/tiny-wan/tokenizer] [--vocab-size 1024]
+    python tools/make_tiny_tokenizer.py [--out tests/assets/tiny-wan/tokenizer] [--vocab-size 1024]
     python tools/make_tiny_tokenizer.py --world --out numina_engine/assets/counting-world/tokenizer
 
 --world trains on the counting world's captions instead (numina_engine.demo: the demo model's
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "numina_engine" / "assets" / "tiny-wan" / "tokenizer"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "tests" / "assets" / "tiny-wan" / "tokenizer"
 SEED = 20240601
 NUM_SENTENCES = 30000
 WORLD_VOCAB_SIZE = 79

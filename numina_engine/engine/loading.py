@@ -44,7 +44,7 @@ OFFICIAL_FILES = {
 }
 DIFFUSERS_FOLDERS = ("transformer", "text_encoder", "tokenizer", "vae")
 SIDECAR = "numina_engine.json"
-EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "assets" / "tiny-wan"
+EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "assets" / "counting-world"
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,8 @@ def resolve(request: GenerationRequest, defaults: ModelDefaults,
                                  f"VAE stride {geometry.spatial_factor} x patch {geometry.patch[1]}), "
                                  f"e.g. --size {defaults.width}*{defaults.height}")
     temporal = geometry.temporal_factor
+    if frames < 1 and temporal == 1:
+        raise UserInputError(f"--frames {frames} must be at least 1")
     if frames < 1 or (frames - 1) % temporal:
         raise UserInputError(f"--frames {frames} must be {temporal}n+1 (1, {1 + temporal}, {1 + 2 * temporal}, ...): "
                              f"the VAE packs {temporal} frames a latent")
