@@ -90,9 +90,14 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=Path("countbench_demo_results"))
     parser.add_argument("--layouts", type=int, default=6, help="write layout.png of the first N NUMINA runs")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="run every step eagerly")
+    parser.add_argument("--given-counts", action="store_true",
+                        help="give NUMINA each scene's counts (as --counts does) instead of parsing the prompt: "
+                             "for machines without spaCy; tests/test_prompt_counts.py checks that parsing the "
+                             "world's captions gives exactly these counts")
     args = parser.parse_args()
 
-    engine = Engine.load(args.ckpt_dir, device=args.device)
+    engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=not args.no_cuda_graphs)
     items = benchmark_prompts(args.prompts)
     args.out.mkdir(parents=True, exist_ok=True)
     scores: dict[str, dict[int, list[float]]] = {"plain": {}, "numina": {}}
@@ -103,7 +108,8 @@ def main() -> None:
         for number, item in enumerate(tqdm(items, desc=f"seed {seed}")):
             record = {"prompt": item["prompt"], "target": item["target"], "seed": seed}
             for mode in ("plain", "numina"):
-                request = GenerationRequest(prompt=item["prompt"], seed=seed, numina=mode == "numina")
+                request = GenerationRequest(prompt=item["prompt"], seed=seed, numina=mode == "numina",
+                                            counts=item["target"] if args.given_counts else None)
                 result = engine.generate(request, progress=False)
                 accuracy, counts = score(result.frames, item)
                 scores[mode][seed].append(accuracy)

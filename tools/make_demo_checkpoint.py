@@ -1,9 +1,9 @@
-"""Write the embedded default checkpoint: a tiny Wan2.1-architecture model with random weights.
+"""Write the tests' tiny Wan checkpoint: a tiny Wan2.1-architecture model with random weights.
 
 It is a real checkpoint in the diffusers layout (transformer/, text_encoder/, tokenizer/, vae/,
-scheduler/, model_index.json) that loads through the same loader as Wan2.1-T2V-1.3B, so that
-`numina-engine run` works out of the box on a CPU in seconds. Its weights are random: the video it
-makes is not a meaningful picture. Deterministic: the same files every run (seed 0).
+scheduler/, model_index.json), with a real (tiny) Wan VAE, that loads through the same loader as
+Wan2.1-T2V-1.3B; the tests use it wherever Wan's latent geometry matters. Its weights are random: the
+video it makes is not a meaningful picture. Deterministic: the same files every run (seed 0).
 
     python tools/make_demo_checkpoint.py            # writes tests/assets/tiny-wan/
 """
@@ -29,7 +29,7 @@ TEXT = dict(vocab_size=1024, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_head
             feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
            temperal_downsample=[False, True, True])
-NOTE = ("embedded demo model with random weights: it exercises the whole engine, but its video is not a "
+NOTE = ("tiny test checkpoint with random weights: it exercises the whole engine, but its video is not a "
         "meaningful picture. Use --ckpt-dir with real Wan2.1-T2V weights for real videos.")
 # 128x128, 9 frames -> latent 3x16x16 -> token grid 3x8x8; NUMINA's spatial settings scaled to an 8x8 grid.
 SIDECAR = dict(width=128, height=128, frames=9, steps=12, guide_scale=5.0, shift=5.0, note=NOTE,

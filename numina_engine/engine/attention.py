@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import kernels
+from ..kernels._triton import SUPPORTED_HEAD_DIMS
 from ..numina.head_scoring import score_heads
 from ..numina.modulation import layout_bias
 from .forward_state import Extraction, ForwardState
@@ -31,8 +32,11 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def _fused(kernel, q: torch.Tensor):
-    """The Triton kernel for CUDA inputs, its PyTorch reference (same signature) otherwise."""
-    return kernel if q.is_cuda else getattr(kernels, kernel.__name__ + "_reference")
+    """The Triton kernel for CUDA inputs of a head size it supports (SUPPORTED_HEAD_DIMS), its PyTorch
+    reference (same signature) otherwise."""
+    if q.is_cuda and q.shape[-1] in SUPPORTED_HEAD_DIMS:
+        return kernel
+    return getattr(kernels, kernel.__name__ + "_reference")
 
 
 def _extraction_at(state: ForwardState | None, layer_index: int) -> Extraction | None:

@@ -28,7 +28,7 @@ def load_offloaded(ckpt_dir: str | Path | None, device: str | torch.device | Non
     device = device if isinstance(device, torch.device) else resolve_device(device)
     model = load_model(ckpt_dir, device=CPU, dtype=dtype or default_dtype(device))
     model.dit.to(device)
-    model.vae.model.to(device)
+    model.vae.to(device)
     return dataclasses.replace(model, device=device)
 
 

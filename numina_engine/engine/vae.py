@@ -221,6 +221,11 @@ class WanVAE:
         model = _build_autoencoder(config, state, folder, device, dtype)
         return cls(model, model.config.latents_mean, model.config.latents_std)
 
+    def to(self, device: torch.device | str) -> WanVAE:
+        """Move the network to `device`; returns self (as PixelSpace.to does)."""
+        self.model.to(device)
+        return self
+
     @property
     def device(self) -> torch.device:
         return self.model.post_quant_conv.weight.device

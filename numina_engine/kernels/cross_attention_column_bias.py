@@ -226,9 +226,11 @@ def cross_attention_with_column_bias_reference(
     _check_bias_args(q, bias_columns, bias, bias_batch, what=what)
     batch, q_len, heads, head_dim = q.shape
     kv_len = k.shape[1]
+    # Out-of-range columns add zeros to a clamped column: no boolean indexing, so no host sync (capturable).
     in_range = (bias_columns >= 0) & (bias_columns < kv_len)
     dense_bias = torch.zeros(q_len, kv_len, dtype=torch.float32, device=q.device)
-    dense_bias.index_add_(1, bias_columns[in_range].long(), bias.clamp(-BIAS_LIMIT, BIAS_LIMIT)[:, in_range])
+    dense_bias.index_add_(1, bias_columns.long().clamp(0, kv_len - 1),
+                          bias.clamp(-BIAS_LIMIT, BIAS_LIMIT) * in_range.to(torch.float32))
 
     qf = q.float().transpose(1, 2)   # [B, H, Lq, D]
     kf = k.float().transpose(1, 2)
