@@ -16,9 +16,11 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--ckpt-dir", default=None,
                      help="Wan2.1-T2V checkpoint folder (official or diffusers layout); "
                           "default: the embedded demo model")
-    run.add_argument("--size", default=None, help="WIDTH*HEIGHT, multiples of 16 (default: the model's, 832*480)")
-    run.add_argument("--frames", type=int, default=None, help="4n+1 frames (default: the model's, 81)")
-    run.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, 50)")
+    run.add_argument("--size", default=None, help="WIDTH*HEIGHT, multiples of one token, 16 px for Wan2.1 "
+                     "(default: the model's; Wan2.1 832*480, the demo model 32*32)")
+    run.add_argument("--frames", type=int, default=None, help="frames, 4n+1 for Wan2.1's VAE "
+                     "(default: the model's; Wan2.1 81, the demo model 5)")
+    run.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's; Wan2.1 50, the demo model 20)")
     run.add_argument("--guide-scale", type=float, default=None, help="classifier-free guidance scale (default 5.0)")
     run.add_argument("--shift", type=float, default=None, help="flow-matching sigma shift (default 5.0)")
     run.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
