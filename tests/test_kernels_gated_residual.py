@@ -7,24 +7,11 @@ Wan2.1-1.3B shape (32,760 tokens x 1536 channels) with a bfloat16 branch output.
 """
 import pytest
 import torch
-# Without CUDA, tests/conftest.py has set TRITON_INTERPRET=1 before anything imported triton.
 
 from numina_engine.kernels import gated_residual_add, gated_residual_add_reference
 from numina_engine.kernels._rows import kernel_serves
-from numina_engine.kernels._triton import TRITON_AVAILABLE, TRITON_INTERPRETED
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-requires_triton = pytest.mark.skipif(not TRITON_AVAILABLE, reason="triton is not installed (reference tested below)")
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available() or TRITON_INTERPRETED,
-                                   reason="needs a CUDA GPU and compiled (not interpreted) Triton")
-KERNEL_PATH_MISSING = "the Triton kernel must serve this test (TRITON_INTERPRET=1 on CPU, set by tests/conftest.py)"
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """||actual - expected|| / ||expected|| in float64; NaN anywhere in `actual` gives NaN (fails any bound)."""
-    expected = expected.double()
-    return ((actual.double() - expected).norm() / expected.norm()).item()
+from numina_engine.kernels._triton import TRITON_INTERPRETED
+from row_kernel_checks import DEVICE, KERNEL_PATH_MISSING, relative_error, requires_cuda, requires_triton
 
 
 def random_inputs(batch, seq_len, dim, dtype, *, seed, padded=False, device=DEVICE):

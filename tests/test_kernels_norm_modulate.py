@@ -8,25 +8,11 @@ Wan2.1-1.3B shape (32,760 tokens x 1536 channels) with bfloat16 outputs.
 import pytest
 import torch
 import torch.nn.functional as F
-# Without CUDA, tests/conftest.py has set TRITON_INTERPRET=1 before anything imported triton.
 
 from numina_engine.kernels import layer_norm_modulate, layer_norm_modulate_reference, norm_modulate
 from numina_engine.kernels._rows import kernel_serves
-from numina_engine.kernels._triton import TRITON_AVAILABLE, TRITON_INTERPRETED
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-requires_triton = pytest.mark.skipif(not TRITON_AVAILABLE, reason="triton is not installed (reference tested below)")
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available() or TRITON_INTERPRETED,
-                                   reason="needs a CUDA GPU and compiled (not interpreted) Triton")
-KERNEL_PATH_MISSING = "the Triton kernel must serve this test (TRITON_INTERPRET=1 on CPU, set by tests/conftest.py)"
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """||actual - expected|| / ||expected|| in float64; NaN anywhere in `actual` gives NaN (fails any bound)."""
-    expected = expected.double()
-    return ((actual.double() - expected).norm() / expected.norm()).item()
+from numina_engine.kernels._triton import TRITON_INTERPRETED
+from row_kernel_checks import DEVICE, TOLERANCE, KERNEL_PATH_MISSING, relative_error, requires_cuda, requires_triton
 
 
 def random_inputs(batch, seq_len, dim, *, seed, device=DEVICE):

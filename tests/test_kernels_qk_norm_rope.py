@@ -7,26 +7,12 @@ shape (32,760 tokens, 12 heads of 128) in bfloat16.
 """
 import pytest
 import torch
-# Without CUDA, tests/conftest.py has set TRITON_INTERPRET=1 before anything imported triton.
 
 from numina_engine.engine.model import build_rope_tables
 from numina_engine.kernels import apply_rope, qk_norm_rope, qk_norm_rope_reference, rms_norm_rope
 from numina_engine.kernels._rows import kernel_serves
-from numina_engine.kernels._triton import TRITON_AVAILABLE, TRITON_INTERPRETED
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-requires_triton = pytest.mark.skipif(not TRITON_AVAILABLE, reason="triton is not installed (reference tested below)")
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available() or TRITON_INTERPRETED,
-                                   reason="needs a CUDA GPU and compiled (not interpreted) Triton")
-KERNEL_PATH_MISSING = "the Triton kernel must serve this test (TRITON_INTERPRET=1 on CPU, set by tests/conftest.py)"
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """||actual - expected|| / ||expected|| in float64; NaN anywhere in `actual` gives NaN (fails any bound)."""
-    expected = expected.double()
-    return ((actual.double() - expected).norm() / expected.norm()).item()
+from numina_engine.kernels._triton import TRITON_INTERPRETED
+from row_kernel_checks import DEVICE, TOLERANCE, KERNEL_PATH_MISSING, relative_error, requires_cuda, requires_triton
 
 
 def random_inputs(batch, grid, heads, head_dim, dtype, *, seed, device=DEVICE):
