@@ -7,14 +7,12 @@ shape (32,760 video queries, 512 text keys, 12 heads of 128, bfloat16) and a CUD
 """
 import math
 
-import torch
-# Without CUDA, tests/conftest.py has set TRITON_INTERPRET=1 before anything imported triton.
-
 import pytest
+import torch
 import torch.nn.functional as F
 
 from numina_engine.kernels import cross_attention_column_bias, cross_attention_noun_maps
-from numina_engine.kernels._triton import TRITON_AVAILABLE, TRITON_INTERPRETED, triton_runs_on
+from numina_engine.kernels._triton import TRITON_INTERPRETED, triton_runs_on
 from numina_engine.kernels.cross_attention_column_bias import (
     cross_attention_with_column_bias,
     cross_attention_with_column_bias_reference,
@@ -23,22 +21,10 @@ from numina_engine.kernels.cross_attention_noun_maps import (
     cross_attention_with_noun_maps,
     cross_attention_with_noun_maps_reference,
 )
+from kernel_checks import DEVICE, KERNEL_PATH_MISSING, TOLERANCE, poison_outputs, relative_error
+from kernel_checks import requires_cuda, requires_triton
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-requires_triton = pytest.mark.skipif(
-    not TRITON_AVAILABLE, reason="triton is not installed: the Triton kernels cannot run (references tested below)")
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available() or TRITON_INTERPRETED,
-                                   reason="full-size shape: needs a CUDA GPU and compiled (not interpreted) Triton")
-KERNEL_PATH_MISSING = ("the Triton kernels must serve this test; on CPU set TRITON_INTERPRET=1 before anything "
-                       "imports triton (e.g. in the environment or tests/conftest.py)")
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """||actual - expected|| / ||expected|| in float64; NaN anywhere in `actual` gives NaN (fails any bound)."""
-    expected = expected.double()
-    return ((actual.double() - expected).norm() / expected.norm()).item()
+TOLERANCE = {**TOLERANCE, torch.float32: 1e-4}     # attention: softmax of long rows in float32
 
 
 def random_attention_inputs(batch, q_len, kv_len, heads, head_dim, dtype, *, seed, q_gain=1.0, device=DEVICE):
@@ -52,11 +38,7 @@ def random_attention_inputs(batch, q_len, kv_len, heads, head_dim, dtype, *, see
 
 @pytest.fixture
 def poisoned_outputs(monkeypatch):
-    """Kernel outputs start as NaN, so any element a kernel fails to write fails the comparison."""
-    def nan_output(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    monkeypatch.setattr(cross_attention_noun_maps, "new_output", nan_output)
-    monkeypatch.setattr(cross_attention_column_bias, "new_output", nan_output)
+    poison_outputs(monkeypatch, cross_attention_noun_maps, cross_attention_column_bias)
 
 
 def sdpa(q, k, v, attn_mask=None):

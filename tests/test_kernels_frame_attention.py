@@ -7,36 +7,22 @@ shape (21 frames x 1560 tokens, 12 heads of 128, bfloat16).
 """
 import math
 
-import torch
-# Without CUDA, tests/conftest.py has set TRITON_INTERPRET=1 before anything imported triton.
-
 import pytest
+import torch
 import torch.nn.functional as F
 
 from numina_engine.kernels import frame_attention
-from numina_engine.kernels._triton import TRITON_AVAILABLE, TRITON_INTERPRETED, triton_runs_on
+from numina_engine.kernels._triton import TRITON_INTERPRETED, triton_runs_on
 from numina_engine.kernels.frame_attention import (
     attention_with_frame_lse,
     attention_with_frame_lse_reference,
     frame_attention_maps,
     frame_attention_maps_reference,
 )
+from kernel_checks import DEVICE, KERNEL_PATH_MISSING, TOLERANCE, poison_outputs, relative_error
+from kernel_checks import requires_cuda, requires_triton
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-requires_triton = pytest.mark.skipif(
-    not TRITON_AVAILABLE, reason="triton is not installed: the Triton kernels cannot run (references tested below)")
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available() or TRITON_INTERPRETED,
-                                   reason="full-size shape: needs a CUDA GPU and compiled (not interpreted) Triton")
-KERNEL_PATH_MISSING = ("the Triton kernels must serve this test; on CPU set TRITON_INTERPRET=1 before anything "
-                       "imports triton (e.g. in the environment or tests/conftest.py)")
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """||actual - expected|| / ||expected|| in float64; NaN anywhere in `actual` gives NaN (fails any bound)."""
-    expected = expected.double()
-    return ((actual.double() - expected).norm() / expected.norm()).item()
+TOLERANCE = {**TOLERANCE, torch.float32: 1e-4}     # attention: softmax of long rows in float32
 
 
 def random_qkv(batch, seq_len, heads, head_dim, dtype, *, seed, q_gain=1.0, device=DEVICE):
@@ -48,10 +34,7 @@ def random_qkv(batch, seq_len, heads, head_dim, dtype, *, seed, q_gain=1.0, devi
 
 @pytest.fixture
 def poisoned_outputs(monkeypatch):
-    """Kernel outputs start as NaN, so any element a kernel fails to write fails the comparison."""
-    def nan_output(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    monkeypatch.setattr(frame_attention, "new_output", nan_output)
+    poison_outputs(monkeypatch, frame_attention)
 
 
 # (batch, frames, frame_tokens, padding tokens, kv_len shortfall, heads, head_dim, dtype, stats_batch, q_gain)

@@ -11,7 +11,7 @@ import torch
 from numina_engine.kernels import gated_residual_add, gated_residual_add_reference
 from numina_engine.kernels._rows import kernel_serves
 from numina_engine.kernels._triton import TRITON_INTERPRETED
-from row_kernel_checks import DEVICE, KERNEL_PATH_MISSING, relative_error, requires_cuda, requires_triton
+from kernel_checks import DEVICE, KERNEL_PATH_MISSING, relative_error, requires_cuda, requires_triton
 
 
 def random_inputs(batch, seq_len, dim, dtype, *, seed, padded=False, device=DEVICE):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from numina_engine.kernels import layer_norm_modulate, layer_norm_modulate_reference, norm_modulate
 from numina_engine.kernels._rows import kernel_serves
 from numina_engine.kernels._triton import TRITON_INTERPRETED
-from row_kernel_checks import DEVICE, TOLERANCE, KERNEL_PATH_MISSING, relative_error, requires_cuda, requires_triton
+from kernel_checks import DEVICE, poison_outputs, TOLERANCE, KERNEL_PATH_MISSING, relative_error, requires_cuda, requires_triton
 
 
 def random_inputs(batch, seq_len, dim, *, seed, device=DEVICE):
@@ -29,9 +29,7 @@ def random_inputs(batch, seq_len, dim, *, seed, device=DEVICE):
 
 @pytest.fixture
 def poisoned_outputs(monkeypatch):
-    """Kernel outputs start as NaN, so any element the kernel fails to write fails the comparison."""
-    monkeypatch.setattr(norm_modulate, "new_output",
-                        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+    poison_outputs(monkeypatch, norm_modulate)
 
 
 # (batch, seq_len, dim, affine, modulated, out dtype); seq_len not a multiple of the rows per program,

@@ -12,7 +12,7 @@ from numina_engine.engine.model import build_rope_tables
 from numina_engine.kernels import apply_rope, qk_norm_rope, qk_norm_rope_reference, rms_norm_rope
 from numina_engine.kernels._rows import kernel_serves
 from numina_engine.kernels._triton import TRITON_INTERPRETED
-from row_kernel_checks import DEVICE, TOLERANCE, KERNEL_PATH_MISSING, relative_error, requires_cuda, requires_triton
+from kernel_checks import DEVICE, poison_outputs, TOLERANCE, KERNEL_PATH_MISSING, relative_error, requires_cuda, requires_triton
 
 
 def random_inputs(batch, grid, heads, head_dim, dtype, *, seed, device=DEVICE):
@@ -29,9 +29,7 @@ def random_inputs(batch, grid, heads, head_dim, dtype, *, seed, device=DEVICE):
 
 @pytest.fixture
 def poisoned_outputs(monkeypatch):
-    """Kernel outputs start as NaN, so any element the kernel fails to write fails the comparison."""
-    monkeypatch.setattr(rms_norm_rope, "new_output",
-                        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+    poison_outputs(monkeypatch, rms_norm_rope)
 
 
 # (batch, token grid, heads, head_dim, RMSNorm, RoPE, dtype). Grids of 105, 30 and 9 tokens (not

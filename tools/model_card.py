@@ -2,8 +2,9 @@
 
     python tools/model_card.py --log training_log.json --model numina_engine/assets/counting-world
 
-The log is what tools/train_demo_model.py writes beside the checkpoint folder; the card states the
-data, sizes, steps, loss curve, date, device and how to retrain. Pillow only (no plotting library).
+The log is what tools/train_demo_model.py writes beside the checkpoint folder; the architecture and
+schedule constants come from that script. The card states the data, sizes, steps, loss curve, date,
+device and how to retrain. Pillow only (no plotting library).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import math
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+from train_demo_model import CAPTION_DROPOUT, DIT, FINAL_LR_FRACTION, SHIFT, TEXT, WARMUP_STEPS
 
 WIDTH, HEIGHT, MARGIN = 640, 360, 48
 
@@ -50,7 +52,7 @@ def draw_loss_curve(curve: list[dict], path: Path) -> None:
 
 
 def model_card(log: dict, model_dir: Path) -> str:
-    size_mb = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file() and p.suffix != ".png") / 1e6
+    size_mb = sum(p.stat().st_size for p in model_dir.rglob("*.safetensors")) / 1e6
     first, last = log["loss_curve"][0], log["loss_curve"][-1]
     compiled = log.get("compiled", False)
     compile_note = ", including torch.compile's compilation of the first step, about 3 minutes" if compiled else ""
@@ -69,22 +71,22 @@ one or two kinds per clip) drifting together over a dark background, from captio
 ## Data
 `numina_engine/demo/world.py`: scenes drawn procedurally and deterministically from a seed
 (training seed {log['train_seed']}: {log['scenes']:,} distinct scenes, two caption wordings each);
-10% of the captions are dropped (to "" or Wan's default negative prompt) for classifier-free guidance.
+{CAPTION_DROPOUT:.0%} of the captions are dropped (to "" or Wan's default negative prompt) for classifier-free guidance.
 The benchmark (`bench/countbench_demo.py`) uses another seed: its prompts are unseen.
 
 ## Model
 - DiT: Wan2.1 architecture in pixel space (no VAE: `vae/config.json` names `PixelSpace`), patch 1x2x2,
-  width 192, 4 heads of 48, 8 blocks, FFN 768: {log['dit_parameters']:,} parameters.
-- Text encoder: umT5 (transformers `UMT5EncoderModel`), width 128, 2 layers, trained jointly:
+  width {DIT.dim}, {DIT.num_heads} heads of {DIT.head_dim}, {DIT.num_layers} blocks, FFN {DIT.ffn_dim}: {log['dit_parameters']:,} parameters.
+- Text encoder: umT5 (transformers `UMT5EncoderModel`), width {TEXT['d_model']}, {TEXT['num_layers']} layers, trained jointly:
   {log['text_encoder_parameters']:,} parameters. Tokenizer: sentencepiece trained on the world's
   vocabulary (`tools/make_tiny_tokenizer.py --world`), saved as a T5 tokenizer folder.
 - Weights: exponential moving average (decay {log['ema']}) of the trained weights, float16, {size_mb:.1f} MB
-  in this folder. Sampling defaults and NUMINA's spatial settings scaled to its 16x16 token grid are in
+  of weights. Sampling defaults and NUMINA's spatial settings scaled to its 16x16 token grid are in
   `numina_engine.json`.
 
 ## Training
-Wan's flow matching (velocity target, sigma drawn uniformly then shifted by 3 as the sampler shifts),
-AdamW (lr {log['lr']}, cosine to 10%), batch {log['batch']}, {log['steps']:,} steps, bfloat16 autocast.
+Wan's flow matching (velocity target, sigma drawn uniformly then shifted by {SHIFT:g} as the sampler shifts),
+AdamW (lr {log['lr']}, {WARMUP_STEPS} warm-up steps, cosine to {FINAL_LR_FRACTION:.0%}), batch {log['batch']}, {log['steps']:,} steps, bfloat16 autocast.
 Trained on {log['device']} (torch {log['torch']}) on {log['date']}: {log['train_s']:.0f} s of training
 ({log['samples_per_s']:.0f} samples/s{compile_note}) after {log['prepare_s']:.0f} s of data preparation.
 Loss {first['loss']:.4f} at step {first['step']} -> {last['loss']:.4f} at step {last['step']}.
@@ -95,7 +97,7 @@ Loss {first['loss']:.4f} at step {first['step']} -> {last['loss']:.4f} at step {
 On one GPU (about {(log['train_s'] + log['prepare_s']) / 60:.0f} minutes on the device above):
 
     python tools/make_tiny_tokenizer.py --world --out numina_engine/assets/counting-world/tokenizer
-    python tools/train_demo_model.py --out /tmp/counting-world --steps {log['steps']} --batch {log['batch']} --scenes {log['scenes']}{compile_flag}
+    python tools/train_demo_model.py --out /tmp/counting-world --steps {log['steps']} --batch {log['batch']} --scenes {log['scenes']} --lr {log['lr']} --ema {log['ema']}{compile_flag}
     python tools/model_card.py --log /tmp/training_log.json --model /tmp/counting-world
 
 GPU kernels are not bit-deterministic, so a retrained model matches this one in behaviour, not bit for bit.

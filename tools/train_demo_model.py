@@ -45,6 +45,9 @@ TEXT = dict(d_model=128, d_kv=32, d_ff=256, num_layers=2, num_heads=4, relative_
             relative_attention_max_distance=128, feed_forward_proj="gated-gelu", dense_act_fn="gelu_new",
             pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout_rate=0.0)
 SHIFT = 3.0
+CAPTION_DROPOUT = 0.1          # fraction of captions replaced by "" or Wan's negative prompt
+WARMUP_STEPS = 200
+FINAL_LR_FRACTION = 0.1        # cosine decay to this fraction of --lr
 STEPS_DEFAULT = 20
 NOTE = ("embedded demo model: a tiny Wan2.1-architecture model trained on a synthetic counting world "
         "(1-8 coloured circles, squares, triangles drifting over a dark background, 32x32 px, 5 frames). "
@@ -73,7 +76,7 @@ class CaptionBank:
     """
 
     def __init__(self, tokenizer, texts: list[str], length: int, device: torch.device):
-        batch = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        batch = tokenizer(texts, padding="max_length", max_length=length, truncation=False, return_tensors="pt")
         self.ids = batch.input_ids.to(device)
         self.mask = batch.attention_mask.to(device)
 
@@ -86,7 +89,7 @@ def subset(scenes: Scenes, index: torch.Tensor) -> Scenes:
 
 
 def token_length(tokenizer, texts: list[str]) -> int:
-    return max(len(tokenizer(text).input_ids) for text in texts)
+    return max(len(ids) for ids in tokenizer(texts).input_ids)
 
 
 def encode(text_encoder, ids: torch.Tensor, mask: torch.Tensor, text_len: int) -> torch.Tensor:
@@ -144,8 +147,8 @@ def main() -> None:
     scenes = sample_scenes(args.scenes, seed=TRAIN_SEED, config=WORLD)
     variants = [captions(scenes, seed=TRAIN_SEED * 1000 + v) for v in range(2)]
     unconditional = ["", WAN_NEGATIVE_PROMPT]
-    length = max(token_length(tokenizer, variants[0][:2000] + variants[1][:2000]) + 4,
-                 token_length(tokenizer, unconditional))
+    # Every caption fits (no truncation); padding past a caption is masked and zeroed like the engine's.
+    length = token_length(tokenizer, variants[0] + variants[1] + unconditional)
     bank = CaptionBank(tokenizer, variants[0] + variants[1], length, device)
     empty = CaptionBank(tokenizer, unconditional, length, device)
     prepared_s = time.perf_counter() - started
@@ -155,9 +158,8 @@ def main() -> None:
     forward = torch.compile(dit) if args.compile else dit
     params = list(dit.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
-    warmup = 200
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / args.steps))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / WARMUP_STEPS) * (
+        FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * s / args.steps))))
     ema = [p.detach().clone() for p in params]
     generator = torch.Generator(device).manual_seed(TRAIN_SEED)
     picker = torch.Generator().manual_seed(TRAIN_SEED)             # scene indices, on the CPU like the scenes
@@ -168,7 +170,7 @@ def main() -> None:
         variant = torch.randint(0, 2, (args.batch,), device=device, generator=generator)
         rows = variant * args.scenes + index.to(device)
         ids, mask = bank.ids[rows], bank.mask[rows]
-        drop = torch.rand(args.batch, device=device, generator=generator) < 0.1
+        drop = torch.rand(args.batch, device=device, generator=generator) < CAPTION_DROPOUT
         which = torch.randint(0, 2, (args.batch,), device=device, generator=generator)
         ids = torch.where(drop[:, None], empty.ids[which], ids)
         mask = torch.where(drop[:, None], empty.mask[which], mask)
@@ -196,11 +198,11 @@ def main() -> None:
             log.append({"step": step + 1, "loss": round(mean, 5), "seconds": round(elapsed, 1)})
             print(f"step {step + 1}/{args.steps} loss {mean:.4f} ({elapsed:.0f} s)", flush=True)
 
+    train_s = time.perf_counter() - train_start
     with torch.no_grad():
         for param, average in zip(params, ema):
             param.copy_(average)
     write_checkpoint(args.out, dit.eval(), text_encoder.eval(), TOKENIZER)
-    train_s = time.perf_counter() - train_start
     write_json(args.out.parent / "training_log.json", {
         "date": datetime.date.today().isoformat(),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",

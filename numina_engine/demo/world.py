@@ -6,8 +6,8 @@ Captions (captions.py): caption, captions, vocabulary_sentences, scene_counts,
 scene_colour_of_noun.
 """
 from .captions import (  # noqa: F401
-    NUMBER_WORDS, STILL_SPEED, caption, caption_vocabulary, caption_words, captions,
-    motion_direction, scene_colour_of_noun, scene_counts, shape_noun, vocabulary_sentences)
+    NUMBER_WORDS, caption, caption_vocabulary, caption_words, captions, motion_direction,
+    scene_colour_of_noun, scene_counts, vocabulary_sentences)
 from .rendering import object_centres, object_masks, render, render_uint8  # noqa: F401
 from .scenes import (  # noqa: F401
     BACKGROUND, COLOURS, DIRECTIONS, SHAPES, Scenes, WorldConfig, minimum_object_area,

@@ -34,9 +34,7 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def _fused(kernel, q: torch.Tensor):
     """The Triton kernel for CUDA inputs of a head size it supports (SUPPORTED_HEAD_DIMS), its PyTorch
     reference (same signature) otherwise."""
-    if q.is_cuda and q.shape[-1] in SUPPORTED_HEAD_DIMS:
-        return kernel
-    return getattr(kernels, kernel.__name__ + "_reference")
+    return kernels.kernel_or_reference(kernel, q.is_cuda and q.shape[-1] in SUPPORTED_HEAD_DIMS)
 
 
 def _extraction_at(state: ForwardState | None, layer_index: int) -> Extraction | None:

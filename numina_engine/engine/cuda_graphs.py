@@ -97,7 +97,8 @@ class StepGraphs:
         with torch.cuda.stream(self._stream):
             output = self.forward(*inputs, state)
         # Entering the capture synchronises the device, so `output` is complete before it is used on
-        # the current stream; the next side-stream work (a later warm-up) waits for the current stream.
+        # the current stream; record that use, so its memory is not handed back to the side stream early.
+        output.record_stream(current)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()

@@ -76,7 +76,7 @@ def use_fused_kernels(x: torch.Tensor) -> bool:
 
 def _kernel_or_reference(kernel, x: torch.Tensor):
     """The Triton kernel when `use_fused_kernels(x)`, else its PyTorch reference (same signature)."""
-    return kernel if use_fused_kernels(x) else getattr(kernels, kernel.__name__ + "_reference")
+    return kernels.kernel_or_reference(kernel, use_fused_kernels(x))
 
 
 def modulated_norm(hidden: torch.Tensor, norm: nn.Module, dtype: torch.dtype, shift: torch.Tensor | None = None,

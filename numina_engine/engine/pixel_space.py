@@ -2,7 +2,7 @@
 
 A diffusers-layout checkpoint selects it with `vae/config.json` = {"_class_name": "PixelSpace"}
 (no weights). Latents are the frames themselves, [B, 3, T, H, W] with pixels scaled to [-1, 1], so
-it has the same decode/encode interface as `WanVAE` with z_dim 3 and factors 1 in time and space.
+it has `WanVAE`'s decode interface with z_dim 3 and factors 1 in time and space.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from .vae import pixels_to_uint8
 
 CLASS_NAME = "PixelSpace"
 
@@ -41,18 +42,7 @@ class PixelSpace:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Float latents [B, 3, T, H, W] -> uint8 frames [B, T, H, W, 3] on `device`.
-
-        Clamped to [-1, 1] and mapped to 0..255 by truncation, exactly as `WanVAE.decode` maps its output.
-        """
+        """Float latents [B, 3, T, H, W] -> uint8 frames [B, T, H, W, 3] on `device` (as WanVAE.decode maps)."""
         if latents.ndim != 5 or latents.shape[1] != 3 or not latents.is_floating_point():
             raise ValueError(f"decode() takes float latents [B, 3, T, H, W], got {latents.dtype} {tuple(latents.shape)}")
-        video = latents.to(self.device, torch.float32).clamp(-1, 1)
-        return ((video + 1) / 2 * 255).to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous()
-
-    @torch.no_grad()
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames [B, T, H, W, 3] -> float32 latents [B, 3, T, H, W] in [-1, 1]."""
-        if frames.dtype != torch.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
-            raise ValueError(f"encode() takes uint8 frames [B, T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
-        return frames.to(self.device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+        return pixels_to_uint8(latents.to(self.device))

