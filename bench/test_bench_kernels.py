@@ -270,18 +270,18 @@ def authors_dense_bias(batch: int) -> torch.Tensor:
 
 
 def ours_layout_biased_attention(batch: int) -> Callable[[], torch.Tensor]:
-    """layout_bias (the engine's compact bias of one step) + the column-bias kernel."""
-    from numina_engine.numina.modulation import build_modulation_plan, layout_bias
+    """The engine's modulated cross-attention (engine/attention.py): plain SDPA for every row, then
+    the modulated queries of row 0 again with their compact bias (layout_bias + the column-bias kernel)."""
+    from numina_engine.engine.attention import modulated_cross_attention
+    from numina_engine.engine.forward_state import Modulation
+    from numina_engine.numina.modulation import build_modulation_plan
 
     q, k, v = cross_attention_inputs(batch)
     layouts = {noun: torch.from_numpy(labels) for noun, labels in synthetic_layouts().items()}
     plan = build_modulation_plan(layouts, NOUN_TOKENS, device="cuda")
     delta = torch.tensor(CONFIG.delta(MODULATED_STEP), dtype=torch.float32, device="cuda")
-
-    def run():
-        bias = layout_bias(plan, q[0], k[0], delta, CONFIG)
-        return cross_attention_with_column_bias(q, k, v, plan.bias_columns, bias, bias_batch=0)
-    return run
+    modulation = Modulation(plan=plan, delta=delta, config=CONFIG, batch_index=0)
+    return lambda: modulated_cross_attention(q, k, v, modulation)
 
 
 # ---------------------------------------------------------------- the cases
@@ -342,7 +342,7 @@ def _bias_case(name: str) -> Callable[[int], Callable[[], object]]:
         if name == "ours: cross_attention_with_column_bias (bias prebuilt)":
             columns, bias = compact_bias_from_dense(authors_dense_bias(batch))
             return lambda: cross_attention_with_column_bias(q, k, v, columns, bias)
-        assert name == "ours: layout_bias + cross_attention_with_column_bias", name
+        assert name == "ours: modulated_cross_attention (the engine's call)", name
         return ours_layout_biased_attention(batch)
     return build
 
@@ -366,7 +366,7 @@ CASES: list[tuple[str, str, Callable[[int], Callable[[], object]]]] = [
         "authors: dense bias by frame loops + SDPA",
         "authors: SDPA with the dense bias prebuilt",
         "ours: cross_attention_with_column_bias (bias prebuilt)",
-        "ours: layout_bias + cross_attention_with_column_bias",
+        "ours: modulated_cross_attention (the engine's call)",
     )],
 ]
 BATCHES = (1, 2)

@@ -85,6 +85,39 @@ def test_easycache_with_zero_tolerance_reproduces_the_uncached_run(engine, input
     assert cached.reused_steps > 0 and not torch.equal(cached.latents, plain)
 
 
+def test_phase_two_reuses_the_first_unconditional_prediction_of_phase_one(engine, inputs, monkeypatch):
+    """Phase 2 starts from phase 1's noise at the same timestep and biases only the conditional row, so
+    its first unconditional prediction is phase 1's: the first step runs the conditional row alone and
+    ends where recomputing both rows ends."""
+    settings, context, latents = inputs
+    config = NuminaConfig(total_steps=6, reference_step=3, reference_layer=2)
+    ref = pipeline.reference_pass(engine.model, latents, context, settings, config,
+                                  torch.tensor([[2]], dtype=torch.int32), progress=False)
+    _, recomputed_uncond = pipeline.flow_predictions(engine.model, latents, pipeline.timestep_at(
+        ref.scheduler, 0, engine.model.device), context)
+    assert torch.equal(ref.first_uncond, recomputed_uncond)
+
+    labels = torch.zeros(engine.model.dit.token_grid(latents.shape), dtype=torch.int32)
+    labels[:, 1:3, 1:3] = 100
+    plan = build_modulation_plan({"cats": labels}, {"cats": [2]}, "cpu")
+    state = ForwardState(modulation=Modulation(plan=plan, delta=torch.tensor(1.5), config=config, batch_index=0))
+    batches = []
+    forward = engine.model.dit.forward
+    monkeypatch.setattr(engine.model.dit, "forward", lambda x, *a, **kw: batches.append(x.shape[0]) or forward(x, *a, **kw))
+
+    def run(first_uncond):
+        batches.clear()
+        scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift)
+        out = pipeline.denoise(engine.model, latents, context, scheduler, settings, range(2),
+                               state_at=lambda step: state, progress=False, first_uncond=first_uncond)
+        return out, list(batches)
+
+    reused, reused_batches = run(ref.first_uncond)
+    recomputed, recomputed_batches = run(None)
+    assert (reused_batches, recomputed_batches) == ([1, 2], [2, 2])
+    torch.testing.assert_close(reused, recomputed, rtol=1e-5, atol=1e-5)
+
+
 def test_modulated_route_applies_the_layout_bias_to_the_conditional_row_only(engine, inputs, monkeypatch):
     settings, context, latents = inputs
     f, h, w = engine.model.dit.token_grid(latents.shape)
@@ -111,7 +144,8 @@ def test_modulated_route_applies_the_layout_bias_to_the_conditional_row_only(eng
     engine.model.dit(batch, torch.tensor([500.0, 500.0]), context, state=state)
     q, k, v = captured["q"], captured["k"], captured["v"]
     dense = torch.zeros(q.shape[1], k.shape[1])
-    dense[:, plan.bias_columns.long()] += layout_bias(plan, q[0], k[0], delta, config)
+    rows, columns = plan.modulated_queries[:, None], plan.bias_columns.long()[None, :]
+    dense.index_put_((rows, columns), layout_bias(plan, q[0], k[0], delta, config), accumulate=True)
     logits = torch.einsum("ihd,jhd->hij", q[0], k[0]) / q.shape[-1] ** 0.5 + dense
     expected_cond = torch.einsum("hij,jhd->ihd", logits.softmax(-1), v[0])
     expected_uncond = torch.nn.functional.scaled_dot_product_attention(

@@ -8,7 +8,8 @@ modulation are routed here without touching the model:
 - the extraction block: the fused self-attention that also yields within-frame softmax statistics,
   then the within-frame maps chunk by chunk, scored per head, keeping each frame's best head; and
   the cross-attention that yields each counted noun's probability map in the same pass;
-- modulated calls: cross-attention with the compact layout bias applied inside the kernel.
+- modulated calls: plain cross-attention, then the modulated queries' rows again with the compact
+  layout bias applied inside the column-bias kernel.
 
 On CUDA tensors the kernels run compiled; on the CPU the engine calls their PyTorch references
 (Triton's interpreter is for the kernel tests, not for generating videos).
@@ -22,7 +23,7 @@ from .. import kernels
 from ..kernels._triton import SUPPORTED_HEAD_DIMS
 from ..numina.head_scoring import score_heads
 from ..numina.modulation import layout_bias
-from .forward_state import Extraction, ForwardState
+from .forward_state import Extraction, ForwardState, Modulation
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -90,8 +91,24 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer_
         return out
     modulation = state.modulation if state is not None else None
     if modulation is not None:
-        row = modulation.batch_index
-        bias = layout_bias(modulation.plan, q[row], k[row], modulation.delta, modulation.config)
-        return _fused(kernels.cross_attention_with_column_bias, q)(q, k, v, modulation.plan.bias_columns, bias,
-                                                        bias_batch=row)
+        return modulated_cross_attention(q, k, v, modulation)
     return _sdpa(q, k, v)
+
+
+def modulated_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              modulation: Modulation) -> torch.Tensor:
+    """Cross-attention with NUMINA's layout bias on batch row `modulation.batch_index`.
+
+    q: [B, L, H, D], k, v: [B, T, H, D] as for `cross_attention`. Every row is first computed plainly
+    (SDPA); then the rows of the plan's modulated queries (the only ones with a non-zero bias) are
+    computed again with their compact bias [M, T] by the column-bias kernel and written over them.
+    The cost of the biased part grows with the modulated area, not with the video.
+    """
+    out = _sdpa(q, k, v)
+    row, plan = modulation.batch_index, modulation.plan
+    bias = layout_bias(plan, q[row], k[row], modulation.delta, modulation.config)            # [M, T]
+    modulated_q = q[row].index_select(0, plan.modulated_queries).unsqueeze(0)                 # [1, M, H, D]
+    biased = _fused(kernels.cross_attention_with_column_bias, q)(
+        modulated_q, k[row:row + 1], v[row:row + 1], plan.bias_columns, bias)
+    out[row].index_copy_(0, plan.modulated_queries, biased[0])
+    return out

@@ -12,7 +12,9 @@ States that extract (attention maps written into the state, an early stop) alway
 
 Capture is lazy. The first call for a kind runs the forward eagerly on a side stream (PyTorch's
 warm-up: Triton compilation, cuDNN plans, cuBLAS workspaces and the DiT's RoPE tables are set up
-there, never during capture) and returns that result; then it captures the graph. Later calls copy
+there, never during capture) and returns that result; then it captures the graph on the same
+stream without waiting for the warm-up to finish, so the host's capture work overlaps the GPU's
+warm-up work (torch.cuda.graph would synchronise and empty the allocator's cache first). Later calls copy
 their inputs into the graph's static buffers (latents, timestep, context) and replay. Nothing in the
 captured forward reads a value back to the host (`attention.py`, `numina/modulation.py: layout_bias`
 and the column-bias kernel are written for that).
@@ -96,14 +98,22 @@ class StepGraphs:
         self._stream.wait_stream(current)
         with torch.cuda.stream(self._stream):
             output = self.forward(*inputs, state)
-        # Entering the capture synchronises the device, so `output` is complete before it is used on
-        # the current stream; record that use, so its memory is not handed back to the side stream early.
+        # The caller's stream uses `output` once the warm-up is done; record that use, so that its memory
+        # is not handed back to the side stream early.
+        current.wait_stream(self._stream)
         output.record_stream(current)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
+        # Captured right behind the warm-up on the same stream, without torch.cuda.graph's device
+        # synchronisation and cache emptying: recording costs host time only, which then overlaps the
+        # warm-up forward still running on the GPU instead of leaving the GPU idle.
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
-            static_output = self.forward(*inputs, state)
+        with torch.cuda.stream(self._stream):
+            graph.capture_begin(pool=self._pool)
+            try:
+                static_output = self.forward(*inputs, state)
+            finally:
+                graph.capture_end()
         self.captured += 1
         return output, _CapturedStep(graph, *inputs, state, static_output)
 

@@ -13,8 +13,9 @@
       layout   cluster into countable instances, refine to the target counts, build the modulation plan;
                decode the latent frames layout.png shows of phase 1's last x0 estimate
       phase 2  denoise again from the same noise with the layout bias on the conditional pass while
-               delta(t) is above its floor; if every count is already right, no regeneration: phase 1
-               just runs on to the end
+               delta(t) is above its floor (its first step reuses phase 1's first unconditional
+               prediction: same latents, same timestep, no bias on that row); if every count is already
+               right, no regeneration: phase 1 just runs on to the end
       decode   VAE to uint8 frames
 
 CFG batches the conditional and unconditional passes as rows 0 and 1 of one forward call. On a GPU
@@ -164,6 +165,14 @@ def flow_predictions(model: WanModel, latents: torch.Tensor, timestep: torch.Ten
     return flow[COND], flow[UNCOND]
 
 
+def conditional_prediction(model: WanModel, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                           state: ForwardState | None = None) -> torch.Tensor:
+    """The conditional flow prediction alone, float32 [C, F, H, W]: a batch-1 forward of row COND (the
+    state's batch_index must be COND)."""
+    flow = model.dit(latents.to(model.dtype).unsqueeze(0), timestep, context[COND:COND + 1], state=state)
+    return flow[0].float()
+
+
 def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
     return uncond + scale * (cond - uncond)
 
@@ -174,14 +183,20 @@ def timestep_at(scheduler: FlowUniPCScheduler, index: int, device: torch.device)
 
 def denoise(model: WanModel, latents: torch.Tensor, context: torch.Tensor, scheduler: FlowUniPCScheduler,
             settings: ResolvedSettings, steps: range, *, state_at=lambda step: None, progress: bool = True,
-            desc: str = "denoising", graphs: StepGraphs | None = None) -> torch.Tensor:
+            desc: str = "denoising", graphs: StepGraphs | None = None,
+            first_uncond: torch.Tensor | None = None) -> torch.Tensor:
     """Run scheduler steps `steps` from `latents` (float32 [C, F, H, W]); returns the latents after them.
 
     `state_at(step)` gives each step's ForwardState (None: plain); `graphs` replays the forwards.
+    `first_uncond`: the unconditional prediction of the first step, already known (float32, like
+    `latents`); that step then runs the conditional row alone.
     """
     for index in tqdm(steps, desc=desc, disable=not progress, leave=False):
-        cond, uncond = flow_predictions(model, latents, timestep_at(scheduler, index, model.device), context,
-                                        state_at(index), graphs)
+        timestep = timestep_at(scheduler, index, model.device)
+        if first_uncond is not None and index == steps[0]:
+            cond, uncond = conditional_prediction(model, latents, timestep, context, state_at(index)), first_uncond
+        else:
+            cond, uncond = flow_predictions(model, latents, timestep, context, state_at(index), graphs)
         latents = scheduler.step(guide(cond, uncond, settings.guide_scale), latents, index)
     return latents
 
@@ -228,6 +243,8 @@ class ReferencePass:
     """Phase 1's outcome: where it stopped and what it extracted."""
     latents: torch.Tensor           # float32 [C, F, H, W] at the reference step (before its update)
     preview: torch.Tensor           # float32 [C, F, H, W] x0 estimate of the last computed step
+    first_uncond: torch.Tensor | None   # float32 [C, F, H, W] unconditional prediction of step 0 (None if
+                                        # phase 1 ran no step)
     extraction: Extraction
     scheduler: FlowUniPCScheduler
     computed_steps: int
@@ -241,12 +258,14 @@ def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, 
     extraction, which runs eagerly), then extract at `config.reference_layer`."""
     scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device)
     cache = EasyCache(config.easycache_tau, config.easycache_warmup, enabled=config.easycache_enabled)
-    latents, preview = noise, noise
+    latents, preview, first_uncond = noise, noise, None
     for index in tqdm(range(config.reference_step), desc="phase 1", disable=not progress, leave=False):
         if cache.must_compute(index):
             cond, uncond = flow_predictions(model, latents, timestep_at(scheduler, index, model.device), context,
                                             graphs=graphs)
             cache.record(latents, cond, uncond)
+            if index == 0:
+                first_uncond = uncond
         else:
             cond, uncond = cache.reuse(latents)
         velocity = guide(cond, uncond, settings.guide_scale)
@@ -262,7 +281,8 @@ def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, 
     state = ForwardState(extraction=extraction, stop_after_layer=config.reference_layer)
     timestep = timestep_at(scheduler, config.reference_step, model.device)
     model.dit(latents.to(model.dtype).unsqueeze(0), timestep, context[COND:COND + 1], state=state)
-    return ReferencePass(latents=latents, preview=preview, extraction=extraction, scheduler=scheduler,
+    return ReferencePass(latents=latents, preview=preview, first_uncond=first_uncond, extraction=extraction,
+                         scheduler=scheduler,
                          computed_steps=cache.computed + 1, reused_steps=cache.skipped)
 
 
@@ -373,7 +393,8 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
 
             scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device)
             latents = denoise(model, noise, context, scheduler, settings, range(settings.steps),
-                              state_at=state_at, progress=progress, desc="phase 2", graphs=graphs)
+                              state_at=state_at, progress=progress, desc="phase 2", graphs=graphs,
+                              first_uncond=ref.first_uncond)
             modulated_steps = sum(config.should_modulate(s) for s in range(settings.steps))
         graphs.release()
     frames = decode_video(model, latents, timer, offload=offload)

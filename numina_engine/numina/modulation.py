@@ -1,10 +1,12 @@
-"""NUMINA's cross-attention modulation as a compact bias over (query position, noun token).
+"""NUMINA's cross-attention modulation as a compact bias over (modulated query, noun token).
 
 The authors (H-EmbodVis/NUMINA, numina/modulation.py build_cross_attention_bias, used by
 wan/modules/attention.py numina_cross_attention_modulate) add a dense [Lq, Lk] bias to the
 conditional pass's cross-attention logits. Only the columns of the nouns' text tokens are ever
-non-zero, so this module keeps those T columns alone: `layout_bias` returns [Lq, T] and the
-attention kernel adds bias[i, j] to logit(i, bias_columns[j]) (columns are distinct).
+non-zero, and only in the rows of queries that a refined layout removes or adds, so this module keeps
+those M rows and T columns alone: `layout_bias` returns [M, T] for the plan's `modulated_queries`, and
+the attention interface recomputes only those rows' attention with the bias (every other row's
+attention is plain).
 
 For query i in frame f and a column j of noun n (delta = modulation strength of the step):
 * i removed for n (label -1):                   bias = -suppress_scale * delta
@@ -15,6 +17,8 @@ For query i in frame f and a column j of noun n (delta = modulation strength of 
   the reference pixels are the smallest existing instance (labels 1..99, ties: lowest id) of
   a frame where something is added.
 * otherwise (and for padding rows past F*h*w): 0.
+Since s is linear in q and k, m[n, f] = scale / H * <mean of q over the reference pixels, mean of k over
+n's columns>: one pass over the frame's queries, whatever the size of the reference instance.
 """
 from __future__ import annotations
 
@@ -24,54 +28,57 @@ import torch
 
 from .config import LABEL_ADDED_BASE, LABEL_REMOVED, NuminaConfig
 
-__all__ = [
-    "QUERY_REMOVED", "QUERY_ADDED", "QUERY_REFERENCE",
-    "ModulationPlan", "build_modulation_plan", "layout_bias",
-]
-
-# Bits of ModulationPlan.query_flags.
-QUERY_REMOVED = 1
-QUERY_ADDED = 2
-QUERY_REFERENCE = 4
+__all__ = ["ModulationPlan", "build_modulation_plan", "layout_bias"]
 
 
 @dataclass(frozen=True)
 class ModulationPlan:
     """Device tensors of static shape describing where and how to modulate (CUDA-graph safe).
 
-    query_flags: uint8 [L, n_nouns], L = num_frames * height * width query tokens (frame-major,
-        then row-major); bits QUERY_REMOVED / QUERY_ADDED / QUERY_REFERENCE per noun.
-    frame_has_reference: bool [n_nouns, num_frames], True where the frame adds an instance and
-        has reference pixels.
+    Queries are numbered frame-major, then row-major over the token grid (num_frames, height, width).
     bias_columns: int32 [T], the nouns' text-token positions concatenated in noun order.
     column_noun: int64 [T], the noun index of each column.
-    nouns: noun names in plan order; num_frames, height, width: the token grid of the layouts;
-    min_key_length: the key length the columns need (max column + 1).
+    modulated_queries: int64 [M], ascending, the queries removed or added for at least one noun: the
+        only rows with a non-zero bias. modulated_frame: int64 [M], their frames.
+    removed_columns / circle_columns / referenced_columns: float32 [M, T] 0/1, per (modulated query,
+        column): removed for the column's noun / added for it in a frame without a reference
+        instance / added for it in a frame with one.
+    reference_queries: int64 [R], ascending, the queries that are reference pixels of some (frame,
+        noun), or None when they are more than half of all queries (then every query is read, rows
+        0..L-1, which costs less than gathering them).
+    reference_weights: float32 [F * n_nouns, R (or L)] 0/1, row f * n_nouns + n marks the reference
+        pixels of (frame f, noun n) (none where the frame adds nothing for the noun);
+        reference_count: float32 [F, n_nouns], their number, at least 1 (where there are none, the
+        mean is 0 and no query uses it).
+    noun_column_mean: float32 [n_nouns, T], 1/|columns of n| on the columns of noun n, else 0.
+    has_reference: whether any (frame, noun) has reference pixels.
+    nouns: noun names in plan order; min_key_length: the key length the columns need (max column + 1).
     """
-    query_flags: torch.Tensor
-    frame_has_reference: torch.Tensor
     bias_columns: torch.Tensor
     column_noun: torch.Tensor
+    modulated_queries: torch.Tensor
+    modulated_frame: torch.Tensor
+    removed_columns: torch.Tensor
+    circle_columns: torch.Tensor
+    referenced_columns: torch.Tensor
+    reference_queries: torch.Tensor | None
+    reference_weights: torch.Tensor
+    reference_count: torch.Tensor
+    noun_column_mean: torch.Tensor
+    has_reference: bool
     nouns: tuple[str, ...]
     num_frames: int
     height: int
     width: int
     min_key_length: int
-    # Derived once from the above, per (query, column), float32 [L, T] 0/1 unless noted, so that a
-    # step's bias is a few elementwise ops: removed / added-without-reference / added-with-reference
-    # queries, reference pixels of the column's noun; reference_pairs [F, T]: (reference pixel,
-    # column) pairs of the column's noun in each frame (>= 1); same_noun [T, T]: 1 where two columns
-    # belong to one noun.
-    removed_columns: torch.Tensor
-    circle_columns: torch.Tensor
-    referenced_columns: torch.Tensor
-    reference_columns: torch.Tensor
-    reference_pairs: torch.Tensor
-    same_noun: torch.Tensor
 
     @property
     def num_queries(self) -> int:
         return self.num_frames * self.height * self.width
+
+    @property
+    def num_modulated_queries(self) -> int:
+        return self.modulated_queries.shape[0]
 
     @property
     def num_nouns(self) -> int:
@@ -80,7 +87,6 @@ class ModulationPlan:
     @property
     def num_columns(self) -> int:
         return self.bias_columns.shape[0]
-
 
 
 def build_modulation_plan(refined: dict[str, torch.Tensor], token_positions: dict[str, list[int]],
@@ -96,47 +102,53 @@ def build_modulation_plan(refined: dict[str, torch.Tensor], token_positions: dic
     nouns = tuple(refined)
     if not nouns:
         raise ValueError("refined must hold at least one noun")
-    shape = _check_layouts(refined)
+    frames, height, width = _check_layouts(refined)
     columns, column_noun = _columns(nouns, token_positions)
-    flags, has_reference = [], []
-    for noun in nouns:
-        noun_flags, noun_has_reference = _noun_flags(refined[noun].to(device))
-        flags.append(noun_flags)
-        has_reference.append(noun_has_reference)
-    query_flags = torch.stack(flags, dim=1)
-    if not bool(((query_flags & (QUERY_REMOVED | QUERY_ADDED)) != 0).any()):
+    masks = [_noun_masks(refined[noun].to(device)) for noun in nouns]
+    removed = torch.stack([m[0] for m in masks], dim=1)                              # [L, N] bool
+    added = torch.stack([m[1] for m in masks], dim=1)                                # [L, N]
+    reference = torch.stack([m[2] for m in masks], dim=1)                            # [F, N, h*w]
+    modulated = (removed | added).any(dim=1)
+    if not bool(modulated.any()):
         return None
-    frame_has_reference = torch.stack(has_reference, dim=0)
+    queries = modulated.nonzero().flatten()                                          # [M]
     column_noun_t = torch.tensor(column_noun, dtype=torch.int64, device=device)
+    frame_has_reference = reference.any(dim=2)                                       # [F, N]
+    tokens_per_frame = height * width
+    query_frame = queries // tokens_per_frame
+    has_reference = frame_has_reference[query_frame].index_select(1, column_noun_t)   # [M, T]
+    removed_q = removed[queries].index_select(1, column_noun_t)
+    added_q = added[queries].index_select(1, column_noun_t)
+    counts = torch.bincount(column_noun_t, minlength=len(nouns)).to(torch.float32)   # columns per noun
+    noun_column_mean = (torch.arange(len(nouns), device=device)[:, None] == column_noun_t[None, :]).float()
     return ModulationPlan(
-        query_flags=query_flags,
-        frame_has_reference=frame_has_reference,
         bias_columns=torch.tensor(columns, dtype=torch.int32, device=device),
         column_noun=column_noun_t,
-        nouns=nouns, num_frames=shape[0], height=shape[1], width=shape[2],
-        min_key_length=max(columns) + 1,
-        **_column_masks(query_flags, frame_has_reference, column_noun_t, shape))
+        modulated_queries=queries,
+        modulated_frame=query_frame,
+        removed_columns=removed_q.to(torch.float32),
+        circle_columns=(added_q & ~has_reference).to(torch.float32),
+        referenced_columns=(added_q & has_reference).to(torch.float32),
+        **_reference_rows(reference),
+        reference_count=reference.sum(dim=2).clamp_min(1).to(torch.float32),
+        noun_column_mean=noun_column_mean / counts[:, None],
+        has_reference=bool(frame_has_reference.any()),
+        nouns=nouns, num_frames=frames, height=height, width=width,
+        min_key_length=max(columns) + 1)
 
 
-def _column_masks(query_flags: torch.Tensor, frame_has_reference: torch.Tensor, column_noun: torch.Tensor,
-                  shape: tuple[int, int, int]) -> dict[str, torch.Tensor]:
-    """The per-(query, column) masks of ModulationPlan, from its flags (see the field comments)."""
-    frames, height, width = shape
-    flags = query_flags.index_select(1, column_noun)                                         # [L, T]
-    has_reference = frame_has_reference.t().index_select(1, column_noun)                       # [F, T]
-    has_reference = has_reference.repeat_interleave(height * width, dim=0)                     # [L, T]
-    added = (flags & QUERY_ADDED) != 0
-    reference = ((flags & QUERY_REFERENCE) != 0).to(torch.float32)
-    same_noun = (column_noun[:, None] == column_noun[None, :]).to(torch.float32)               # [T, T]
-    reference_pixels = reference.view(frames, height * width, -1).sum(1)                      # [F, T]
-    return {
-        "removed_columns": ((flags & QUERY_REMOVED) != 0).to(torch.float32),
-        "circle_columns": (added & ~has_reference).to(torch.float32),
-        "referenced_columns": (added & has_reference).to(torch.float32),
-        "reference_columns": reference,
-        "reference_pairs": (reference_pixels * same_noun.sum(0)).clamp_min(1.0),
-        "same_noun": same_noun,
-    }
+def _reference_rows(reference: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    """reference bool [F, N, h*w] -> the plan's reference_queries and reference_weights."""
+    frames, nouns, tokens_per_frame = reference.shape
+    # [F * N, L]: (frame, noun) rows over all queries, non-zero only within the frame's own tokens.
+    weights = torch.zeros(frames, nouns, frames, tokens_per_frame, dtype=torch.float32, device=reference.device)
+    weights[torch.arange(frames), :, torch.arange(frames)] = reference.to(torch.float32)
+    weights = weights.reshape(frames * nouns, frames * tokens_per_frame)
+    used = reference.any(dim=1).reshape(-1)                                               # [L]
+    if 2 * int(used.sum()) > used.numel():
+        return {"reference_queries": None, "reference_weights": weights}
+    queries = used.nonzero().flatten()
+    return {"reference_queries": queries, "reference_weights": weights.index_select(1, queries)}
 
 
 def _check_layouts(refined: dict[str, torch.Tensor]) -> tuple[int, int, int]:
@@ -168,8 +180,9 @@ def _columns(nouns: tuple[str, ...], token_positions: dict[str, list[int]]) -> t
     return columns, column_noun
 
 
-def _noun_flags(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """labels int32 [F, h, w] -> (flags uint8 [F*h*w], frame_has_reference bool [F])."""
+def _noun_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """labels int32 [F, h, w] -> removed bool [F*h*w], added bool [F*h*w], reference pixels bool
+    [F, h*w] (the smallest existing instance of each frame that adds something)."""
     frames = labels.shape[0]
     flat = labels.reshape(frames, -1)
     removed = flat == LABEL_REMOVED
@@ -182,27 +195,25 @@ def _noun_flags(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     smallest = torch.where(areas > 0, areas, torch.iinfo(torch.int64).max).argmin(dim=1)   # [F]
     frame_has_reference = existing.any(dim=1) & added.any(dim=1)
     reference = (flat == smallest[:, None]) & existing & frame_has_reference[:, None]
-    flags = (removed.to(torch.uint8) * QUERY_REMOVED + added.to(torch.uint8) * QUERY_ADDED
-             + reference.to(torch.uint8) * QUERY_REFERENCE)
-    return flags.reshape(-1), frame_has_reference
+    return removed.reshape(-1), added.reshape(-1), reference
 
 
 def layout_bias(plan: ModulationPlan, q: torch.Tensor, k: torch.Tensor, delta: torch.Tensor,
                 config: NuminaConfig) -> torch.Tensor:
-    """The compact cross-attention bias of one step: float32 [Lq, T] (rules: module docstring).
+    """The compact cross-attention bias of one step: float32 [M, T] for the plan's modulated queries
+    (rows `plan.modulated_queries`, columns `plan.bias_columns`; rules: module docstring).
 
     q: [Lq, H, D] the conditional pass's cross-attention queries (after norm), Lq >= plan's
-       L = F*h*w (rows past L are padding and get 0).
+       L = F*h*w (rows past L are padding: never modulated).
     k: [Lk, H, D] its keys of the text tokens, Lk >= plan.min_key_length.
     delta: 0-dim float32 tensor on q's device, the step's modulation strength.
-    Static shapes, no host synchronisation: safe to capture in a CUDA graph. The head-averaged
-    logits are computed for the T columns only, in float32.
+    Static shapes, no host synchronisation: safe to capture in a CUDA graph. Logits are accumulated
+    and returned in float32.
     """
     if q.dim() != 3 or k.dim() != 3 or q.shape[1:] != k.shape[1:]:
         raise ValueError(f"q and k must be [L, H, D] with the same H, D; got {tuple(q.shape)} "
                          f"and {tuple(k.shape)}")
     queries, heads, head_dim = q.shape
-    frames, tokens_per_frame = plan.num_frames, plan.height * plan.width
     used = plan.num_queries
     if queries < used or k.shape[0] < plan.min_key_length:
         raise ValueError(f"q needs >= {used} rows and k >= {plan.min_key_length} rows for this plan, "
@@ -210,28 +221,32 @@ def layout_bias(plan: ModulationPlan, q: torch.Tensor, k: torch.Tensor, delta: t
     if delta.dim() != 0:
         raise ValueError(f"delta must be a 0-dim tensor, got shape {tuple(delta.shape)}")
     delta = delta.to(torch.float32)
+    channels = heads * head_dim
     scale = head_dim ** -0.5 / heads
-    k_columns = k.index_select(0, plan.bias_columns.long()).reshape(-1, heads * head_dim)
-    logits = _float32_logits(q[:used].reshape(used, heads * head_dim), k_columns) * scale           # [L, T]
+    bias = torch.add(plan.circle_columns * config.circle_bias_k, plan.removed_columns,
+                     alpha=-config.suppress_scale) * delta
+    if not plan.has_reference:
+        return bias
+    k_columns = k.index_select(0, plan.bias_columns.long()).reshape(-1, channels)                 # [T, C]
+    q_modulated = q.index_select(0, plan.modulated_queries).reshape(-1, channels)                 # [M, C]
+    logits = _float32_matmul(q_modulated, k_columns.t()) * scale                                  # [M, T]
+    # m[f, n] = scale * <sum of q over the reference pixels of (f, n), mean of k over n's columns> / count.
+    flat_q = q[:used].reshape(used, channels)
+    reference_q = flat_q if plan.reference_queries is None else flat_q.index_select(0, plan.reference_queries)
+    reference_sums = _float32_matmul(plan.reference_weights.to(q.dtype), reference_q)             # [F * N, C]
+    reference_sums = reference_sums.view(plan.num_frames, plan.num_nouns, channels)
+    noun_keys = plan.noun_column_mean @ k_columns.float()                                         # [N, C]
+    reference_mean = (reference_sums * noun_keys).sum(dim=-1) * scale / plan.reference_count      # [F, N]
+    target = delta * reference_mean.index_select(1, plan.column_noun)                             # [F, T]
+    return torch.addcmul(bias, target.index_select(0, plan.modulated_frame) - logits, plan.referenced_columns)
 
-    # m[n, f] per column: mean head-averaged logit over the noun's reference pixels and columns.
-    reference_sum = (logits * plan.reference_columns).view(frames, tokens_per_frame, -1).sum(1)   # [F, T]
-    target = delta * (reference_sum @ plan.same_noun) / plan.reference_pairs                      # [F, T]
-    bias = (target[:, None, :] - logits.view(frames, tokens_per_frame, -1)).view(used, -1)
-    bias = bias * plan.referenced_columns
-    constant = plan.circle_columns * config.circle_bias_k - plan.removed_columns * config.suppress_scale
-    bias = torch.addcmul(bias, constant, delta)
-    if queries > used:
-        bias = torch.cat([bias, bias.new_zeros(queries - used, bias.shape[1])], dim=0)
-    return bias
 
+def _float32_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b ([M, K] @ [K, N], same dtype) accumulated and returned in float32.
 
-def _float32_logits(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """queries [L, C] @ keys [T, C]^T accumulated and returned in float32: [L, T].
-
-    On CUDA, half-precision inputs go straight to a float32-output GEMM (no upcast copy of
-    the large query matrix); elsewhere both sides are upcast first.
+    On CUDA, half-precision inputs go straight to a float32-output GEMM (no upcast copy of the large
+    query matrix); elsewhere both sides are upcast first.
     """
-    if queries.is_cuda and queries.dtype in (torch.bfloat16, torch.float16) and keys.dtype == queries.dtype:
-        return torch.mm(queries, keys.t(), out_dtype=torch.float32)
-    return queries.float() @ keys.float().t()
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and b.dtype == a.dtype:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()
