@@ -74,7 +74,7 @@ def test_plain_run_with_graphs_equals_the_eager_run_bit_for_bit(gpu_engine):
 @needs_cuda
 def test_numina_run_with_graphs_equals_the_eager_run_bit_for_bit(gpu_engine, monkeypatch):
     # 8 steps; delta(t) reaches its floor from step 4 (modulation_center -16), so phase 2 replays a
-    # modulated graph for steps 0-3 (delta written into the graph's input each step) and a plain one after.
+    # modulated graph for steps 1-3 (delta written into the graph's input each step) and a plain one after.
     overrides = {"reference_step": 3, "modulation_center": -16.0, "easycache_warmup": 3}
     request = GenerationRequest(prompt=PROMPT, width=256, height=256, frames=17, steps=8,
                                 counts={"cats": 2, "dogs": 3}, numina_overrides=overrides)
@@ -83,8 +83,9 @@ def test_numina_run_with_graphs_equals_the_eager_run_bit_for_bit(gpu_engine, mon
     eager, eager_latents = generate_recording_latents(gpu_engine, request, cuda_graphs=False)
     numina = graphed.report["numina"]
     assert numina["regenerated"] and numina["phase2_modulated_steps"] == 4
-    # phase 1: steps 0-2 (capture + 2 replays); phase 2: modulated 0-3 and plain 4-7 (capture + 3 replays each)
-    assert graphed.report["cuda_graphs"] == {"enabled": True, "graphs_captured": 3, "replays": 8}
+    # phase 1: steps 0-2 (capture + 2 replays); phase 2: step 0 runs the conditional row alone (phase 1's
+    # unconditional prediction reused), modulated 1-3 (capture + 2 replays), plain 4-7 (capture + 3 replays)
+    assert graphed.report["cuda_graphs"] == {"enabled": True, "graphs_captured": 3, "replays": 7}
     assert numina["best_head_per_frame"] == eager.report["numina"]["best_head_per_frame"]
     assert torch.equal(graphed.layout.preview_frames, eager.layout.preview_frames)
     assert torch.equal(graphed_latents, eager_latents)
