@@ -23,7 +23,7 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
-from timing import median_ms
+from timing import graph_replay_ms, median_ms, relative_error
 
 from numina_engine.engine import model as model_module
 from numina_engine.engine.config import WAN_1_3B
@@ -54,12 +54,6 @@ OUR_KERNELS = ("_layer_norm_modulate_kernel", "_qk_norm_rope_kernel", "_gated_re
 CATEGORIES = (("fused elementwise (ours)", OUR_KERNELS),
               ("attention", ("flash", "fmha", "sdpa", "attention", "attn")),
               ("matmul / conv", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "conv", "sm90", "sm80")))
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """||actual - expected|| / ||expected||, in float64."""
-    expected = expected.double()
-    return ((actual.double() - expected).norm() / expected.norm()).item()
 
 
 def kernel_cases(batch: int) -> list[dict]:
@@ -164,22 +158,6 @@ def forward_inputs(batch: int):
     context = torch.randn(batch, WAN_1_3B.text_len, WAN_1_3B.text_dim, generator=gen, device=DEVICE)
     context[:, 40:] = 0                                                  # zero-padded text past the prompt
     return latents, timestep, context.to(torch.bfloat16)
-
-
-def graph_replay_ms(forward, repeats: int) -> float:
-    """Median ms of replaying a CUDA graph of `forward()` (captured after a warm-up on a side stream)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        forward()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        forward()
-    ms = median_ms(graph.replay, repeats)
-    del graph
-    torch.cuda.empty_cache()
-    return ms
 
 
 def kernel_profile(forward) -> list[tuple[str, int, float]]:

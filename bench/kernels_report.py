@@ -29,6 +29,7 @@ from bench.test_bench_kernels import (
     noun_token_tensor,
     self_attention_inputs,
 )
+from bench.timing import relative_error
 from numina_engine.kernels import (
     attention_with_frame_lse,
     attention_with_frame_lse_reference,
@@ -46,12 +47,6 @@ TARGETS = {
     (NOUN_GROUP, "ours: cross_attention_with_noun_maps"): 2.0,
     (BIAS_GROUP, "ours: cross_attention_with_column_bias (bias prebuilt)"): 2.0,
 }
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """||actual - expected|| / ||expected||, in float64."""
-    expected = expected.double()
-    return ((actual.double() - expected).norm() / expected.norm()).item()
 
 
 def timing_rows(batch: int) -> list[tuple[str, str, float, float, float | None]]:

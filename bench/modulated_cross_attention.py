@@ -32,6 +32,7 @@ from bench.test_bench_kernels import (
     gpu_median_ms,
     plain_sdpa,
 )
+from bench.timing import graph_replay_ms, relative_error
 from numina_engine.engine.attention import modulated_cross_attention
 from numina_engine.engine.forward_state import Modulation
 from numina_engine.kernels import cross_attention_with_column_bias, cross_attention_with_column_bias_reference
@@ -63,24 +64,6 @@ def layouts_covering(radius: float, *, whole_frame_reference: bool = False) -> d
     return layouts
 
 
-def graph_median_ms(fn) -> float:
-    """Median ms of replaying fn captured in a CUDA graph (how the engine runs a denoising step)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return gpu_median_ms(graph.replay)
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    expected = expected.double()
-    return ((actual.double() - expected).norm() / expected.norm()).item()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the rows to this file")
@@ -91,14 +74,15 @@ def main() -> None:
     delta = torch.tensor(CONFIG.delta(MODULATED_STEP), dtype=torch.float32, device="cuda")
     plain_ms = gpu_median_ms(lambda: plain_sdpa(q, k, v))
     rows = [{"call": "plain SDPA", "modulated_share": 0.0, "ms": plain_ms,
-             "graph_ms": graph_median_ms(lambda: plain_sdpa(q, k, v))}]
+             "graph_ms": graph_replay_ms(lambda: plain_sdpa(q, k, v), repeats=50)}]
     cases = (("added disc r=3 per noun, the rest of each frame the reference (e2e-like)", 3, True),
              ("added + removed disc r=6, small reference", 6, False),
              ("added + removed disc r=12, small reference", 12, False),
              ("added + removed disc r=20, small reference", 20, False),
              ("every pixel", float("inf"), False))
     for name, radius, whole_frame in cases:
-        plan = build_modulation_plan(layouts_covering(radius, whole_frame_reference=whole_frame), NOUN_TOKENS, "cuda")
+        layouts = layouts_covering(radius, whole_frame_reference=whole_frame)
+        plan = build_modulation_plan(layouts, NOUN_TOKENS, "cuda", torch.bfloat16)
         modulation = Modulation(plan=plan, delta=delta, config=CONFIG, batch_index=0)
         share = plan.num_modulated_queries / plan.num_queries
         call = lambda: modulated_cross_attention(q, k, v, modulation)  # noqa: E731
@@ -106,10 +90,10 @@ def main() -> None:
         every_row = torch.zeros(q.shape[1], bias.shape[1], device="cuda").index_copy_(0, plan.modulated_queries, bias)
         expected = cross_attention_with_column_bias_reference(q, k, v, plan.bias_columns, every_row)
         rows.append({"call": f"engine: {name}", "modulated_share": share, "ms": gpu_median_ms(call),
-                     "graph_ms": graph_median_ms(call), "relative_error": relative_error(call(), expected)})
+                     "graph_ms": graph_replay_ms(call, repeats=50), "relative_error": relative_error(call(), expected)})
         whole = lambda: cross_attention_with_column_bias(q, k, v, plan.bias_columns, every_row)  # noqa: E731
         rows.append({"call": f"column-bias kernel on every row, bias prebuilt: {name}", "modulated_share": share,
-                     "ms": gpu_median_ms(whole), "graph_ms": graph_median_ms(whole)})
+                     "ms": gpu_median_ms(whole), "graph_ms": graph_replay_ms(whole, repeats=50)})
         torch.cuda.empty_cache()
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}; B=2, bf16, real shape\n")
     plain_graph_ms = rows[0]["graph_ms"]

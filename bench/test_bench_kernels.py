@@ -278,7 +278,7 @@ def ours_layout_biased_attention(batch: int) -> Callable[[], torch.Tensor]:
 
     q, k, v = cross_attention_inputs(batch)
     layouts = {noun: torch.from_numpy(labels) for noun, labels in synthetic_layouts().items()}
-    plan = build_modulation_plan(layouts, NOUN_TOKENS, device="cuda")
+    plan = build_modulation_plan(layouts, NOUN_TOKENS, "cuda", torch.bfloat16)
     delta = torch.tensor(CONFIG.delta(MODULATED_STEP), dtype=torch.float32, device="cuda")
     modulation = Modulation(plan=plan, delta=delta, config=CONFIG, batch_index=0)
     return lambda: modulated_cross_attention(q, k, v, modulation)

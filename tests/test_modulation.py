@@ -171,7 +171,7 @@ def test_plan_is_none_without_changes_and_rejects_bad_input():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_layout_bias_replays_in_cuda_graph_and_keeps_half_inputs_exact():
     generator = torch.Generator().manual_seed(9)
-    plan = build_modulation_plan(random_refined(generator), TOKENS, "cuda")
+    plan = build_modulation_plan(random_refined(generator), TOKENS, "cuda", torch.bfloat16)
     q = torch.randn(FRAMES * HEIGHT * WIDTH + 2, 4, 16, generator=generator).cuda().bfloat16()
     k = torch.randn(19, 4, 16, generator=generator).cuda().bfloat16()
     delta = torch.tensor(CONFIG.delta(20), device="cuda")
@@ -205,8 +205,8 @@ def test_modulated_cross_attention_equals_the_bias_on_every_row(device):
     from numina_engine.kernels import cross_attention_with_column_bias_reference
 
     generator = torch.Generator().manual_seed(11)
-    plan = build_modulation_plan(random_refined(generator), TOKENS, device)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    plan = build_modulation_plan(random_refined(generator), TOKENS, device, dtype)
     queries, keys, heads, head_dim = FRAMES * HEIGHT * WIDTH + 3, 19, 4, 64
     q, k, v = (torch.randn(2, n, heads, head_dim, generator=generator).to(device, dtype)
                for n in (queries, keys, keys))

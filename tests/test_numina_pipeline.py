@@ -157,7 +157,7 @@ def test_modulated_route_applies_the_layout_bias_to_the_conditional_row_only(eng
 
 def test_counts_already_right_regenerate_nothing(engine, monkeypatch):
     """When refinement changes nothing, phase 2 is skipped and phase 1 runs on to the end."""
-    monkeypatch.setattr(pipeline, "build_modulation_plan", lambda refined, positions, device: None)
+    monkeypatch.setattr(pipeline, "build_modulation_plan", lambda refined, positions, device, dtype: None)
     result = engine.generate(GenerationRequest(prompt="Three cats chasing two dogs", steps=6,
                                                numina_overrides={"reference_step": 3}), progress=False)
     numina = result.report["numina"]

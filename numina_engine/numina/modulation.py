@@ -46,7 +46,8 @@ class ModulationPlan:
     reference_queries: int64 [R], ascending, the queries that are reference pixels of some (frame,
         noun), or None when they are more than half of all queries (then every query is read, rows
         0..L-1, which costs less than gathering them).
-    reference_weights: float32 [F * n_nouns, R (or L)] 0/1, row f * n_nouns + n marks the reference
+    reference_weights: [F * n_nouns, R (or L)] 0/1 in the queries' dtype (exact in any float dtype, so
+        no cast per call), row f * n_nouns + n marks the reference
         pixels of (frame f, noun n) (none where the frame adds nothing for the noun);
         reference_count: float32 [F, n_nouns], their number, at least 1 (where there are none, the
         mean is 0 and no query uses it).
@@ -90,13 +91,14 @@ class ModulationPlan:
 
 
 def build_modulation_plan(refined: dict[str, torch.Tensor], token_positions: dict[str, list[int]],
-                          device: torch.device | str) -> ModulationPlan | None:
+                          device: torch.device | str, dtype: torch.dtype = torch.float32) -> ModulationPlan | None:
     """Turn refined layouts into a ModulationPlan on `device`.
 
     refined: noun -> int32 [F, h, w] refined labels (0 background, 1..99 kept, -1 removed,
         100+ added); all nouns share one shape.
     token_positions: noun -> positions of the noun's tokens in the text sequence (distinct
         across all nouns, >= 0).
+    dtype: the dtype of the cross-attention queries the plan will meet (the model's compute dtype).
     Returns None when no noun removes or adds anything in any frame.
     """
     nouns = tuple(refined)
@@ -129,7 +131,7 @@ def build_modulation_plan(refined: dict[str, torch.Tensor], token_positions: dic
         removed_columns=removed_q.to(torch.float32),
         circle_columns=(added_q & ~has_reference).to(torch.float32),
         referenced_columns=(added_q & has_reference).to(torch.float32),
-        **_reference_rows(reference),
+        **_reference_rows(reference, dtype),
         reference_count=reference.sum(dim=2).clamp_min(1).to(torch.float32),
         noun_column_mean=noun_column_mean / counts[:, None],
         has_reference=bool(frame_has_reference.any()),
@@ -137,12 +139,12 @@ def build_modulation_plan(refined: dict[str, torch.Tensor], token_positions: dic
         min_key_length=max(columns) + 1)
 
 
-def _reference_rows(reference: torch.Tensor) -> dict[str, torch.Tensor | None]:
-    """reference bool [F, N, h*w] -> the plan's reference_queries and reference_weights."""
+def _reference_rows(reference: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor | None]:
+    """reference bool [F, N, h*w] -> the plan's reference_queries and reference_weights (in `dtype`)."""
     frames, nouns, tokens_per_frame = reference.shape
     # [F * N, L]: (frame, noun) rows over all queries, non-zero only within the frame's own tokens.
-    weights = torch.zeros(frames, nouns, frames, tokens_per_frame, dtype=torch.float32, device=reference.device)
-    weights[torch.arange(frames), :, torch.arange(frames)] = reference.to(torch.float32)
+    weights = torch.zeros(frames, nouns, frames, tokens_per_frame, dtype=dtype, device=reference.device)
+    weights[torch.arange(frames), :, torch.arange(frames)] = reference.to(dtype)
     weights = weights.reshape(frames * nouns, frames * tokens_per_frame)
     used = reference.any(dim=1).reshape(-1)                                               # [L]
     if 2 * int(used.sum()) > used.numel():
