@@ -97,9 +97,20 @@ def test_counts_of_a_repeated_noun_are_added():
 def test_counted_noun_spans_and_occurrences():
     prompt = "The dogs bark as two dogs and a Cat run past the cat."
     counted = parse_counted_nouns(prompt)
-    assert counted == [CountedNoun("dogs", 2, 21, 25, 1), CountedNoun("Cat", 1, 32, 35, 0)]
+    assert counted == [CountedNoun("dogs", 2, 21, 25, 1, 17), CountedNoun("Cat", 1, 32, 35, 0, 32)]
     for item in counted:
         assert prompt[item.start_char:item.end_char] == item.noun
+    assert [prompt[slice(*item.phrase)] for item in counted] == ["two dogs", "Cat"]
+
+
+@pytest.mark.parametrize("prompt, phrases", [
+    ("Three shiny apples and a pair of boxes drifting left.", ["Three shiny apples", "pair of boxes"]),
+    ("A single tree and an apple.", ["single tree", "apple"]),
+    ("Two kids holding three red balloons.", ["Two kids", "three red balloons"]),
+    ("Four construction workers on a street.", ["Four construction workers"]),
+])
+def test_count_phrases_run_from_the_count_word_to_the_noun(prompt, phrases):
+    assert [prompt[slice(*item.phrase)] for item in parse_counted_nouns(prompt)] == phrases
 
 
 # Generated prompts: "<count> <adjective> <noun> and <count> <noun> <verb> [<object>] <place>

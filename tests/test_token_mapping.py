@@ -70,7 +70,7 @@ def test_repeated_word_first_occurrence_or_the_counted_one(tokenizer):
     prompt = "the cats watch as two cats play"
     ids = _ids(tokenizer, prompt)
     first = map_noun_tokens(tokenizer, ids, ["cats"])["cats"]
-    counted = map_noun_tokens(tokenizer, ids, [CountedNoun("cats", 2, 21, 25, 1)])["cats"]
+    counted = map_noun_tokens(tokenizer, ids, [CountedNoun("cats", 2, 21, 25, 1, 21)])["cats"]
     assert _decoded(tokenizer, ids, first) == _decoded(tokenizer, ids, counted) == "cats"
     assert counted[0] > first[-1]
     assert tokenizer.decode(ids[first[-1] + 1:counted[0]]).split() == ["watch", "as", "two"]
@@ -90,7 +90,7 @@ def test_several_nouns_and_a_hyphenated_compound(tokenizer):
 def test_a_noun_given_twice_gets_both_occurrences(tokenizer):
     prompt = "two cats and three cats"
     ids = _ids(tokenizer, prompt)
-    twice = [CountedNoun("cats", 2, 4, 8, 0), CountedNoun("cats", 3, 19, 23, 1)]
+    twice = [CountedNoun("cats", 2, 4, 8, 0, 4), CountedNoun("cats", 3, 19, 23, 1, 19)]
     positions = map_noun_tokens(tokenizer, ids, twice)["cats"]
     once = map_noun_tokens(tokenizer, ids, twice[:1])["cats"]
     assert len(positions) == 2 * len(once)
@@ -116,7 +116,7 @@ def test_a_noun_not_in_the_prompt_is_named(tokenizer):
     with pytest.raises(UserInputError, match="'cat' is not a word of the prompt"):
         map_noun_tokens(tokenizer, ids, ["cat"])
     with pytest.raises(UserInputError, match="'cats' occurs 1 time"):
-        map_noun_tokens(tokenizer, ids, [CountedNoun("cats", 2, 4, 8, 1)])
+        map_noun_tokens(tokenizer, ids, [CountedNoun("cats", 2, 4, 8, 1, 4)])
     with pytest.raises(UserInputError, match="non-empty string"):
         map_noun_tokens(tokenizer, ids, [" "])
 

@@ -8,9 +8,9 @@ twice writes the same files. Special ids follow T5: <pad> 0, </s> 1, <unk> 2; no
     python tools/make_tiny_tokenizer.py --world --out numina_engine/assets/counting-world/tokenizer
 
 --world trains on the counting world's captions instead (numina_engine.demo: the demo model's
-vocabulary, 43 words) with WORLD_VOCAB_SIZE pieces, the most sentencepiece's unigram trainer allows on
-so small a corpus: some words stay whole ("circles", "squares", "triangles", "left"), others are split
-into pieces ("▁", "re", "d"), and any other word still tokenizes from the letters.
+vocabulary, 48 words) with WORLD_VOCAB_SIZE pieces, the most sentencepiece's unigram trainer allows on
+so small a corpus: the nouns stay whole ("apples", "tree", "boxes"), other words are split into pieces
+("▁Th", "ree"), and any other word still tokenizes from the letters.
 
 The folder loads with `AutoTokenizer.from_pretrained(folder, local_files_only=True)`; the script checks
 that the loaded tokenizer gives the same ids as the raw sentencepiece model (plus </s>) before finishing.
@@ -30,7 +30,7 @@ import sentencepiece as spm
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "tests" / "assets" / "tiny-wan" / "tokenizer"
 SEED = 20240601
 NUM_SENTENCES = 30000
-WORLD_VOCAB_SIZE = 79
+WORLD_VOCAB_SIZE = 80
 FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json")
 TOKENIZER_CONFIG = {"tokenizer_class": "T5Tokenizer", "pad_token": "<pad>", "eos_token": "</s>",
                     "unk_token": "<unk>", "extra_ids": 0, "additional_special_tokens": []}

@@ -1,11 +1,13 @@
 """Captions of counting-world scenes, and the counted nouns they name.
 
-"Three red circles and two blue squares drifting left."
-"A single green triangle moving up."
-"There is a pair of yellow squares and four magenta circles sliding to the right."
+"Three apples and two trees drifting left."
+"A single shiny ring moving up."
+"There is a pair of boxes and four bright gems sliding to the right."
 
-A shape is the noun of its kind, in the singular for one object and the plural otherwise; the
-same surface form is the key of scene_counts and of prompt_counts.parse_counted_nouns.
+A kind's noun names the object (its colour and shape follow from it); it is singular for one object
+and plural otherwise, and the same surface form is the key of scene_counts and of
+prompt_counts.parse_counted_nouns. An optional attribute ("shiny", "bright", ...) changes nothing
+in the picture: it only varies the wording around the noun.
 """
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ import re
 
 import numpy as np
 
-from .scenes import COLOURS, SHAPES, Scenes, WorldConfig, sample_scenes
+from .scenes import KINDS, Kind, Scenes, WorldConfig, sample_scenes
 
-NUMBER_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight")
+NUMBER_WORDS = ("one", "two", "three", "four", "five", "six")
+ATTRIBUTES = ("shiny", "bright", "lovely", "fancy")
+ATTRIBUTE_PROBABILITY = 0.3
 MOTION_VERBS = ("drifting", "moving", "sliding")
 DIRECTION_PHRASES = {
     "left": ("left", "to the left"),
@@ -26,13 +30,13 @@ DIRECTION_PHRASES = {
 }
 BACKGROUND_PHRASE = "on a dark background"
 # Below this speed (pixels per frame) a clip is still and its caption names no motion.
-STILL_SPEED = 0.25
+STILL_SPEED = 0.2
 _VOCABULARY_BATCH = 1000
 
 
-def shape_noun(shape: str, count: int) -> str:
-    """The noun of `count` objects of `shape`: "circle" for one, "circles" for more."""
-    return shape if count == 1 else shape + "s"
+def kind_noun(kind: Kind, count: int) -> str:
+    """The noun of `count` objects of `kind`: "apple" for one, "apples" for more."""
+    return kind.noun if count == 1 else kind.plural
 
 
 def motion_direction(velocity) -> str | None:
@@ -48,14 +52,14 @@ def motion_direction(velocity) -> str | None:
 def caption(scene_kinds, velocity, rng: np.random.Generator) -> str:
     """A caption of one scene.
 
-    scene_kinds: 1 or 2 (colour_name, shape_name, count), as in Scenes.kinds.
+    scene_kinds: 1 or 2 (Kind, count), as in Scenes.kinds.
     velocity: (x, y) drift, pixels per frame.
-    rng: draws the wording (count words, order of the kinds, motion words, template).
+    rng: draws the wording (count words, attributes, order of the kinds, motion words, template).
     """
     kinds = list(scene_kinds)
     if len(kinds) == 2 and rng.random() < 0.5:
         kinds.reverse()
-    phrases = [_kind_phrase(colour, shape, count, rng) for colour, shape, count in kinds]
+    phrases = [_kind_phrase(kind, count, rng) for kind, count in kinds]
     objects = " and ".join(phrases)
     direction = motion_direction(velocity)
     motion = ""
@@ -80,20 +84,19 @@ def captions(scenes: Scenes, seed: int) -> list[str]:
 
 
 def scene_counts(scenes: Scenes) -> list[dict[str, int]]:
-    """Per scene, {shape noun as its captions write it: count}, e.g. {"circles": 3, "square": 1}."""
-    return [{shape_noun(shape, count): count for _, shape, count in kinds} for kinds in scenes.kinds]
+    """Per scene, {noun as its captions write it: count}, e.g. {"apples": 3, "tree": 1}."""
+    return [{kind_noun(kind, count): count for kind, count in kinds} for kinds in scenes.kinds]
 
 
 def scene_colour_of_noun(scenes: Scenes) -> list[dict[str, str]]:
-    """Per scene, {shape noun as its captions write it: colour name}, the keys of scene_counts."""
-    return [{shape_noun(shape, count): colour for colour, shape, count in kinds}
-            for kinds in scenes.kinds]
+    """Per scene, {noun as its captions write it: colour name}, the keys of scene_counts."""
+    return [{kind_noun(kind, count): kind.colour for kind, count in kinds} for kinds in scenes.kinds]
 
 
 def caption_vocabulary() -> frozenset[str]:
     """Every lower-case word a caption can use."""
     words = {"a", "an", "single", "pair", "of", "and", "there", "is", "are"}
-    words |= set(NUMBER_WORDS) | set(COLOURS) | set(SHAPES) | {shape_noun(s, 2) for s in SHAPES}
+    words |= set(NUMBER_WORDS) | set(ATTRIBUTES) | {k.noun for k in KINDS} | {k.plural for k in KINDS}
     words |= set(MOTION_VERBS) | set(BACKGROUND_PHRASE.split())
     for phrases in DIRECTION_PHRASES.values():
         for phrase in phrases:
@@ -107,13 +110,11 @@ def caption_words(text: str) -> list[str]:
 
 
 def vocabulary_sentences(n: int, seed: int, config: WorldConfig = WorldConfig()) -> list[str]:
-    """Captions of sampled scenes that together use every word a caption can use ("an" only
-    when a colour name starts with a vowel), for training a tokenizer: the first n, or more when
-    those miss a word (then the shortest run of captions that has them all).
-
-    Scenes are drawn in batches of 1000 with seeds seed, seed + 1, ...
+    """Captions of sampled scenes that together use every word a caption can use, for training a
+    tokenizer: the first n, or more when those miss a word (then the shortest run of captions that
+    has them all). Scenes are drawn in batches of 1000 with seeds seed, seed + 1, ...
     """
-    needed = {w for w in caption_vocabulary() if w != "an" or any(c[0] in "aeiou" for c in COLOURS)}
+    needed = set(caption_vocabulary())
     sentences: list[str] = []
     seen: set[str] = set()
     batch_seed = seed
@@ -126,13 +127,15 @@ def vocabulary_sentences(n: int, seed: int, config: WorldConfig = WorldConfig())
         batch_seed += 1
 
 
-def _kind_phrase(colour: str, shape: str, count: int, rng: np.random.Generator) -> str:
-    """ "three red circles", "a pair of yellow squares", "a single green triangle", "a blue square"."""
+def _kind_phrase(kind: Kind, count: int, rng: np.random.Generator) -> str:
+    """ "three apples", "a pair of shiny boxes", "a single tree", "an apple", "a bright gem"."""
+    attribute = ATTRIBUTES[rng.integers(len(ATTRIBUTES))] if rng.random() < ATTRIBUTE_PROBABILITY else ""
+    words = f"{attribute} {kind_noun(kind, count)}".strip()
     if count == 1:
-        article = "an" if colour[0] in "aeiou" else "a"
-        words = ("one", "a single", article)
+        article = "an" if words[0] in "aeiou" else "a"
+        counts = ("one", "a single", article)
     elif count == 2:
-        words = ("two", "a pair of")
+        counts = ("two", "a pair of")
     else:
-        words = (NUMBER_WORDS[count - 1],)
-    return f"{words[rng.integers(len(words))]} {colour} {shape_noun(shape, count)}"
+        counts = (NUMBER_WORDS[count - 1],)
+    return f"{counts[rng.integers(len(counts))]} {words}"

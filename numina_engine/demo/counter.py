@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .scenes import BACKGROUND, COLOURS, WorldConfig, minimum_object_area
+from .scenes import BACKGROUND, COLOURS, WorldConfig, kind_of_noun, minimum_object_area
 
 # Farthest a pixel may be from a palette colour to take it, Euclidean RGB distance (0..255 per
 # channel). Palette colours are >= 233 apart from each other and from the background.
@@ -84,6 +84,22 @@ def count_nouns(video, colour_of_noun: dict[str, str], min_area: int | None = No
     """
     by_colour = count_by_colour(video, sorted(set(colour_of_noun.values())), min_area, max_distance)
     return {noun: by_colour[colour] for noun, colour in colour_of_noun.items()}
+
+
+def count_world_nouns(video, nouns, min_area: int | None = None,
+                      max_distance: float = MAX_COLOUR_DISTANCE) -> dict[str, list[int]]:
+    """Objects of each of the world's nouns in each frame, e.g. {"apples": [3, 3, 2, 3, 3]}.
+
+    nouns: nouns of the world's kinds, singular or plural, any case ("Apples", "tree").
+    Raises ValueError naming a word that names no kind of the world.
+    """
+    colours = {}
+    for noun in nouns:
+        kind = kind_of_noun(noun)
+        if kind is None:
+            raise ValueError(f"{noun!r} names no object of the counting world")
+        colours[noun] = kind.colour
+    return count_nouns(video, colours, min_area, max_distance)
 
 
 def frame_accuracy(counts_per_frame: dict[str, list[int]], target: dict[str, int]) -> list[float]:

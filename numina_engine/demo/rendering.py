@@ -5,13 +5,17 @@ object of centre (cx, cy) and radius r, with (dx, dy) = pixel centre - (cx, cy):
   circle:   dx^2 + dy^2 <= r^2
   square:   max(|dx|, |dy|) <= SQUARE_HALF_SIDE * r
   triangle: -r <= dy <= r and 2 |dx| <= dy + r  (apex up, base 2r wide, height 2r)
+  ring:     (RING_INNER r)^2 < dx^2 + dy^2 <= r^2
+  diamond:  |dx| + |dy| <= r
+  cross:    two arms of half width CROSS_HALF_WIDTH * r reaching r (|dx| <= w and |dy| <= r, or
+            |dy| <= w and |dx| <= r)
 Every shape lies inside its bounding square [cx - r, cx + r] x [cy - r, cy + r].
 """
 from __future__ import annotations
 
 import torch
 
-from .scenes import BACKGROUND, COLOURS, SHAPES, SQUARE_HALF_SIDE, Scenes, WorldConfig
+from .scenes import BACKGROUND, COLOURS, CROSS_HALF_WIDTH, RING_INNER, SHAPES, SQUARE_HALF_SIDE, Scenes, WorldConfig
 
 
 def _inside_circle(dx, dy, r):
@@ -26,7 +30,22 @@ def _inside_triangle(dx, dy, r):
     return (dy >= -r) & (dy <= r) & (2 * dx.abs() <= dy + r)
 
 
-_INSIDE = {"circle": _inside_circle, "square": _inside_square, "triangle": _inside_triangle}
+def _inside_ring(dx, dy, r):
+    d2 = dx * dx + dy * dy
+    return (d2 <= r * r) & (d2 > (RING_INNER * r) ** 2)
+
+
+def _inside_diamond(dx, dy, r):
+    return dx.abs() + dy.abs() <= r
+
+
+def _inside_cross(dx, dy, r):
+    w = CROSS_HALF_WIDTH * r
+    return ((dx.abs() <= w) & (dy.abs() <= r)) | ((dy.abs() <= w) & (dx.abs() <= r))
+
+
+_INSIDE = {"circle": _inside_circle, "square": _inside_square, "triangle": _inside_triangle,
+           "ring": _inside_ring, "diamond": _inside_diamond, "cross": _inside_cross}
 assert tuple(_INSIDE) == SHAPES, "one inside-test per shape, in SHAPES order"
 
 

@@ -1,8 +1,12 @@
-"""Scenes of the counting world: a palette, the world's settings, and seeded scene sampling.
+"""Scenes of the counting world: its kinds of objects, the world's settings, and seeded scene sampling.
 
-A scene is 1 or 2 kinds of objects on a dark background; a kind is (colour, shape, count), and
-two kinds differ in both colour and shape. All objects of a clip drift with one shared velocity,
-so objects that do not touch in frame 0 touch in no frame.
+Each kind of object is named by a noun that fixes its look, as "cats" and "dogs" do in real prompts:
+an apple is a red circle, a tree a green triangle, a ring a yellow ring, a box a blue
+square, a gem a cyan diamond, a flower a magenta cross. A caption names the noun, never the colour
+or the shape, so the noun's tokens are where the model must put the object's identity.
+
+A scene is 1 or 2 kinds of objects on a dark background, (kind, count) each. All objects of a clip
+drift with one shared velocity, so objects that do not touch in frame 0 touch in no frame.
 
 Coordinates are pixels: x to the right, y down; pixel (row i, column j) covers
 [j, j + 1) x [i, i + 1) and is sampled at its centre (j + 0.5, i + 0.5).
@@ -25,11 +29,42 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "cyan": (0, 255, 255),
 }
 BACKGROUND: tuple[int, int, int] = (24, 24, 24)
-SHAPES = ("circle", "square", "triangle")
+SHAPES = ("circle", "square", "triangle", "ring", "diamond", "cross")
 # A square's half side, as a fraction of the object's radius (its area then matches a circle's).
 SQUARE_HALF_SIDE = 0.85
+# A ring's hole: inner radius, as a fraction of the outer radius.
+RING_INNER = 0.5
+# A cross's arms: half width, as a fraction of the radius (the arms reach the radius).
+CROSS_HALF_WIDTH = 0.35
 # Area of each shape in units of radius**2 (see rendering.object_masks for the geometry).
-SHAPE_AREA_PER_RADIUS2 = {"circle": math.pi, "square": (2 * SQUARE_HALF_SIDE) ** 2, "triangle": 2.0}
+SHAPE_AREA_PER_RADIUS2 = {"circle": math.pi, "square": (2 * SQUARE_HALF_SIDE) ** 2, "triangle": 2.0,
+                          "ring": math.pi * (1 - RING_INNER ** 2), "diamond": 2.0,
+                          "cross": 2 * (2 * CROSS_HALF_WIDTH * 2) - (2 * CROSS_HALF_WIDTH) ** 2}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of object: the noun that names it (singular, plural) and its look."""
+    noun: str
+    plural: str
+    colour: str      # a COLOURS key
+    shape: str       # a SHAPES entry
+
+
+KINDS: tuple[Kind, ...] = (
+    Kind("apple", "apples", "red", "circle"),
+    Kind("tree", "trees", "green", "triangle"),
+    Kind("ring", "rings", "yellow", "ring"),
+    Kind("box", "boxes", "blue", "square"),
+    Kind("gem", "gems", "cyan", "diamond"),
+    Kind("flower", "flowers", "magenta", "cross"),
+)
+
+
+def kind_of_noun(noun: str) -> Kind | None:
+    """The kind a noun names, singular or plural, any case ("Apples" -> apple); None for other words."""
+    word = noun.lower()
+    return next((k for k in KINDS if word in (k.noun, k.plural)), None)
 # Moving directions, as unit velocities (x, y); y grows downwards.
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 _MAX_PLACEMENT_ROUNDS = 1000
@@ -58,19 +93,19 @@ class WorldConfig:
     size: int = 32
     frames: int = 5
     min_objects: int = 1
-    max_objects: int = 8
-    radius_range: tuple[float, float] = (3.0, 3.5)
-    min_gap: float = 2.0
-    speed_range: tuple[float, float] = (0.5, 1.0)
+    max_objects: int = 6
+    radius_range: tuple[float, float] = (4.0, 4.25)
+    min_gap: float = 1.5
+    speed_range: tuple[float, float] = (0.25, 0.6)
     still_probability: float = 0.2
     two_kinds_probability: float = 0.5
 
     def __post_init__(self):
         if self.size < 1 or self.frames < 1:
             raise ValueError(f"size and frames must be >= 1, got size={self.size}, frames={self.frames}")
-        if not 1 <= self.min_objects <= self.max_objects <= 8:
-            raise ValueError("need 1 <= min_objects <= max_objects <= 8 (captions spell counts up to "
-                             f"eight), got {self.min_objects}..{self.max_objects}")
+        if not 1 <= self.min_objects <= self.max_objects <= 6:
+            raise ValueError("need 1 <= min_objects <= max_objects <= 6 (captions spell counts up to "
+                             f"six), got {self.min_objects}..{self.max_objects}")
         low, high = self.radius_range
         if not 0 < low <= high or 2 * high > self.size:
             raise ValueError(f"radius_range must satisfy 0 < low <= high <= size/2, got {self.radius_range}")
@@ -91,17 +126,15 @@ class WorldConfig:
 class Scenes:
     """A batch of N scenes with K = config.max_objects object slots each (CPU tensors).
 
-    colour: int64 [N, K], index into COLOURS (in order); -1 in unused slots.
-    shape: int64 [N, K], index into SHAPES; -1 in unused slots.
+    kind: int64 [N, K], index into KINDS; -1 in unused slots.
     valid: bool [N, K], whether a slot holds an object (the first `total` slots do).
     centre: float32 [N, K, 2], (x, y) of each object's centre in frame 0, pixels; 0 when unused.
     radius: float32 [N, K], pixels; 0 when unused.
     velocity: float32 [N, 2], (x, y) drift shared by all objects of a scene, pixels per frame.
-    kinds: per scene, a tuple of 1 or 2 (colour_name, shape_name, count).
+    kinds: per scene, a tuple of 1 or 2 (Kind, count).
     """
 
-    colour: torch.Tensor
-    shape: torch.Tensor
+    kind: torch.Tensor
     valid: torch.Tensor
     centre: torch.Tensor
     radius: torch.Tensor
@@ -110,6 +143,25 @@ class Scenes:
 
     def __len__(self) -> int:
         return len(self.kinds)
+
+    @property
+    def colour(self) -> torch.Tensor:
+        """int64 [N, K], index into COLOURS of each object's colour; -1 in unused slots."""
+        table = torch.tensor([list(COLOURS).index(k.colour) for k in KINDS])
+        return torch.where(self.valid, table[self.kind.clamp(min=0)], -1)
+
+    @property
+    def shape(self) -> torch.Tensor:
+        """int64 [N, K], index into SHAPES of each object's shape; -1 in unused slots."""
+        table = torch.tensor([SHAPES.index(k.shape) for k in KINDS])
+        return torch.where(self.valid, table[self.kind.clamp(min=0)], -1)
+
+    def subset(self, index: torch.Tensor) -> "Scenes":
+        """The scenes at `index` (int64 [B], CPU)."""
+        rows = index.tolist()
+        return Scenes(kind=self.kind[index], valid=self.valid[index], centre=self.centre[index],
+                      radius=self.radius[index], velocity=self.velocity[index],
+                      kinds=[self.kinds[i] for i in rows] if self.kinds else [])
 
 
 def minimum_object_area(config: WorldConfig = WorldConfig()) -> float:
@@ -131,30 +183,25 @@ def sample_scenes(n: int, seed: int, config: WorldConfig = WorldConfig()) -> Sce
     totals = rng.integers(config.min_objects, config.max_objects + 1, size=n)
     two_kinds = (totals >= 2) & (rng.random(n) < config.two_kinds_probability)
     first_count = np.where(two_kinds, 1 + np.floor(rng.random(n) * (totals - 1)).astype(np.int64), totals)
-    colours = _distinct_pairs(rng, n, len(COLOURS))
-    shapes = _distinct_pairs(rng, n, len(SHAPES))
+    kind_pairs = _distinct_pairs(rng, n, len(KINDS))
     velocity = _sample_velocity(rng, n, config)
     radius = rng.uniform(*config.radius_range, size=(n, k_slots))
 
     slot = np.arange(k_slots)[None, :]
     valid = slot < totals[:, None]
     second = slot >= first_count[:, None]
-    colour = np.where(valid, np.where(second, colours[:, 1:], colours[:, :1]), -1)
-    shape = np.where(valid, np.where(second, shapes[:, 1:], shapes[:, :1]), -1)
+    kind = np.where(valid, np.where(second, kind_pairs[:, 1:], kind_pairs[:, :1]), -1)
     radius = np.where(valid, radius, 0.0)
     centre = _place_objects(rng, radius, valid, velocity, config)
 
-    colour_names, shape_names = list(COLOURS), list(SHAPES)
     kinds = []
     for i in range(n):
-        scene = [(colour_names[colours[i, 0]], shape_names[shapes[i, 0]], int(first_count[i]))]
+        scene = [(KINDS[kind_pairs[i, 0]], int(first_count[i]))]
         if two_kinds[i]:
-            scene.append((colour_names[colours[i, 1]], shape_names[shapes[i, 1]],
-                          int(totals[i] - first_count[i])))
+            scene.append((KINDS[kind_pairs[i, 1]], int(totals[i] - first_count[i])))
         kinds.append(tuple(scene))
     return Scenes(
-        colour=torch.from_numpy(colour.astype(np.int64)),
-        shape=torch.from_numpy(shape.astype(np.int64)),
+        kind=torch.from_numpy(kind.astype(np.int64)),
         valid=torch.from_numpy(valid),
         centre=torch.from_numpy(centre.astype(np.float32)),
         radius=torch.from_numpy(radius.astype(np.float32)),

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import torch
@@ -104,8 +104,12 @@ def numina_config_for(model: WanModel, request: GenerationRequest, steps: int) -
     return config
 
 
-def counted_nouns(model: WanModel, request: GenerationRequest, prompt: str) -> tuple[dict[str, int], dict[str, list[int]]]:
-    """({noun: count}, {noun: token positions}) for the prompt; ({}, {}) when nothing is counted."""
+def counted_nouns(model: WanModel, request: GenerationRequest, prompt: str, token_scope: str = "noun",
+                  ) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """({noun: count}, {noun: token positions}) for the prompt; ({}, {}) when nothing is counted.
+
+    token_scope "phrase" maps each noun's count phrase (with --counts, the phrase the parser finds
+    for that noun, when it finds one)."""
     cleaned = clean_prompt(prompt)
     if request.counts is None:
         found = parse_counted_nouns(cleaned)
@@ -115,14 +119,17 @@ def counted_nouns(model: WanModel, request: GenerationRequest, prompt: str) -> t
             counts[item.noun] = counts.get(item.noun, 0) + item.count
     else:
         counts = dict(request.counts)
-        nouns = list(counts)
+        parsed = {item.noun.lower(): item for item in parse_counted_nouns(cleaned)} if token_scope == "phrase" else {}
+        # the parsed occurrence, keyed as --counts spells the noun (matching ignores case)
+        nouns = [replace(parsed[noun.lower()], noun=noun) if noun.lower() in parsed else noun for noun in counts]
     for noun, count in counts.items():
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
             raise UserInputError(f"count for {noun!r} must be a whole number from 1 to {MAX_COUNT}, got {count!r}")
     if not counts:
         return {}, {}
     tokenizer = model.text_encoder.tokenizer
-    positions = map_noun_tokens(tokenizer, model.text_encoder.token_ids(prompt), nouns)
+    positions = map_noun_tokens(tokenizer, model.text_encoder.token_ids(prompt), nouns, scope=token_scope,
+                                prompt=cleaned)
     return counts, positions
 
 
@@ -312,9 +319,11 @@ class Prepared:
 def prepare(model: WanModel, request: GenerationRequest) -> Prepared:
     """Check everything about a request that can be checked cheaply; raises UserInputError."""
     settings = resolve(request, model.defaults, model.geometry)
-    counts, positions = counted_nouns(model, request, settings.prompt) if request.numina else ({}, {})
-    config = numina_config_for(model, request, settings.steps) if counts else None
-    return Prepared(settings, counts, positions, config)
+    if not request.numina:
+        return Prepared(settings, {}, {}, None)
+    config = numina_config_for(model, request, settings.steps)
+    counts, positions = counted_nouns(model, request, settings.prompt, config.token_scope)
+    return Prepared(settings, counts, positions, config if counts else None)
 
 
 def engine_report(graphs: StepGraphs, *, offload: bool, device: torch.device) -> dict:

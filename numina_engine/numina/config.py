@@ -51,6 +51,11 @@ class NuminaConfig:
     suppress_scale: float = 10.0
     circle_bias_k: float = 0.8
 
+    # which tokens of a counted noun NUMINA reads the cross-attention map from and writes the bias onto:
+    # "noun" (the noun's own tokens, the authors' rule) or "phrase" (its count phrase: count word,
+    # modifiers, compounds and the noun; numina/token_mapping.py)
+    token_scope: str = "noun"
+
     # EasyCache (phase 1)
     easycache_enabled: bool = True
     easycache_tau: float = 0.05
@@ -63,6 +68,8 @@ class NuminaConfig:
                 f"got {self.reference_step}")
         if self.reference_layer < 0:
             raise UserInputError(f"reference_layer must be >= 0, got {self.reference_layer}")
+        if self.token_scope not in ("noun", "phrase"):
+            raise UserInputError(f"token_scope must be 'noun' or 'phrase', got {self.token_scope!r}")
 
     def delta(self, step_index: int) -> float:
         """Modulation strength at denoising step `step_index` (0-based)."""

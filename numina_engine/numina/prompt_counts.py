@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # spaCy pipelines that carry a tagger, parser and lemmatizer, tried in this order. The first is
 # Explosion's en_core_web_sm 3.8.0 as re-published on PyPI (see README, "Prompt parsing").
@@ -171,6 +171,9 @@ class CountedNoun:
     start_char, end_char: the noun's character span in the parsed prompt: prompt[start:end] == noun.
     occurrence: 0-based rank of this span among the whole-word, case-insensitive occurrences of
         `noun` in the prompt ("a cat and a dog, the cat ..." -> the first "cat" has occurrence 0).
+    phrase_start_char: where the noun's count phrase starts: its count word, then the modifiers and
+        compounds up to the noun ("three shiny apples", "pair of boxes", "single tree"; a bare
+        article is left out: "an apple" -> "apple"); prompt[phrase_start_char:end_char] is the phrase.
     """
 
     noun: str
@@ -178,6 +181,12 @@ class CountedNoun:
     start_char: int
     end_char: int
     occurrence: int
+    phrase_start_char: int
+
+    @property
+    def phrase(self) -> tuple[int, int]:
+        """(start, end) character span of the count phrase, ending with the noun."""
+        return self.phrase_start_char, self.end_char
 
 
 @dataclass(frozen=True)
@@ -189,6 +198,7 @@ class _Claim:
     count: int
     explicit: bool  # a count word, not the bare article "a/an"
     verb_follows: bool = False  # a verb (maybe tagged as a noun) follows: the noun is its subject
+    start: int = -1  # token index where the count phrase starts (its count word; an article left out)
 
 
 @functools.lru_cache(maxsize=1)
@@ -247,7 +257,8 @@ def _counted_noun(prompt: str, claim: _Claim) -> CountedNoun:
     token = claim.noun
     start, end = token.idx, token.idx + len(token.text)
     starts = [m.start() for m in whole_word_matches(prompt, token.text)]
-    return CountedNoun(token.text, claim.count, start, end, starts.index(start))
+    phrase_start = token.doc[claim.start].idx if claim.start >= 0 else start
+    return CountedNoun(token.text, claim.count, start, end, starts.index(start), phrase_start)
 
 
 def _claims(doc) -> list[_Claim]:
@@ -262,6 +273,8 @@ def _claims(doc) -> list[_Claim]:
         count, explicit, after = marker
         claim = _claim_phrase(doc, after, count, explicit)
         if claim is not None:
+            start = i + 1 if doc[i].lower_ in _INDEFINITE_ARTICLES else i
+            claim = replace(claim, start=min(start, claim.noun.i))
             previous = by_head.get(claim.head.i)
             if previous is None or (claim.explicit and not previous.explicit):
                 by_head[claim.head.i] = claim

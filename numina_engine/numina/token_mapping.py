@@ -13,9 +13,14 @@ is not part of it. Which occurrence of a repeated word is the counted one:
 - a `CountedNoun` from `parse_counted_nouns`: the occurrence the parser counted ("a dog
   watching the cats as two cats play" maps "cats" to its second occurrence, where "two" is).
 The prompt parsed must be the one encoded (after the same cleaning).
+
+Scope: "noun" maps the noun's own tokens (the authors' rule); "phrase" maps its whole count phrase
+as the parser found it ("three shiny apples": the count word, modifiers and compounds, then the
+noun; `CountedNoun.phrase`). A plain `str` noun has no phrase: "phrase" maps only its tokens.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from ..errors import UserInputError
@@ -23,20 +28,27 @@ from .prompt_counts import CountedNoun, parse_counts, whole_word_matches
 
 _SPACE_MARKER = "\u2581"   # SentencePiece's "▁"
 _PLACEHOLDER = "\ufffd"    # stands for a token whose text is unknown (<unk>, a byte piece)
+TOKEN_SCOPES = ("noun", "phrase")
 
 
-def map_noun_tokens(tokenizer, prompt_ids: Sequence[int],
-                    nouns: Sequence[str | CountedNoun]) -> dict[str, list[int]]:
+def map_noun_tokens(tokenizer, prompt_ids: Sequence[int], nouns: Sequence[str | CountedNoun],
+                    scope: str = "noun", prompt: str | None = None) -> dict[str, list[int]]:
     """Positions in `prompt_ids` of each noun's tokens.
 
     tokenizer: a Hugging Face T5/umT5 tokenizer (SentencePiece pieces, `convert_ids_to_tokens`).
     prompt_ids: the ids the text encoder sees for the cleaned prompt, special tokens included,
         padding excluded (list of int).
     nouns: noun strings (first occurrence) or `CountedNoun`s (the counted occurrence).
+    scope: "noun" (the noun's tokens) or "phrase" (its count phrase's tokens; needs `prompt`, the
+        text the `CountedNoun`s were parsed from, to read the phrase's words).
     Returns {noun: sorted token positions (0-based indices into prompt_ids)}; a noun given
     several times (counted in several places) gets the union of its positions.
     Raises UserInputError naming a noun that is not in the prompt, with the prompt's nouns.
     """
+    if scope not in TOKEN_SCOPES:
+        raise UserInputError(f"token scope must be one of {list(TOKEN_SCOPES)}, got {scope!r}")
+    if scope == "phrase" and prompt is None:
+        raise ValueError("scope 'phrase' needs the parsed prompt text")
     ids = [int(i) for i in prompt_ids]
     text, owners = _decoded_text(tokenizer, ids)
     positions: dict[str, list[int]] = {}
@@ -48,9 +60,23 @@ def map_noun_tokens(tokenizer, prompt_ids: Sequence[int],
         if occurrence >= len(matches):
             raise UserInputError(_not_found_message(noun, occurrence, len(matches), text))
         match = matches[occurrence]
-        found = sorted({owners[k] for k in range(match.start(), match.end())})
+        start = match.start()
+        if scope == "phrase" and isinstance(item, CountedNoun):
+            start = _phrase_start(text, match, prompt[slice(*item.phrase)])
+        found = sorted({owners[k] for k in range(start, match.end())})
         positions[noun] = sorted(set(positions.get(noun, [])) | set(found))
     return positions
+
+
+def _phrase_start(text: str, noun_match: re.Match, phrase: str) -> int:
+    """Where `phrase` (words ending with the noun) starts in the decoded `text`, ending at the noun's
+    match; spacing may differ from the prompt's, case is ignored."""
+    words = phrase.split()
+    pattern = r"(?<![^\W_])" + r"\s*".join(re.escape(w) for w in words) + r"$"
+    found = re.search(pattern, text[:noun_match.end()], flags=re.IGNORECASE)
+    if found is None:
+        raise UserInputError(f"the count phrase {phrase!r} is not in the encoded prompt {' '.join(text.split())!r}")
+    return found.start()
 
 
 def _decoded_text(tokenizer, ids: list[int]) -> tuple[str, list[int]]:
