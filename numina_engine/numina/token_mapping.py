@@ -13,12 +13,24 @@ is not part of it. Which occurrence of a repeated word is the counted one:
 - a `CountedNoun` from `parse_counted_nouns`: the occurrence the parser counted ("a dog
   watching the cats as two cats play" maps "cats" to its second occurrence, where "two" is).
 The prompt parsed must be the one encoded (after the same cleaning).
+
+That is the "words" rule (NuminaConfig.token_match="words"). The "authors" rule reproduces the
+authors' token mapper (H-EmbodVis/NUMINA, numina/token_mapper.py), first hit wins:
+  1. the ids of `" " + noun` (encoded without special tokens) as a contiguous subsequence of the
+     prompt's ids, case-sensitive, first occurrence;
+  2. the same with the ids of `noun`;
+  3. each id decoded on its own, concatenated, and the lower-cased noun searched in the lower-cased
+     text as a plain substring (no word boundaries: "cat" matches inside "cats" or "concatenate";
+     then " " + noun); the tokens covering the match.
+It always takes the first occurrence (a CountedNoun's occurrence is not used).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from ..errors import UserInputError
+
+TOKEN_MATCH_RULES = ("authors", "words")
 from .prompt_counts import CountedNoun, parse_counts, whole_word_matches
 
 _SPACE_MARKER = "\u2581"   # SentencePiece's "▁"
@@ -26,17 +38,20 @@ _PLACEHOLDER = "\ufffd"    # stands for a token whose text is unknown (<unk>, a 
 
 
 def map_noun_tokens(tokenizer, prompt_ids: Sequence[int],
-                    nouns: Sequence[str | CountedNoun]) -> dict[str, list[int]]:
+                    nouns: Sequence[str | CountedNoun], match: str = "words") -> dict[str, list[int]]:
     """Positions in `prompt_ids` of each noun's tokens.
 
     tokenizer: a Hugging Face T5/umT5 tokenizer (SentencePiece pieces, `convert_ids_to_tokens`).
     prompt_ids: the ids the text encoder sees for the cleaned prompt, special tokens included,
         padding excluded (list of int).
     nouns: noun strings (first occurrence) or `CountedNoun`s (the counted occurrence).
+    match: "words" (whole words, any case) or "authors" (the authors' rule; see the module doc).
     Returns {noun: sorted token positions (0-based indices into prompt_ids)}; a noun given
     several times (counted in several places) gets the union of its positions.
     Raises UserInputError naming a noun that is not in the prompt, with the prompt's nouns.
     """
+    if match not in TOKEN_MATCH_RULES:
+        raise UserInputError(f"token_match must be one of {list(TOKEN_MATCH_RULES)}, got {match!r}")
     ids = [int(i) for i in prompt_ids]
     text, owners = _decoded_text(tokenizer, ids)
     positions: dict[str, list[int]] = {}
@@ -44,6 +59,12 @@ def map_noun_tokens(tokenizer, prompt_ids: Sequence[int],
         noun, occurrence = (item.noun, item.occurrence) if isinstance(item, CountedNoun) else (item, 0)
         if not isinstance(noun, str) or not noun.strip():
             raise UserInputError(f"a noun must be a non-empty string, got {noun!r}")
+        if match == "authors":
+            found = authors_noun_positions(tokenizer, ids, noun)
+            if found is None:
+                raise UserInputError(_not_found_message(noun, 0, 0, text))
+            positions[noun] = sorted(set(positions.get(noun, [])) | set(found))
+            continue
         matches = whole_word_matches(text, noun)
         if occurrence >= len(matches):
             raise UserInputError(_not_found_message(noun, occurrence, len(matches), text))
@@ -51,6 +72,36 @@ def map_noun_tokens(tokenizer, prompt_ids: Sequence[int],
         found = sorted({owners[k] for k in range(match.start(), match.end())})
         positions[noun] = sorted(set(positions.get(noun, [])) | set(found))
     return positions
+
+
+def authors_noun_positions(tokenizer, ids: list[int], noun: str) -> list[int] | None:
+    """The authors' rule (module doc): token positions of `noun` in `ids`, or None when not found."""
+    for text in (" " + noun, noun):
+        needle = list(tokenizer.encode(text, add_special_tokens=False))
+        start = _first_subsequence(ids, needle)
+        if start is not None:
+            return list(range(start, start + len(needle)))
+    pieces = [tokenizer.decode([token_id]) for token_id in ids]
+    owners = [position for position, piece in enumerate(pieces) for _ in piece]
+    text = "".join(pieces).lower()
+    start = text.find(noun.lower())
+    if start == -1:
+        start = text.find(" " + noun.lower())
+        start = start + 1 if start != -1 else -1
+    if start == -1:
+        return None
+    covered = sorted({owners[k] for k in range(start, min(start + len(noun), len(owners)))})
+    return covered or None
+
+
+def _first_subsequence(haystack: list[int], needle: list[int]) -> int | None:
+    """Start of the first contiguous occurrence of `needle` in `haystack` (None: none, or empty)."""
+    if not needle or len(needle) > len(haystack):
+        return None
+    for start in range(len(haystack) - len(needle) + 1):
+        if haystack[start:start + len(needle)] == needle:
+            return start
+    return None
 
 
 def _decoded_text(tokenizer, ids: list[int]) -> tuple[str, list[int]]:
