@@ -198,7 +198,7 @@ def test_nothing_to_modulate_regenerates_plain_wan_bit_exactly(engine, monkeypat
                              progress=False)
     numina = result.report["numina"]
     assert numina["phase2"] == "plain_regenerated" and numina["behaviours"]["mode"] == "authors"
-    assert plain.report["numina"]["sigma_grid"] == numina["behaviours"]["sigma_grid"] == "wan"
+    assert plain.report["sigma_grid"] == numina["behaviours"]["sigma_grid"] == "wan"
     assert torch.equal(result.frames, plain.frames)
 
 

@@ -389,7 +389,7 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
         report["numina"] = {"enabled": False, "reason": ("turned off (--no-numina)" if not request.numina
                                                          else "the prompt has no counted noun; ran plain Wan2.1")}
         sigma_grid = behaviour_config(model, request).sigma_grid
-        report["numina"]["sigma_grid"] = sigma_grid
+        report["sigma_grid"] = sigma_grid
         scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device,
                                        sigma_grid=sigma_grid)
         with timer("denoising"):
