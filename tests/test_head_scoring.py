@@ -265,3 +265,24 @@ def test_score_heads_with_svd_lowrank_follows_the_authors_scoring():
             torch.testing.assert_close(scores[f, head].double(), expected, rtol=1e-4, atol=1e-6)
     assert torch.equal(best, scores.argmax(dim=-1))
     assert torch.equal(score_heads(maps, (6, 7), config)[0], scores)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lowrank_components_on_cuda_at_a_wan_like_shape():
+    """head_pca="svd_lowrank" on the GPU at 480p's per-frame token count (30x52 = 1560), 12 heads x
+    2 frames: batched, reproducible, and equal to the per-map algorithm from the same CUDA starts."""
+    from numina_engine.numina.head_scoring import lowrank_principal_components
+
+    maps = random_softmax_maps(2, 12, 1560, torch.Generator().manual_seed(31)).cuda()
+    ours = lowrank_principal_components(maps, seed=5)
+    assert torch.equal(ours, lowrank_principal_components(maps, seed=5))
+    starts = torch.randn(24, 1560, 3, generator=torch.Generator(device="cuda").manual_seed(5), device="cuda")
+    flat = maps.reshape(24, 1560, 1560)
+    for b in (0, 7, 23):
+        centred = flat[b] - flat[b].mean(dim=0, keepdim=True)
+        expected = lowrank_oracle(centred, starts[b])
+        error = (ours.reshape(24, 1560, 3)[b] - expected).abs().max() / expected.abs().max()
+        assert error < 1e-3, f"map {b}: relative error {float(error):.2e}"
+    scores, best = score_heads(maps, (30, 52), NuminaConfig(mode="authors", pca_seed=5))
+    assert scores.shape == (2, 12) and scores.is_cuda and bool(torch.isfinite(scores).all())

@@ -407,7 +407,8 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
     # Layout: countable instances, refined to the asked counts, and the modulation plan.
     with timer("layout"):
         reference, refined, summaries = plan_layouts(model, ref, counts, config)
-        plan = build_modulation_plan(refined, positions, model.device, model.dtype)
+        changed = any(summary.changed for summary in summaries.values())      # something to modulate
+        plan = build_modulation_plan(refined, positions, model.device, model.dtype) if changed else None
     with timer("preview decode"):
         shown = layout_frames_to_show(ref.preview.shape[1])
         layout = LayoutResult(reference={n: t.cpu() for n, t in reference.items()},
