@@ -308,7 +308,19 @@ def test_paint_over_whole_frame_instance_is_reported_truthfully():
     assert torch.equal(refined, authors_refine_oracle(labels, 5, AUTHORS.with_overrides(placement_grid_step=1)))
     summary = summarize_refinement(labels, refined, 5)
     assert not summary.reached_target and summary.changed
-    assert all(f.status == ERASED and f.refined_count == 1 and "[1]" in f.reason for f in summary.frames)
+    assert all(f.status == ERASED and f.refined_count == 1 and "[1, 100, 101, 102]" in f.reason
+               for f in summary.frames)
+
+
+def test_paint_over_erasing_an_earlier_addition_is_reported():
+    # An empty frame, a one-pixel disc, a centre term twice the overlap of a pixel: the second
+    # addition (template: the first) is painted right over the first.
+    labels = torch.zeros(1, 9, 9, dtype=torch.int32)
+    config = AUTHORS.with_overrides(circle_radius=0, placement_grid_step=1, lambda_center=2.0)
+    refined = refine_layout(labels, 2, config)
+    assert torch.equal(refined, authors_refine_oracle(labels, 2, config))
+    frame = summarize_refinement(labels, refined, 2).frames[0]
+    assert frame.added_labels == (LABEL_ADDED_BASE + 1,) and frame.status == ERASED and "[100]" in frame.reason
 
 
 def test_statuses_of_matched_refined_and_short_frames():

@@ -255,7 +255,7 @@ MATCHED = "matched"                      # the frame already held the target cou
 REFINED = "refined"                      # instances removed or added: the frame now holds the target
 NO_ROOM = "no_room_to_add"               # additions could not all be placed
 NO_INSTANCE = "no_instance_found"        # nothing found and not even a disc could be placed
-ERASED = "instances_erased"              # paint-over (authors' rule) erased instances: count below target
+ERASED = "instances_erased"              # paint-over (authors' rule) erased instances or earlier additions
 
 
 @dataclass(frozen=True)
@@ -315,7 +315,9 @@ def summarize_refinement(labels: torch.Tensor, refined: torch.Tensor, target_cou
         removed = {int(i) for i in torch.unique(before[after == LABEL_REMOVED])} & found
         after_ids = {int(i) for i in torch.unique(after[after > 0])}
         added = sorted(i for i in after_ids if i >= LABEL_ADDED_BASE)
-        erased = sorted(found - removed - after_ids)
+        erased = sorted(found - removed - after_ids)            # existing instances painted over entirely
+        if added:                                               # and additions a later one painted over
+            erased += sorted(set(range(LABEL_ADDED_BASE, added[-1] + 1)) - set(added))
         status, reason = _frame_outcome(len(found), len(after_ids), len(removed), added, erased, target_count)
         frames.append(FrameRefinement(found_count=len(found), refined_count=len(after_ids),
                                       removed_labels=tuple(sorted(removed)), added_labels=tuple(added),
