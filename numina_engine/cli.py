@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .errors import CheckpointError, UserInputError
+from .numina.config import DEFAULT_MODE, MODES
 
 
 def _add_run_arguments(run: argparse.ArgumentParser) -> None:
@@ -44,6 +45,10 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
     numina.add_argument("--no-numina", action="store_true", help="plain Wan2.1 generation, no count alignment")
     numina.add_argument("--reference-step", type=int, default=None, help="phase-1 step to extract at (default 20)")
     numina.add_argument("--reference-layer", type=int, default=None, help="DiT block to extract at (default 15)")
+    numina.add_argument("--numina-mode", choices=MODES, default=None,
+                        help="'authors': reproduce the NUMINA authors' code rule by rule; 'engine': the engine's "
+                             "own rules (README, Known differences). Default: the model's, else "
+                             f"'{DEFAULT_MODE}'")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +96,8 @@ def _run(args) -> int:
 
     width, height = parse_size(args.size) if args.size else (None, None)
     overrides = {name: value for name, value in (("reference_step", args.reference_step),
-                                                 ("reference_layer", args.reference_layer)) if value is not None}
+                                                 ("reference_layer", args.reference_layer),
+                                                 ("mode", args.numina_mode)) if value is not None}
     request = GenerationRequest(prompt=args.prompt, seed=args.seed, width=width, height=height,
                                 frames=args.frames, steps=args.steps, guide_scale=args.guide_scale,
                                 shift=args.shift, numina=not args.no_numina,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,23 @@ def test_prompt_without_counted_noun_runs_plain_and_says_so(tmp_path, capsys):
     assert code == 0, err
     numina = json.loads((tmp_path / "report.json").read_text())["numina"]
     assert numina == {"enabled": False, "reason": "the prompt has no counted noun; ran plain Wan2.1"}
+
+
+def test_numina_mode_is_passed_through_and_recorded(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "run", "--prompt", "Three red circles and two blue squares", "--numina-mode",
+                           "engine", "--out-dir", str(tmp_path), "--quiet", "--steps", "6", "--reference-step", "3")
+    assert code == 0, err
+    behaviours = json.loads((tmp_path / "report.json").read_text())["numina"]["behaviours"]
+    assert behaviours["mode"] == "engine" and behaviours["sigma_grid"] == "diffusers"
+    assert behaviours["refine_paint_over"] is False and behaviours["token_match"] == "words"
+
+
+def test_unknown_numina_mode_lists_the_valid_ones(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--prompt", "Three red circles", "--numina-mode", "paper", "--out-dir", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+    assert re.search("invalid choice: 'paper' \\(choose from '?authors'?, '?engine'?\\)", capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()
 
 
 def test_counts_command_prints_one_json_line(capsys):

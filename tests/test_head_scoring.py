@@ -12,7 +12,7 @@ from numina_engine.numina.head_scoring import (_launch_centre_rows, exact_princi
                                                pca_gray, principal_components, score_heads, score_heads_reference,
                                                top_eigenvectors)
 
-CONFIG = NuminaConfig()
+CONFIG = NuminaConfig(mode="engine")        # head_pca="exact"
 
 
 def random_softmax_maps(frames: int, heads: int, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -200,3 +200,89 @@ def test_bad_input_raises():
         principal_components(maps, exact_iterations=-1)
     with pytest.raises(ValueError, match="block must be an int >= 3"):
         principal_components(maps, block=2)
+
+
+def lowrank_oracle(centred: torch.Tensor, start: torch.Tensor, niter: int = 2) -> torch.Tensor:
+    """Halko et al. 2009, Algorithm 4.4 as torch.svd_lowrank publishes it, one map at a time:
+    Q = orth(C R); niter times Q = orth(C^T Q), Q = orth(C Q); U S V^T = svd(Q^T C); return Q U S."""
+    q = torch.linalg.qr(centred @ start).Q
+    for _ in range(niter):
+        q = torch.linalg.qr(centred.T @ q).Q
+        q = torch.linalg.qr(centred @ q).Q
+    u, s, _ = torch.linalg.svd(q.T @ centred, full_matrices=False)
+    return (q @ u) * s
+
+
+def test_lowrank_components_equal_torch_svd_lowrank_with_the_seed():
+    from numina_engine.numina.head_scoring import lowrank_principal_components
+
+    maps = random_softmax_maps(1, 1, 35, torch.Generator().manual_seed(21))[0, 0]
+    centred = maps - maps.mean(dim=0, keepdim=True)
+    torch.manual_seed(123)
+    u, s, _ = torch.svd_lowrank(centred, q=3)
+    ours = lowrank_principal_components(maps, seed=123)
+    torch.testing.assert_close(ours, u * s, rtol=1e-5, atol=1e-6)
+    assert torch.equal(ours, lowrank_principal_components(maps, seed=123))       # reproducible
+    assert not torch.allclose(ours, lowrank_principal_components(maps, seed=124), atol=1e-4)
+
+
+def test_lowrank_components_batched_equal_the_per_map_algorithm():
+    from numina_engine.numina.head_scoring import lowrank_principal_components
+
+    maps = random_softmax_maps(3, 4, 30, torch.Generator().manual_seed(22))
+    ours = lowrank_principal_components(maps, seed=7)
+    assert ours.shape == (3, 4, 30, 3) and ours.dtype == torch.float32
+    starts = torch.randn(12, 30, 3, generator=torch.Generator().manual_seed(7))
+    flat = maps.reshape(12, 30, 30)
+    for b in range(12):
+        centred = flat[b] - flat[b].mean(dim=0, keepdim=True)
+        torch.testing.assert_close(ours.reshape(12, 30, 3)[b], lowrank_oracle(centred, starts[b]),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_score_heads_with_svd_lowrank_follows_the_authors_scoring():
+    """head_pca="svd_lowrank": the authors' gray image (min-max of U*S as it comes, no sign fix)
+    and score, per head, from the same random starts; differs from the exact choice somewhere."""
+    from numina_engine.numina.head_scoring import lowrank_principal_components
+
+    config = NuminaConfig(mode="authors", pca_seed=3)
+    maps = planted_structure_maps(4, 5, 6, 7, torch.Generator().manual_seed(23))
+    scores, best = score_heads(maps, (6, 7), config)
+    components = lowrank_principal_components(maps, seed=3)
+    for f in range(4):
+        for head in range(5):
+            gray = torch.zeros(42, dtype=torch.float64)
+            for c, weight in enumerate((0.299, 0.587, 0.114)):
+                col = components[f, head, :, c].double()
+                span = col.max() - col.min()
+                gray += weight * ((col - col.min()) / span if span > 1e-8 else torch.full_like(col, 0.5))
+            image = gray.reshape(1, 1, 6, 7)
+            blocks = torch.nn.functional.avg_pool2d(image, (1, 1))          # 6 // 8 -> blocks of one token
+            sobel_x = torch.tensor([[[[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]]], dtype=torch.float64)
+            gx = torch.nn.functional.conv2d(image, sobel_x, padding=1)
+            gy = torch.nn.functional.conv2d(image, sobel_x.transpose(-1, -2), padding=1)
+            expected = gray.std() + blocks.var() + 0.1 * torch.sqrt(gx ** 2 + gy ** 2).mean()
+            torch.testing.assert_close(scores[f, head].double(), expected, rtol=1e-4, atol=1e-6)
+    assert torch.equal(best, scores.argmax(dim=-1))
+    assert torch.equal(score_heads(maps, (6, 7), config)[0], scores)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lowrank_components_on_cuda_at_a_wan_like_shape():
+    """head_pca="svd_lowrank" on the GPU at 480p's per-frame token count (30x52 = 1560), 12 heads x
+    2 frames: batched, reproducible, and equal to the per-map algorithm from the same CUDA starts."""
+    from numina_engine.numina.head_scoring import lowrank_principal_components
+
+    maps = random_softmax_maps(2, 12, 1560, torch.Generator().manual_seed(31)).cuda()
+    ours = lowrank_principal_components(maps, seed=5)
+    assert torch.equal(ours, lowrank_principal_components(maps, seed=5))
+    starts = torch.randn(24, 1560, 3, generator=torch.Generator(device="cuda").manual_seed(5), device="cuda")
+    flat = maps.reshape(24, 1560, 1560)
+    for b in (0, 7, 23):
+        centred = flat[b] - flat[b].mean(dim=0, keepdim=True)
+        expected = lowrank_oracle(centred, starts[b])
+        error = (ours.reshape(24, 1560, 3)[b] - expected).abs().max() / expected.abs().max()
+        assert error < 1e-3, f"map {b}: relative error {float(error):.2e}"
+    scores, best = score_heads(maps, (30, 52), NuminaConfig(mode="authors", pca_seed=5))
+    assert scores.shape == (2, 12) and scores.is_cuda and bool(torch.isfinite(scores).all())

@@ -13,7 +13,8 @@ from numina_engine.numina.layout import (assign_instances, build_layouts, count_
 from numina_engine.numina.meanshift import (estimate_bandwidth, estimate_bandwidth_sklearn, mean_shift,
                                             mean_shift_sklearn)
 
-CONFIG = NuminaConfig()
+CONFIG = NuminaConfig(mode="engine")        # every point a seed, bandwidth from all points
+AUTHORS = NuminaConfig(mode="authors")      # bin seeding, bandwidth from min(1000, N) sampled points
 
 
 def planted_frame(h: int, w: int, k: int, g: torch.Generator, noise: float = 0.05):
@@ -173,6 +174,64 @@ def test_backends_agree_on_random_attention():
         ours = build_layouts(self_maps, noun_maps, (h, w), config, backend="torch")
         assert torch.equal(ours, build_layouts(self_maps, noun_maps, (h, w), config, backend="auto"))  # auto = torch
         assert torch.equal(ours, build_layouts(self_maps, noun_maps, (h, w), config, backend="sklearn"))
+
+
+def test_bin_seeded_mean_shift_matches_sklearn_with_the_subsampled_bandwidth():
+    """The authors' MeanShift: bin_seeding=True, bandwidth from estimate_bandwidth(quantile,
+    n_samples=min(1000, N), random_state=0). Equal up to relabelling on >= 95% of frames."""
+    g = torch.Generator().manual_seed(11)
+    groups = [blob_features(8, 50, 5, 4, 0.08, g), blob_features(8, 61, 2, 3, 0.12, g),
+              blob_features(4, 1234, 5, 5, 0.06, g)]                 # N > 1000: the subsample matters
+    maps = torch.softmax(torch.randn(8, 7 * 9, 7 * 9, generator=g) * 2.0, dim=-1)
+    groups.append(layout_features(maps, (7, 9)))
+    agree = total = 0
+    for quantile, features in zip((0.2, 0.3, 0.2, 0.2), groups):
+        samples = min(1000, features.shape[1])
+        bandwidth = estimate_bandwidth(features, quantile, samples)
+        torch.testing.assert_close(bandwidth, estimate_bandwidth_sklearn(features, quantile, samples),
+                                   rtol=1e-12, atol=1e-14)
+        labels = mean_shift(features, bandwidth, bin_seeding=True)
+        reference = mean_shift_sklearn(features, bandwidth, bin_seeding=True)
+        agree += sum(same_partition(a, b) for a, b in zip(labels, reference))
+        total += features.shape[0]
+    assert agree / total >= 0.95, f"bin-seeded torch MeanShift equals sklearn on {agree}/{total} frames"
+
+
+def test_bin_seeds_follow_sklearn_get_bin_seeds():
+    from sklearn.cluster import get_bin_seeds
+
+    from numina_engine.numina.meanshift import bin_seeds
+
+    g = torch.Generator().manual_seed(12)
+    features = blob_features(3, 40, 3, 3, 0.1, g)
+    bw = torch.tensor([0.3, 0.05, 1e-4], dtype=torch.float64)           # the last: every point its own bin
+    seeds, valid = bin_seeds(features, bw)
+    for f in range(3):
+        ours = seeds[f][valid[f]] if int(valid[f].sum()) < features.shape[1] else seeds[f]
+        expected = torch.from_numpy(get_bin_seeds(features[f].numpy(), float(bw[f])).astype("float64"))
+        key = lambda t: sorted(map(tuple, t.tolist()))
+        assert ours.shape == expected.shape
+        torch.testing.assert_close(torch.tensor(key(ours)), torch.tensor(key(expected)), rtol=1e-6, atol=1e-9)
+
+
+def test_subsampled_bandwidth_uses_sklearn_subsample():
+    g = torch.Generator().manual_seed(13)
+    features = blob_features(2, 300, 5, 3, 0.1, g)
+    for samples in (1, 17, 299, 300, 1000):
+        torch.testing.assert_close(estimate_bandwidth(features, 0.2, samples),
+                                   estimate_bandwidth_sklearn(features, 0.2, samples), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="n_samples"):
+        estimate_bandwidth(features, 0.2, 0)
+
+
+def test_backends_agree_in_authors_mode():
+    g = torch.Generator().manual_seed(14)
+    h, w, frames = 8, 11, 3
+    q, k = (torch.randn(frames, h * w, 8, generator=g) for _ in range(2))
+    self_maps = torch.softmax(q @ k.mT * (3.0 / math.sqrt(8)), dim=-1)
+    noun_maps = torch.softmax(torch.randn(2, frames, h * w, generator=g) * 2.0, dim=-1)
+    ours = build_layouts(self_maps, noun_maps, (h, w), AUTHORS, backend="torch")
+    assert torch.equal(ours, build_layouts(self_maps, noun_maps, (h, w), AUTHORS, backend="sklearn"))
 
 
 def test_bad_input_raises():

@@ -76,7 +76,7 @@ def test_easycache_with_zero_tolerance_reproduces_the_uncached_run(engine, input
     noun_tokens = torch.tensor([[2]], dtype=torch.int32)
     ref = pipeline.reference_pass(engine.model, latents, context, settings, config, noun_tokens, progress=False)
     assert (ref.computed_steps, ref.reused_steps) == (5, 0)
-    scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift)
+    scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, sigma_grid=config.sigma_grid)
     plain = pipeline.denoise(engine.model, latents, context, scheduler, settings, range(4), progress=False)
     assert torch.equal(ref.latents, plain)
 
@@ -155,11 +155,80 @@ def test_modulated_route_applies_the_layout_bias_to_the_conditional_row_only(eng
     assert not torch.allclose(captured["out"][0], original(q[:1], k[:1], v[:1], layer_index=1, state=None)[0])
 
 
-def test_counts_already_right_regenerate_nothing(engine, monkeypatch):
-    """When refinement changes nothing, phase 2 is skipped and phase 1 runs on to the end."""
-    monkeypatch.setattr(pipeline, "build_modulation_plan", lambda refined, positions, device, dtype: None)
-    result = engine.generate(GenerationRequest(prompt="Three cats chasing two dogs", steps=6,
-                                               numina_overrides={"reference_step": 3}), progress=False)
+def planted_layouts(instances_per_frame: dict[str, int] | None = None, whole_frame: bool = False):
+    """A build_layouts stand-in: per noun (in order) `count` 1-token instances per frame, or one
+    instance covering the whole frame."""
+    def build(self_maps, noun_maps, grid_hw, config):
+        n_nouns, frames = noun_maps.shape[:2]
+        labels = torch.zeros(n_nouns, frames, *grid_hw, dtype=torch.int32)
+        for row in range(n_nouns):
+            if whole_frame:
+                labels[row] = 1
+            else:
+                count = list(instances_per_frame.values())[row]
+                for i in range(count):
+                    labels[row, :, 0, 2 * i] = i + 1
+        return labels
+    return build
+
+
+def test_counts_already_right_run_phase_one_on_in_engine_mode(engine, monkeypatch):
+    """When every frame already has the asked count, nothing is modulated; "continue" runs phase 1 on."""
+    counts = {"cats": 3, "dogs": 2}
+    monkeypatch.setattr(pipeline, "build_layouts", planted_layouts(counts))
+    result = engine.generate(GenerationRequest(prompt="Three cats chasing two dogs", steps=6, counts=counts,
+                                               numina_overrides={"reference_step": 3, "mode": "engine"}),
+                             progress=False)
     numina = result.report["numina"]
-    assert numina["regenerated"] is False and "no regeneration" in numina["message"]
+    assert numina["regenerated"] is False and numina["phase2"] == "phase1_continued"
+    assert numina["counts_matched"] is True and numina["not_reached"] == {}
+    assert numina["message"].startswith("counts already match in every frame")
+    assert numina["behaviours"]["mode"] == "engine" and numina["behaviours"]["when_nothing_to_modulate"] == "continue"
     assert result.frames.shape == (9, 128, 128, 3)
+
+
+def test_nothing_to_modulate_regenerates_plain_wan_bit_exactly(engine, monkeypatch):
+    """Authors' rule: nothing to modulate -> plain Wan2.1 from the noise, equal to a --no-numina run."""
+    counts = {"cats": 3, "dogs": 2}
+    plain = engine.generate(GenerationRequest(prompt="Three cats chasing two dogs", steps=6, seed=5, numina=False),
+                            progress=False)
+    monkeypatch.setattr(pipeline, "build_layouts", planted_layouts(counts))
+    result = engine.generate(GenerationRequest(prompt="Three cats chasing two dogs", steps=6, seed=5, counts=counts,
+                                               numina_overrides={"reference_step": 3, "easycache_tau": 10.0}),
+                             progress=False)
+    numina = result.report["numina"]
+    assert numina["phase2"] == "plain_regenerated" and numina["behaviours"]["mode"] == "authors"
+    assert plain.report["sigma_grid"] == numina["behaviours"]["sigma_grid"] == "wan"
+    assert torch.equal(result.frames, plain.frames)
+
+
+@pytest.mark.parametrize("mode", ["engine", "authors"])
+def test_whole_frame_instance_is_planned_and_regenerated_issue_17(engine, monkeypatch, mode):
+    """The issue-17 repro: one instance covering every frame, target 5. The plan adds instances and
+    phase 2 regenerates; the message never claims matching counts, and says where the target failed."""
+    monkeypatch.setattr(pipeline, "build_layouts", planted_layouts(whole_frame=True))
+    result = engine.generate(GenerationRequest(prompt="Five cats sleeping", steps=6, counts={"cats": 5},
+                                               numina_overrides={"reference_step": 3, "mode": mode,
+                                                                 "circle_radius": 1}), progress=False)
+    numina = result.report["numina"]
+    assert numina["regenerated"] is True and numina["phase2"] == "modulated"
+    assert numina["counts_matched"] is False and "already match" not in numina["message"]
+    frames = numina["refinement"]["cats"]["frames"]
+    if mode == "engine":
+        assert all(f["refined_count"] == 5 and f["status"] == "refined" for f in frames)
+        assert numina["not_reached"] == {} and numina["message"] == "phase 2 regenerated with the layout bias"
+    else:   # the authors' template is the whole frame: every addition erases the previous one
+        assert all(f["refined_count"] == 1 and f["status"] == "instances_erased" for f in frames)
+        assert len(numina["not_reached"]["cats"]) == len(frames) and "erased" in numina["message"]
+
+
+def test_report_message_for_targets_that_cannot_be_planned():
+    from numina_engine.numina.refinement import refine_layout, summarize_refinement
+
+    config = NuminaConfig(mode="engine", circle_radius=3)
+    empty = torch.zeros(2, 5, 5, dtype=torch.int32)                 # nothing found, the disc does not fit
+    summaries = {"cats": summarize_refinement(empty, refine_layout(empty, 2, config), 2)}
+    message = pipeline.outcome_message(summaries, regenerated=False, when_nothing_to_modulate="continue")
+    assert "already match" not in message and "no_instance" not in message
+    assert "no instance found" in message and "[0, 1]" in message and message.endswith("phase 1 ran on to the end")
+    assert pipeline.not_reached_frames(summaries)["cats"][0]["status"] == "no_instance_found"

@@ -224,3 +224,39 @@ def test_steps_captured_in_cuda_graphs_replay_the_eager_trajectory():
         for graph in graphs:
             graph.replay()
         torch.testing.assert_close(output, eager(start), rtol=0, atol=0)
+
+
+def wan_published_grid(num_steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wan2.1's FlowUniPCMultistepScheduler grid, written from its published construction: the
+    training sigmas 1 - linspace(1, 1/1000, 1000)[::-1] in float32 (shift 1 at construction), then
+    set_timesteps: linspace(sigma_max, sigma_min, n + 1)[:-1], sigma' = k s / (1 + (k - 1) s),
+    timesteps = int64(sigma' * 1000), sigmas = float32(sigma' + [0])."""
+    import numpy as np
+
+    train = torch.from_numpy(1.0 - np.linspace(1, 1 / 1000, 1000)[::-1].copy()).to(torch.float32)
+    sigma_max, sigma_min = train[0].item(), train[-1].item()
+    sigmas = np.linspace(sigma_max, sigma_min, num_steps + 1).copy()[:-1]
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    timesteps = torch.from_numpy(sigmas * 1000).to(torch.int64)
+    return timesteps, torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+
+
+@pytest.mark.parametrize("num_steps", range(1, 51))
+def test_wan_sigma_grid_matches_wan_published_formula(num_steps):
+    scheduler = FlowUniPCScheduler(num_steps, shift=5.0, sigma_grid="wan")
+    timesteps, sigmas = wan_published_grid(num_steps, 5.0)
+    assert torch.equal(scheduler.timesteps, timesteps.to(torch.float32))
+    assert torch.equal(scheduler.sigmas, sigmas)
+    diffusers_grid = FlowUniPCScheduler(num_steps, shift=5.0)
+    assert not torch.equal(diffusers_grid.sigmas[:-1], scheduler.sigmas[:-1])   # the two grids differ
+
+
+def test_wan_sigma_grid_trajectory_runs_and_bad_grid_is_rejected():
+    model = LinearFlowModel(12, seed=4)
+    scheduler = FlowUniPCScheduler(10, shift=5.0, sigma_grid="wan")
+    sample = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    for index in range(10):
+        sample = scheduler.step(model(sample), sample, index)
+    assert bool(torch.isfinite(sample).all())
+    with pytest.raises(ValueError, match="sigma_grid"):
+        FlowUniPCScheduler(10, sigma_grid="karras")

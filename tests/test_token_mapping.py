@@ -139,3 +139,58 @@ def test_with_the_prompt_parser(tokenizer):
     mapped = map_noun_tokens(tokenizer, ids, counted)
     assert tokenizer.decode(ids[:mapped["dogs"][0]]).split() == ["The", "dogs", "bark", "while", "two"]
     assert _decoded(tokenizer, ids, mapped["robot"]) == "robot"
+
+
+def authors_rule_oracle(tokenizer, ids, noun):
+    """The authors' published token-mapping steps, written out plainly: the ids of " " + noun, then of
+    noun, as the first contiguous run in ids; else the lower-cased noun as a substring of the
+    per-token decoded text (then " " + noun), mapped to the tokens under it."""
+    for text in (" " + noun, noun):
+        needle = tokenizer.encode(text, add_special_tokens=False)
+        for start in range(len(ids) - len(needle) + 1):
+            if needle and ids[start:start + len(needle)] == needle:
+                return list(range(start, start + len(needle)))
+    spans, offset = [], 0
+    for position, token_id in enumerate(ids):
+        piece = tokenizer.decode([token_id])
+        spans.append((offset, offset + len(piece), position))
+        offset += len(piece)
+    text = "".join(tokenizer.decode([token_id]) for token_id in ids).lower()
+    at = text.find(noun.lower())
+    if at < 0 and text.find(" " + noun.lower()) >= 0:
+        at = text.find(" " + noun.lower()) + 1
+    if at < 0:
+        return None
+    return sorted({p for lo, hi, p in spans if lo < at + len(noun) and hi > at})
+
+
+@pytest.mark.parametrize("prompt, noun", [
+    ("Excavators dig near two cats.", "excavators"),          # capitalised, sentence-initial, sub-word pieces
+    ("Cats chase the dog.", "cats"),                           # capitalised whole piece
+    ("the cats watch as two cats play", "cats"),               # repeated: the first occurrence
+    ("two cats and three dogs play", "cat"),                   # sub-word: "cat" inside "cats"
+    ("four excavators dig near the station.", "excavators"),
+    ("A robot, two dogs and one hydration-station in the park.", "station"),
+    ("The cat sleeps on a sofa", "Cat"),                       # the noun capitalised, the prompt not
+])
+def test_authors_token_match_follows_the_authors_rule(tokenizer, prompt, noun):
+    ids = _ids(tokenizer, prompt)
+    expected = authors_rule_oracle(tokenizer, ids, noun)
+    assert expected is not None
+    assert map_noun_tokens(tokenizer, ids, [noun], match="authors") == {noun: expected}
+
+
+def test_authors_and_words_rules_differ_on_sub_words_and_counted_occurrences(tokenizer):
+    ids = _ids(tokenizer, "two cats and three dogs play")
+    assert "cats" in _decoded(tokenizer, ids, map_noun_tokens(tokenizer, ids, ["cat"], match="authors")["cat"])
+    with pytest.raises(UserInputError, match="not a word of the prompt"):
+        map_noun_tokens(tokenizer, ids, ["cat"])                              # whole words only
+    ids = _ids(tokenizer, "the cats watch as two cats play")
+    counted = CountedNoun("cats", 2, 21, 25, 1)
+    authors = map_noun_tokens(tokenizer, ids, [counted], match="authors")["cats"]
+    words = map_noun_tokens(tokenizer, ids, [counted])["cats"]
+    assert authors[0] < words[0]                       # the authors take the first occurrence
+    with pytest.raises(UserInputError, match="penguin"):
+        map_noun_tokens(tokenizer, ids, ["penguin"], match="authors")
+    with pytest.raises(UserInputError, match="token_match"):
+        map_noun_tokens(tokenizer, ids, ["cats"], match="exact")

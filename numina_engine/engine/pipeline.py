@@ -14,8 +14,10 @@
                decode the latent frames layout.png shows of phase 1's last x0 estimate
       phase 2  denoise again from the same noise with the layout bias on the conditional pass while
                delta(t) is above its floor (its first step reuses phase 1's first unconditional
-               prediction: same latents, same timestep, no bias on that row); if every count is already
-               right, no regeneration: phase 1 just runs on to the end
+               prediction: same latents, same timestep, no bias on that row); if refinement changed
+               nothing (counts already right, or no frame could be planned: report.json says which
+               and why), `when_nothing_to_modulate` picks: plain Wan2.1 regenerated from the noise
+               (the authors), or phase 1 run on to the end
       decode   VAE to uint8 frames
 
 CFG batches the conditional and unconditional passes as rows 0 and 1 of one forward call. On a GPU
@@ -34,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import UserInputError
-from ..numina.config import NuminaConfig
+from ..numina.config import BEHAVIOURS, NuminaConfig
 from ..numina.layout import build_layouts, count_instances
 from ..numina.modulation import build_modulation_plan
 from ..numina.prompt_counts import parse_counted_nouns
@@ -96,12 +98,20 @@ class PhaseTimer:
 
 def numina_config_for(model: WanModel, request: GenerationRequest, steps: int) -> NuminaConfig:
     """The authors' defaults, then the checkpoint's scaled settings, then the request's overrides."""
-    overrides = {**model.defaults.numina, **request.numina_overrides, "total_steps": steps}
+    overrides = {**model.defaults.numina, **request.numina_overrides, "total_steps": steps,
+                 "pca_seed": request.seed}
     config = NuminaConfig().with_overrides(**overrides)
     if config.reference_layer >= model.dit.config.num_layers:
         raise UserInputError(f"--reference-layer {config.reference_layer} is past the model's last block "
                              f"({model.dit.config.num_layers - 1})")
     return config
+
+
+def behaviour_config(model: WanModel, request: GenerationRequest) -> NuminaConfig:
+    """The NUMINA mode and behaviour fields of the checkpoint and the request alone (the rest default):
+    what the token matching and a plain run's sigma grid need before (or without) the full config."""
+    given = {**model.defaults.numina, **request.numina_overrides}
+    return NuminaConfig(**{name: value for name, value in given.items() if name == "mode" or name in BEHAVIOURS})
 
 
 def counted_nouns(model: WanModel, request: GenerationRequest, prompt: str, token_scope: str = "noun",
@@ -129,7 +139,7 @@ def counted_nouns(model: WanModel, request: GenerationRequest, prompt: str, toke
         return {}, {}
     tokenizer = model.text_encoder.tokenizer
     positions = map_noun_tokens(tokenizer, model.text_encoder.token_ids(prompt), nouns, scope=token_scope,
-                                prompt=cleaned)
+                                prompt=cleaned, match=behaviour_config(model, request).token_match)
     return counts, positions
 
 
@@ -263,7 +273,8 @@ def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, 
                    graphs: StepGraphs | None = None) -> ReferencePass:
     """Phase 1: denoise up to `config.reference_step` (steps replayed from `graphs`, released before the
     extraction, which runs eagerly), then extract at `config.reference_layer`."""
-    scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device)
+    scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device,
+                                   sigma_grid=config.sigma_grid)
     cache = EasyCache(config.easycache_tau, config.easycache_warmup, enabled=config.easycache_enabled)
     latents, preview, first_uncond = noise, noise, None
     for index in tqdm(range(config.reference_step), desc="phase 1", disable=not progress, leave=False):
@@ -294,14 +305,15 @@ def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, 
 
 
 def plan_layouts(model: WanModel, ref: ReferencePass, counts: dict[str, int], config: NuminaConfig):
-    """Layouts from the extracted maps, refined to `counts`; returns (reference, refined, plan summaries)."""
+    """Layouts from the extracted maps, refined to `counts`; returns (reference, refined, RefinementSummary
+    per noun)."""
     _, h, w = ref.extraction.grid
     labels = build_layouts(ref.extraction.self_maps, ref.extraction.noun_maps, (h, w), config)
     reference, refined, summaries = {}, {}, {}
     for row, (noun, count) in enumerate(counts.items()):
         reference[noun] = labels[row]
         refined[noun] = refine_layout(labels[row], count, config)
-        summaries[noun] = summarize_refinement(labels[row], refined[noun], count).to_dict()
+        summaries[noun] = summarize_refinement(labels[row], refined[noun], count)
     return reference, refined, summaries
 
 
@@ -334,6 +346,30 @@ def engine_report(graphs: StepGraphs, *, offload: bool, device: torch.device) ->
     return report
 
 
+def not_reached_frames(summaries: dict) -> dict[str, list[dict]]:
+    """{noun: [{"frame", "status", "reason"}]} of the frames whose refined count is not the target."""
+    return {noun: [{"frame": index, "status": frame.status, "reason": frame.reason}
+                   for index, frame in enumerate(summary.frames) if frame.refined_count != summary.target_count]
+            for noun, summary in summaries.items()
+            if not summary.reached_target}
+
+
+def outcome_message(summaries: dict, regenerated: bool, when_nothing_to_modulate: str) -> str:
+    """report.json's one-line account of phase 2. It says the counts already match only when every
+    frame's reference count equals the target."""
+    short = not_reached_frames(summaries)
+    why = "; ".join(f"{noun}: frame(s) {[item['frame'] for item in items]} "
+                    f"({'; '.join(sorted({item['reason'] for item in items}))})" for noun, items in short.items())
+    if regenerated:
+        return "phase 2 regenerated with the layout bias" + (
+            f"; the target could not be planned everywhere: {why}" if short else "")
+    after = ("plain Wan2.1 regenerated from the noise" if when_nothing_to_modulate == "regenerate_plain"
+             else "phase 1 ran on to the end")
+    if all(summary.already_matched for summary in summaries.values()):
+        return f"counts already match in every frame: no modulation, {after}"
+    return f"the target could not be planned in any frame, nothing to modulate ({why}): {after}"
+
+
 @torch.inference_mode()
 def generate(model: WanModel, request: GenerationRequest, *, progress: bool = True, cuda_graphs: bool = True,
              offload: bool = False) -> GenerationResult:
@@ -360,7 +396,10 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
     if config is None:
         report["numina"] = {"enabled": False, "reason": ("turned off (--no-numina)" if not request.numina
                                                          else "the prompt has no counted noun; ran plain Wan2.1")}
-        scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device)
+        sigma_grid = behaviour_config(model, request).sigma_grid
+        report["sigma_grid"] = sigma_grid
+        scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device,
+                                       sigma_grid=sigma_grid)
         with timer("denoising"):
             latents = denoise(model, noise, context, scheduler, settings, range(settings.steps), progress=progress,
                               graphs=graphs)
@@ -376,16 +415,24 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
     # Layout: countable instances, refined to the asked counts, and the modulation plan.
     with timer("layout"):
         reference, refined, summaries = plan_layouts(model, ref, counts, config)
-        plan = build_modulation_plan(refined, positions, model.device, model.dtype)
+        changed = any(summary.changed for summary in summaries.values())      # something to modulate
+        plan = build_modulation_plan(refined, positions, model.device, model.dtype) if changed else None
     with timer("preview decode"):
         shown = layout_frames_to_show(ref.preview.shape[1])
         layout = LayoutResult(reference={n: t.cpu() for n, t in reference.items()},
                               refined={n: t.cpu() for n, t in refined.items()},
                               preview_frames=preview_frames(model, ref.preview, shown), shown_frames=shown)
 
-    # Phase 2: regenerate from the same noise with the layout bias, or run phase 1 on if nothing changes.
+    # Phase 2: regenerate from the same noise with the layout bias; when refinement changed nothing,
+    # regenerate plain Wan2.1 from the noise or run phase 1 on (config.when_nothing_to_modulate).
     with timer("phase 2"):
-        if plan is None:
+        if plan is None and config.when_nothing_to_modulate == "regenerate_plain":
+            scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device,
+                                           sigma_grid=config.sigma_grid)
+            latents = denoise(model, noise, context, scheduler, settings, range(settings.steps),
+                              progress=progress, desc="plain regeneration", graphs=graphs)
+            modulated_steps = 0
+        elif plan is None:
             latents = denoise(model, ref.latents, context, ref.scheduler, settings,
                               range(config.reference_step, settings.steps), progress=progress,
                               desc="phase 1, continued", graphs=graphs)
@@ -400,7 +447,8 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
                 delta.fill_(config.delta(step))
                 return modulation
 
-            scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device)
+            scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device,
+                                           sigma_grid=config.sigma_grid)
             latents = denoise(model, noise, context, scheduler, settings, range(settings.steps),
                               state_at=state_at, progress=progress, desc="phase 2", graphs=graphs,
                               first_uncond=ref.first_uncond)
@@ -419,10 +467,15 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
         "token_grid": list(ref.extraction.grid),
         "best_head_per_frame": ref.extraction.best_head.tolist(),
         "counts_found_per_frame": found,
-        "refinement": summaries,
+        "behaviours": config.behaviours(),
+        "refinement": {noun: summary.to_dict() for noun, summary in summaries.items()},
         "regenerated": plan is not None,
-        "message": ("counts already match in every frame: no regeneration, phase 1 ran on to the end"
-                    if plan is None else "phase 2 regenerated with the layout bias"),
+        "phase2": ("modulated" if plan is not None else
+                   "plain_regenerated" if config.when_nothing_to_modulate == "regenerate_plain" else
+                   "phase1_continued"),
+        "counts_matched": all(summary.already_matched for summary in summaries.values()),
+        "not_reached": not_reached_frames(summaries),
+        "message": outcome_message(summaries, plan is not None, config.when_nothing_to_modulate),
         "phase1_steps_computed": ref.computed_steps,
         "phase1_steps_reused": ref.reused_steps,
         "phase2_modulated_steps": modulated_steps,

@@ -18,6 +18,11 @@ where r is the previous lambda gap relative to h, x_{i-1} is the (corrected) sam
 started from, and the bracketed terms only exist at order 2. Orders: warm-up from 1, capped at 2, and
 lowered again to 1 on the last step (lower_order_final).
 
+Sigma grids (`sigma_grid`): "diffusers" is the grid above (linspace(1, 1/1000) before the shift, first
+sigma nudged by 1e-6); "wan" is Wan2.1's own FlowUniPCMultistepScheduler (wan/utils/fm_solvers_unipc.py,
+the sampler of the authors' code): linspace(sigma_max, 0) before the shift, sigma_max the float32 0.999 of
+its training table (1 - linspace(1, 1/1000, 1000) reversed), no nudge. The solver is the same on both.
+
 Every scalar above depends only on the sigma schedule, so all of them are computed once on the host when
 the scheduler is built (float32, in the same operation order as diffusers, so trajectories agree to float32
 rounding). `step` is then pure elementwise arithmetic on the sample's device with 0-d coefficient tensors:
@@ -33,6 +38,7 @@ import numpy as np
 import torch
 
 SOLVER_ORDER = 2
+SIGMA_GRIDS = ("wan", "diffusers")
 # diffusers nudges a first sigma of exactly 1 down by this much so that log(alpha) stays finite.
 _FIRST_SIGMA_EPS = 1e-6
 
@@ -47,6 +53,17 @@ def shifted_flow_sigmas(num_steps: int, shift: float, num_train_timesteps: int) 
     if abs(sigmas[0] - 1.0) < _FIRST_SIGMA_EPS:
         sigmas[0] -= _FIRST_SIGMA_EPS
     return sigmas
+
+
+def wan_flow_sigmas(num_steps: int, shift: float, num_train_timesteps: int) -> np.ndarray:
+    """float64 [num_steps]: Wan2.1's grid, linspace(sigma_max, 0) without its endpoint, then the shift.
+
+    sigma_max is the first entry of Wan's float32 training sigmas 1 - linspace(1, 1/T, T)[::-1], i.e.
+    float32(1 - 1/T) (0.999 for T = 1000, as float32 0.99900001...).
+    """
+    sigma_max = float(np.float32(1.0 - 1.0 / num_train_timesteps))
+    sigmas = np.linspace(sigma_max, 0.0, num_steps + 1)[:-1]
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
 def predictor_orders(num_steps: int) -> tuple[int, ...]:
@@ -136,13 +153,14 @@ class FlowUniPCScheduler:
         timesteps: float32 [num_steps] on `device`, 0..1000 scale: what the DiT receives at each step
             (integer-valued: sigma * num_train_timesteps truncated, exactly as diffusers casts them to int64).
         sigmas: float32 [num_steps + 1] on `device`: the flow sigma at each step, then the final 0.
+        sigma_grid: "diffusers" or "wan" (see the module docstring).
 
     Usage: for i in range(num_steps): sample = scheduler.step(dit(sample, timesteps[i]), sample, i).
     Step 0 always starts a new trajectory; later steps must come in order.
     """
 
     def __init__(self, num_steps: int, shift: float = 5.0, num_train_timesteps: int = 1000,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, sigma_grid: str = "diffusers"):
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
         if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) \
@@ -150,10 +168,14 @@ class FlowUniPCScheduler:
             raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
         if isinstance(shift, bool) or not isinstance(shift, numbers.Real) or not 0 < shift < math.inf:
             raise ValueError(f"shift must be a finite number > 0, got {shift!r}")
+        if sigma_grid not in SIGMA_GRIDS:
+            raise ValueError(f"sigma_grid must be one of {list(SIGMA_GRIDS)}, got {sigma_grid!r}")
         self.num_steps = num_steps
         self.shift = float(shift)
         self.num_train_timesteps = num_train_timesteps
-        sigmas64 = shifted_flow_sigmas(num_steps, self.shift, num_train_timesteps)
+        self.sigma_grid = sigma_grid
+        grid = wan_flow_sigmas if sigma_grid == "wan" else shifted_flow_sigmas
+        sigmas64 = grid(num_steps, self.shift, num_train_timesteps)
         timesteps = (sigmas64 * num_train_timesteps).astype(np.int64)
         sigmas = torch.from_numpy(np.concatenate([sigmas64, [0.0]]).astype(np.float32))
         self._orders = predictor_orders(num_steps)

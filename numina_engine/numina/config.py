@@ -7,7 +7,7 @@ own values in its checkpoint config and overrides these.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields
 
 from ..errors import UserInputError
 
@@ -16,9 +16,49 @@ LABEL_BACKGROUND = 0      # not the noun
 LABEL_REMOVED = -1        # an instance removed by refinement: its cross-attention is suppressed
 LABEL_ADDED_BASE = 100    # instances added by refinement are 100, 101, ...; existing ones are 1..99
 
+# `mode` picks, for every behaviour where the engine and the authors' code differ, one rule; a behaviour
+# field set explicitly wins over its mode. README "Known differences" describes each rule.
+MODES = ("authors", "engine")
+DEFAULT_MODE = "authors"      # provisional: until the demo benchmark has measured both modes
+
+
+class _Unset:
+    """Default of a behaviour field: "take the mode's value" (None is a valid value of some fields)."""
+    def __repr__(self) -> str:
+        return "<from mode>"
+
+
+_FROM_MODE = _Unset()
+
+# behaviour field -> (valid values or a checker name, value in "authors" mode, value in "engine" mode)
+BEHAVIOURS: dict[str, tuple[tuple, object, object]] = {
+    "refine_paint_over": ((True, False), True, False),
+    "head_pca": (("svd_lowrank", "exact"), "svd_lowrank", "exact"),
+    "extraction_block_output": (("within_frame", "full"), "within_frame", "full"),
+    "meanshift_bin_seeding": ((True, False), True, False),
+    "meanshift_bandwidth_samples": (("an int >= 1", None), 1000, None),
+    "when_nothing_to_modulate": (("regenerate_plain", "continue"), "regenerate_plain", "continue"),
+    "sigma_grid": (("wan", "diffusers"), "wan", "diffusers"),
+    "token_match": (("authors", "words"), "authors", "words"),
+}
+
 
 @dataclass(frozen=True)
 class NuminaConfig:
+    """NUMINA's settings. `mode` fills every behaviour field left unset (see BEHAVIOURS):
+    "authors" reproduces the authors' code rule by rule, "engine" takes the engine's own rules."""
+    mode: str = DEFAULT_MODE
+    refine_paint_over: bool = _FROM_MODE                 # added instances paint over existing ones
+    head_pca: str = _FROM_MODE                           # "svd_lowrank" (authors) | "exact"
+    extraction_block_output: str = _FROM_MODE            # reference block's output: "within_frame" | "full"
+    meanshift_bin_seeding: bool = _FROM_MODE             # MeanShift seeds from binned points (authors)
+    meanshift_bandwidth_samples: int | None = _FROM_MODE  # points of the bandwidth estimate; None: all
+    when_nothing_to_modulate: str = _FROM_MODE           # "regenerate_plain" (authors) | "continue"
+    sigma_grid: str = _FROM_MODE                         # scheduler grid: "wan" (authors) | "diffusers"
+    token_match: str = _FROM_MODE                        # noun -> tokens: "authors" | "words"
+    pca_seed: int = 0                                    # seed of the randomized PCA (the run's seed)
+    explicit_behaviours: frozenset = field(default=frozenset(), init=False, compare=False, repr=False)
+
     total_steps: int = 50
     reference_step: int = 20
     reference_layer: int = 15
@@ -62,6 +102,15 @@ class NuminaConfig:
     easycache_warmup: int = 10
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UserInputError(f"unknown NUMINA mode {self.mode!r}; valid: {list(MODES)}")
+        explicit = frozenset(name for name in BEHAVIOURS if getattr(self, name) is not _FROM_MODE)
+        object.__setattr__(self, "explicit_behaviours", explicit)
+        column = 1 if self.mode == "authors" else 2
+        for name, spec in BEHAVIOURS.items():
+            if name not in explicit:
+                object.__setattr__(self, name, spec[column])
+            _check_behaviour(name, getattr(self, name))
         if not 0 <= self.reference_step < self.total_steps:
             raise UserInputError(
                 f"reference_step must be in [0, {self.total_steps - 1}] for {self.total_steps} steps, "
@@ -81,10 +130,30 @@ class NuminaConfig:
         """The authors modulate only while delta(t) exceeds its floor."""
         return self.delta(step_index) > self.modulation_min_delta
 
+    def behaviours(self) -> dict:
+        """{"mode": ..., every behaviour field: its resolved value}, for report.json."""
+        return {"mode": self.mode, **{name: getattr(self, name) for name in BEHAVIOURS}}
+
     def with_overrides(self, **overrides) -> "NuminaConfig":
-        """A copy with some fields changed; unknown names raise a TypeError that lists the valid ones."""
-        names = {f.name for f in fields(self)}
+        """A copy with some fields changed; unknown names raise a TypeError that lists the valid ones.
+
+        Behaviour fields that were filled by the mode are filled again by the copy's mode (so
+        overriding `mode` changes them); explicitly set ones are kept unless overridden.
+        """
+        names = {f.name for f in fields(self) if f.init}
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise TypeError(f"unknown NUMINA setting(s) {unknown}; valid: {sorted(names)}")
-        return replace(self, **overrides)
+        current = {name: getattr(self, name) for name in names
+                   if name not in BEHAVIOURS or name in self.explicit_behaviours}
+        return NuminaConfig(**{**current, **overrides})
+
+
+def _check_behaviour(name: str, value) -> None:
+    valid = BEHAVIOURS[name][0]
+    if name == "meanshift_bandwidth_samples":
+        if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return
+    elif any(value is v or (type(value) is type(v) and value == v) for v in valid):
+        return
+    raise UserInputError(f"NUMINA setting {name}={value!r} is not valid; valid: {list(valid)}")

@@ -11,7 +11,11 @@ gray = 0.299 c0 + 0.587 c1 + 0.114 c2, an [h, w] image. Its score is
 (unbiased std and var; block sums over a block_grid x block_grid grid of blocks of the cropped
 image; Sobel with zero padding), as in the NUMINA authors' head selection.
 
-Sign convention (the authors' randomized SVD leaves it arbitrary): each principal component is
+`config.head_pca` picks the components: "exact" (below: the exact principal components, fast path)
+or "svd_lowrank" (the authors' rule: torch.svd_lowrank(centred, q=3) semantics, see
+lowrank_principal_components: randomized, no oversampling, 2 power iterations, no sign fix).
+
+Sign convention of "exact" (the authors' randomized SVD leaves it arbitrary): each principal component is
 flipped so that its entry of largest magnitude is positive (the first such entry on exact ties).
 
 Fast path: all maps of a call at once, a fixed number of batched products, no host sync.
@@ -293,6 +297,37 @@ def exact_principal_components(maps: torch.Tensor) -> torch.Tensor:
     return _fix_signs(_pad_components(components)).reshape(*maps.shape[:-1], NUM_COMPONENTS)
 
 
+LOWRANK_Q = 3               # svd_lowrank's q, as the authors call it
+LOWRANK_NITER = 2           # svd_lowrank's default number of power iterations
+
+
+def lowrank_principal_components(maps: torch.Tensor, seed: int) -> torch.Tensor:
+    """The authors' PCA: torch.svd_lowrank(centred, q=3) of each map, batched, reproducible.
+
+    maps: [..., N, N] floating point; seed: seeds a torch.Generator on the maps' device, which
+    draws each map's random start [N, 3] (one draw of [B, N, 3] for the B maps of a call). Returns
+    U*S [..., N, 3] float32 (Halko et al. 4.4 as torch.svd_lowrank: Q = qr(C R), then niter = 2
+    times Q = qr(C^T Q), Q = qr(C Q); U, S = svd(Q^T C); U = Q U), signs as they fall.
+    The authors' code draws the start from the unseeded global RNG, so their runs are not
+    reproducible; this one is, for a given seed (a map's start depends on its place in the batch).
+    For B = 1 on the CPU it equals torch.svd_lowrank after torch.manual_seed(seed).
+    """
+    _check_maps(maps)
+    n = maps.shape[-1]
+    centred = maps.reshape(-1, n, n).to(torch.float32)
+    centred = centred - centred.mean(dim=-2, keepdim=True)
+    q = min(LOWRANK_Q, n)
+    generator = torch.Generator(device=centred.device).manual_seed(int(seed))
+    start = torch.randn(centred.shape[0], n, q, generator=generator, device=centred.device, dtype=torch.float32)
+    basis = torch.linalg.qr(centred @ start).Q
+    for _ in range(LOWRANK_NITER):
+        basis = torch.linalg.qr(centred.mT @ basis).Q
+        basis = torch.linalg.qr(centred @ basis).Q
+    u, s, _ = torch.linalg.svd(basis.mT @ centred, full_matrices=False)
+    components = _pad_components((basis @ u) * s[..., None, :])
+    return components.reshape(*maps.shape[:-1], NUM_COMPONENTS)
+
+
 def gray_from_components(components: torch.Tensor) -> torch.Tensor:
     """Gray value [..., N] float64 of principal components [..., N, 3] (min-max per component)."""
     low = components.amin(dim=-2, keepdim=True)
@@ -330,14 +365,17 @@ def score_heads(maps: torch.Tensor, grid_hw: tuple[int, int],
     """Score every head of every frame and pick the best head per frame (batched, no host sync).
 
     maps: [F, H, N, N] float (within-frame self-attention softmax maps, N = h*w).
-    Returns (scores [F, H] float32, best_head [F] int64), on the maps' device.
+    Returns (scores [F, H] float32, best_head [F] int64), on the maps' device. The components
+    follow config.head_pca (the randomized ones seeded by config.pca_seed at every call).
     """
     _check_maps(maps)
     if maps.dim() != 4:
         raise ValueError(f"maps must be [F, H, N, N], got shape {tuple(maps.shape)}")
     frames, heads, n, _ = maps.shape
     check_grid(grid_hw, n)
-    gray = gray_from_components(principal_components(maps)).reshape(frames * heads, n)
+    components = (lowrank_principal_components(maps, config.pca_seed) if config.head_pca == "svd_lowrank"
+                  else principal_components(maps))
+    gray = gray_from_components(components).reshape(frames * heads, n)
     scores = structure_scores(gray, grid_hw, config).reshape(frames, heads).to(torch.float32)
     return scores, scores.argmax(dim=-1)
 

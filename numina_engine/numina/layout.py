@@ -5,7 +5,10 @@ Following the NUMINA authors' construction, per frame:
      (head_scoring.principal_components), each min-max normalised to [0, 1] (left as is when
      constant), plus the token's (row, col) scaled to [0, 1] and multiplied by 0.5 -> [N, 5];
   2. MeanShift on those features (bandwidth config.meanshift_bandwidth, or estimated with
-     config.meanshift_quantile; an estimate <= 0 becomes 0.5) -> cluster proposals;
+     config.meanshift_quantile on config.meanshift_bandwidth_samples points (None: all; the
+     authors: min(1000, N), scikit-learn's random_state=0 subsample); an estimate <= 0 becomes
+     0.5), seeded from every point or, with config.meanshift_bin_seeding (the authors), from the
+     bandwidth-sized bins of the points -> cluster proposals;
   3. per noun, the focus region: pixels whose cross-attention reaches cross_attn_peak_ratio of
      the frame's peak, kept where DBSCAN(eps, min_samples) puts them in a cluster;
   4. per noun, the proposals whose overlap with the focus is at least semantic_overlap_tau of
@@ -152,11 +155,11 @@ def build_layouts(self_maps: torch.Tensor, noun_maps: torch.Tensor, grid_hw: tup
     features = layout_features(self_maps, grid_hw)
     if backend == "torch":
         bandwidth = _bandwidth(features, config, estimate_bandwidth)
-        clusters = mean_shift(features, bandwidth)
+        clusters = mean_shift(features, bandwidth, bin_seeding=config.meanshift_bin_seeding)
         focus = focus_masks(noun_maps, grid_hw, config)
     else:
         bandwidth = _bandwidth(features.cpu(), config, estimate_bandwidth_sklearn)
-        clusters = mean_shift_sklearn(features.cpu(), bandwidth).to(device)
+        clusters = mean_shift_sklearn(features.cpu(), bandwidth, bin_seeding=config.meanshift_bin_seeding).to(device)
         focus = focus_masks_sklearn(noun_maps, grid_hw, config).to(device)
     n_nouns = noun_maps.shape[0]
     labels = assign_instances(clusters, focus.reshape(n_nouns, frames, n), config.semantic_overlap_tau)
@@ -173,7 +176,7 @@ def _bandwidth(features: torch.Tensor, config: NuminaConfig, estimator) -> torch
             raise ValueError(f"meanshift_bandwidth must be > 0, got {config.meanshift_bandwidth}")
         return torch.full(features.shape[:1], float(config.meanshift_bandwidth), dtype=torch.float64,
                           device=features.device)
-    estimate = estimator(features, config.meanshift_quantile)
+    estimate = estimator(features, config.meanshift_quantile, config.meanshift_bandwidth_samples)
     return torch.where(estimate > 0, estimate, FALLBACK_BANDWIDTH)
 
 

@@ -17,6 +17,16 @@ The prompt parsed must be the one encoded (after the same cleaning).
 Scope: "noun" maps the noun's own tokens (the authors' rule); "phrase" maps its whole count phrase
 as the parser found it ("three shiny apples": the count word, modifiers and compounds, then the
 noun; `CountedNoun.phrase`). A plain `str` noun has no phrase: "phrase" maps only its tokens.
+
+That is the "words" rule (NuminaConfig.token_match="words"). The "authors" rule reproduces the
+authors' token mapper (H-EmbodVis/NUMINA, numina/token_mapper.py), first hit wins:
+  1. the ids of `" " + noun` (encoded without special tokens) as a contiguous subsequence of the
+     prompt's ids, case-sensitive, first occurrence;
+  2. the same with the ids of `noun`;
+  3. each id decoded on its own, concatenated, and the lower-cased noun searched in the lower-cased
+     text as a plain substring (no word boundaries: "cat" matches inside "cats" or "concatenate";
+     then " " + noun); the tokens covering the match.
+It always takes the first occurrence (a CountedNoun's occurrence is not used).
 """
 from __future__ import annotations
 
@@ -24,7 +34,10 @@ import re
 from collections.abc import Sequence
 
 from ..errors import UserInputError
+
 from .prompt_counts import CountedNoun, parse_counts, whole_word_matches
+
+TOKEN_MATCH_RULES = ("authors", "words")
 
 _SPACE_MARKER = "\u2581"   # SentencePiece's "▁"
 _PLACEHOLDER = "\ufffd"    # stands for a token whose text is unknown (<unk>, a byte piece)
@@ -32,7 +45,7 @@ TOKEN_SCOPES = ("noun", "phrase")
 
 
 def map_noun_tokens(tokenizer, prompt_ids: Sequence[int], nouns: Sequence[str | CountedNoun],
-                    scope: str = "noun", prompt: str | None = None) -> dict[str, list[int]]:
+                    scope: str = "noun", prompt: str | None = None, match: str = "words") -> dict[str, list[int]]:
     """Positions in `prompt_ids` of each noun's tokens.
 
     tokenizer: a Hugging Face T5/umT5 tokenizer (SentencePiece pieces, `convert_ids_to_tokens`).
@@ -41,6 +54,7 @@ def map_noun_tokens(tokenizer, prompt_ids: Sequence[int], nouns: Sequence[str | 
     nouns: noun strings (first occurrence) or `CountedNoun`s (the counted occurrence).
     scope: "noun" (the noun's tokens) or "phrase" (its count phrase's tokens; needs `prompt`, the
         text the `CountedNoun`s were parsed from, to read the phrase's words).
+    match: "words" (whole words, any case) or "authors" (the authors' rule; see the module doc).
     Returns {noun: sorted token positions (0-based indices into prompt_ids)}; a noun given
     several times (counted in several places) gets the union of its positions.
     Raises UserInputError naming a noun that is not in the prompt, with the prompt's nouns.
@@ -49,6 +63,8 @@ def map_noun_tokens(tokenizer, prompt_ids: Sequence[int], nouns: Sequence[str | 
         raise UserInputError(f"token scope must be one of {list(TOKEN_SCOPES)}, got {scope!r}")
     if scope == "phrase" and prompt is None:
         raise ValueError("scope 'phrase' needs the parsed prompt text")
+    if match not in TOKEN_MATCH_RULES:
+        raise UserInputError(f"token_match must be one of {list(TOKEN_MATCH_RULES)}, got {match!r}")
     ids = [int(i) for i in prompt_ids]
     text, owners = _decoded_text(tokenizer, ids)
     positions: dict[str, list[int]] = {}
@@ -56,16 +72,30 @@ def map_noun_tokens(tokenizer, prompt_ids: Sequence[int], nouns: Sequence[str | 
         noun, occurrence = (item.noun, item.occurrence) if isinstance(item, CountedNoun) else (item, 0)
         if not isinstance(noun, str) or not noun.strip():
             raise UserInputError(f"a noun must be a non-empty string, got {noun!r}")
-        matches = whole_word_matches(text, noun)
-        if occurrence >= len(matches):
-            raise UserInputError(_not_found_message(noun, occurrence, len(matches), text))
-        match = matches[occurrence]
-        start = match.start()
-        if scope == "phrase" and isinstance(item, CountedNoun):
-            start = _phrase_start(text, match, prompt[slice(*item.phrase)])
-        found = sorted({owners[k] for k in range(start, match.end())})
+        phrase = scope == "phrase" and isinstance(item, CountedNoun)
+        if match == "authors":
+            found = authors_noun_positions(tokenizer, ids, noun)
+            if found is None:
+                raise UserInputError(_not_found_message(noun, 0, 0, text))
+            if phrase:     # the phrase's other words as the "words" rule finds them
+                found = sorted(set(found) | set(_word_positions(text, owners, item, prompt, phrase)))
+        else:
+            found = _word_positions(text, owners, item, prompt, phrase)
         positions[noun] = sorted(set(positions.get(noun, [])) | set(found))
     return positions
+
+
+def _word_positions(text: str, owners: list[int], item: str | CountedNoun, prompt: str | None,
+                    phrase: bool) -> list[int]:
+    """The "words" rule: positions of the tokens overlapping the noun's counted occurrence as a
+    whole word (with `phrase`, from the start of its count phrase)."""
+    noun, occurrence = (item.noun, item.occurrence) if isinstance(item, CountedNoun) else (item, 0)
+    matches = whole_word_matches(text, noun)
+    if occurrence >= len(matches):
+        raise UserInputError(_not_found_message(noun, occurrence, len(matches), text))
+    found = matches[occurrence]
+    start = _phrase_start(text, found, prompt[slice(*item.phrase)]) if phrase else found.start()
+    return sorted({owners[k] for k in range(start, found.end())})
 
 
 def _phrase_start(text: str, noun_match: re.Match, phrase: str) -> int:
@@ -77,6 +107,36 @@ def _phrase_start(text: str, noun_match: re.Match, phrase: str) -> int:
     if found is None:
         raise UserInputError(f"the count phrase {phrase!r} is not in the encoded prompt {' '.join(text.split())!r}")
     return found.start()
+
+
+def authors_noun_positions(tokenizer, ids: list[int], noun: str) -> list[int] | None:
+    """The authors' rule (module doc): token positions of `noun` in `ids`, or None when not found."""
+    for text in (" " + noun, noun):
+        needle = list(tokenizer.encode(text, add_special_tokens=False))
+        start = _first_subsequence(ids, needle)
+        if start is not None:
+            return list(range(start, start + len(needle)))
+    pieces = [tokenizer.decode([token_id]) for token_id in ids]
+    owners = [position for position, piece in enumerate(pieces) for _ in piece]
+    text = "".join(pieces).lower()
+    start = text.find(noun.lower())
+    if start == -1:
+        start = text.find(" " + noun.lower())
+        start = start + 1 if start != -1 else -1
+    if start == -1:
+        return None
+    covered = sorted({owners[k] for k in range(start, min(start + len(noun), len(owners)))})
+    return covered or None
+
+
+def _first_subsequence(haystack: list[int], needle: list[int]) -> int | None:
+    """Start of the first contiguous occurrence of `needle` in `haystack` (None: none, or empty)."""
+    if not needle or len(needle) > len(haystack):
+        return None
+    for start in range(len(haystack) - len(needle) + 1):
+        if haystack[start:start + len(needle)] == needle:
+            return start
+    return None
 
 
 def _decoded_text(tokenizer, ids: list[int]) -> tuple[str, list[int]]:
