@@ -26,6 +26,7 @@ except ImportError:  # CPU-only installs: kernel definitions still import, launc
     TRITON_AVAILABLE = False
 
 LOG2E = 1.4426950408889634  # log2(e): softmax in base 2, exp(x) = exp2(x * LOG2E)
+LN2 = 0.6931471805599453    # ln(2): a base-2 log-sum-exp times LN2 is in natural units
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
@@ -49,6 +50,16 @@ INTERPRETER_CONFIG = LaunchConfig(block_m=32, block_n=32, num_warps=1, num_stage
 TRITON_INTERPRETED = TRITON_AVAILABLE and isinstance(tl.cdiv, InterpretedFunction)
 
 
+def _kernel_constant(value: float):
+    """`value` as compiled kernel bodies may read a global (a tl.constexpr), or the plain float
+    that interpreted bodies and host code use."""
+    return tl.constexpr(value) if TRITON_AVAILABLE and not TRITON_INTERPRETED else value
+
+
+KERNEL_LOG2E = _kernel_constant(LOG2E)   # LOG2E and LN2 for use inside kernel bodies
+KERNEL_LN2 = _kernel_constant(LN2)
+
+
 def triton_runs_on(t: torch.Tensor) -> bool:
     """Whether the Triton kernels (rather than the PyTorch references) serve inputs like `t`.
 
@@ -65,7 +76,7 @@ class LazyKernel:
     """A Triton kernel body, built on first launch as a compiled JITFunction or, in an interpreted
     process (TRITON_INTERPRETED), as an InterpretedFunction.
 
-    Kernels wrapped this way must not call other kernels of ours (tl's own functions are fine).
+    Kernels wrapped this way may call device functions made by `triton_helper` (and tl's own).
     """
 
     def __init__(self, fn: Callable) -> None:
@@ -84,6 +95,16 @@ class LazyKernel:
 def triton_kernel(fn: Callable) -> LazyKernel:
     """Decorator: wrap a Triton kernel body as a LazyKernel."""
     return LazyKernel(fn)
+
+
+def triton_helper(fn: Callable):
+    """Decorator: a Triton device function that kernels call (the tutorial's `_attn_fwd_inner`
+    pattern), built now as a JITFunction, or an InterpretedFunction in an interpreted process; the
+    plain function where triton is missing (then no kernel launches). Global names a helper reads
+    must be helpers too or constexpr values."""
+    if not TRITON_AVAILABLE:
+        return fn
+    return InterpretedFunction(fn) if TRITON_INTERPRETED else JITFunction(fn)
 
 
 def launch_config(gpu_config: LaunchConfig) -> LaunchConfig:

@@ -16,7 +16,9 @@ import math
 
 import torch
 
+from ._attention_loop import attend_key_blocks, load_key_block, online_softmax_update
 from ._triton import (
+    KERNEL_LOG2E,
     LOG2E,
     LaunchConfig,
     check_head_dim,
@@ -82,7 +84,7 @@ def _cross_attention_column_bias_kernel(
     bias_cols = tl.where(b == bias_batch, num_columns, 0)
     bias = tl.load(Bias + offs_m[:, None] * stride_bias_q + offs_c[None, :] * stride_bias_t,
                    mask=row_ok[:, None] & (offs_c[None, :] < bias_cols), other=0.0)
-    bias = tl.minimum(tl.maximum(bias, -bias_limit), bias_limit) * 1.4426950408889634  # log2(e)
+    bias = tl.minimum(tl.maximum(bias, -bias_limit), bias_limit) * KERNEL_LOG2E
     bias_hi = bias.to(tl.float16)
     bias_lo = (bias - bias_hi.to(tl.float32)).to(tl.float16)
 
@@ -99,44 +101,22 @@ def _cross_attention_column_bias_kernel(
     full_key_end = kv_len // BLOCK_N * BLOCK_N
     # Four key ranges: before the biased blocks (no mask), the biased blocks (masked, biased), after
     # them up to the last full block (no mask), and the partial tail block (masked).
-    for segment in tl.static_range(4):
-        if segment == 0:
-            lo = 0
-            hi = bias_key_lo
-        elif segment == 1:
-            lo = bias_key_lo
-            hi = bias_key_hi
-        elif segment == 2:
-            lo = bias_key_hi
-            hi = full_key_end
-        else:
-            lo = tl.maximum(full_key_end, bias_key_hi)
-            hi = kv_len
-        for start_n in range(lo, hi, BLOCK_N):
-            cols = start_n + offs_n
-            k_ptrs = k_base + cols[None, :] * stride_kl + offs_d[:, None]
-            v_ptrs = v_base + cols[:, None] * stride_vl + offs_d[None, :]
-            if segment % 2 == 1:
-                key_ok = cols < kv_len
-                k = tl.load(k_ptrs, mask=key_ok[None, :], other=0.0)
-                v = tl.load(v_ptrs, mask=key_ok[:, None], other=0.0)
-            else:
-                k = tl.load(k_ptrs)
-                v = tl.load(v_ptrs)
-            s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
-            if segment == 1:
-                onehot = (columns[:, None] == cols[None, :]).to(tl.float16)   # [COLUMNS_PAD, BLOCK_N]
-                s = tl.dot(bias_hi, onehot, s)
-                s = tl.dot(bias_lo, onehot, s)
-            if segment % 2 == 1:
-                s = tl.where(key_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-            m_i = m_new
+    m_i, l_i, acc = attend_key_blocks(q, k_base, v_base, stride_kl, stride_vl, 0, bias_key_lo, kv_len, qk_scale,
+                                      m_i, l_i, acc, offs_n, offs_d, BLOCK_N, False, DOT_PRECISION)
+    for start_n in range(bias_key_lo, bias_key_hi, BLOCK_N):
+        cols = start_n + offs_n
+        k, v = load_key_block(k_base, v_base, cols, stride_kl, stride_vl, offs_d, kv_len, True)
+        s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
+        onehot = (columns[:, None] == cols[None, :]).to(tl.float16)   # [COLUMNS_PAD, BLOCK_N]
+        s = tl.dot(bias_hi, onehot, s)
+        s = tl.dot(bias_lo, onehot, s)
+        s = tl.where((cols < kv_len)[None, :], s, float("-inf"))
+        m_i, l_i, acc = online_softmax_update(s, v, m_i, l_i, acc, DOT_PRECISION)
+    m_i, l_i, acc = attend_key_blocks(q, k_base, v_base, stride_kl, stride_vl, bias_key_hi, full_key_end, kv_len,
+                                      qk_scale, m_i, l_i, acc, offs_n, offs_d, BLOCK_N, False, DOT_PRECISION)
+    m_i, l_i, acc = attend_key_blocks(q, k_base, v_base, stride_kl, stride_vl, tl.maximum(full_key_end, bias_key_hi),
+                                      kv_len, kv_len, qk_scale, m_i, l_i, acc, offs_n, offs_d, BLOCK_N, True,
+                                      DOT_PRECISION)
 
     tl.store(o_base + offs_m[:, None] * stride_ol + offs_d[None, :], (acc / l_i[:, None]).to(Out.dtype.element_ty),
              mask=row_ok[:, None])

@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from ._attention_loop import attend_key_blocks
 from ._triton import (
     LOG2E,
     LaunchConfig,
@@ -71,34 +72,10 @@ def _cross_attention_noun_maps_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     full_key_end = kv_len // BLOCK_N * BLOCK_N
     # Two key ranges: the full blocks (no mask), then the partial tail block (masked).
-    for segment in tl.static_range(2):
-        if segment == 0:
-            lo = 0
-            hi = full_key_end
-        else:
-            lo = full_key_end
-            hi = kv_len
-        for start_n in range(lo, hi, BLOCK_N):
-            cols = start_n + offs_n
-            k_ptrs = k_base + cols[None, :] * stride_kl + offs_d[:, None]
-            v_ptrs = v_base + cols[:, None] * stride_vl + offs_d[None, :]
-            if segment == 1:
-                key_ok = cols < kv_len
-                k = tl.load(k_ptrs, mask=key_ok[None, :], other=0.0)
-                v = tl.load(v_ptrs, mask=key_ok[:, None], other=0.0)
-            else:
-                k = tl.load(k_ptrs)
-                v = tl.load(v_ptrs)
-            s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
-            if segment == 1:
-                s = tl.where(key_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-            m_i = m_new
+    m_i, l_i, acc = attend_key_blocks(q, k_base, v_base, stride_kl, stride_vl, 0, full_key_end, kv_len, qk_scale,
+                                      m_i, l_i, acc, offs_n, offs_d, BLOCK_N, False, DOT_PRECISION)
+    m_i, l_i, acc = attend_key_blocks(q, k_base, v_base, stride_kl, stride_vl, full_key_end, kv_len, kv_len,
+                                      qk_scale, m_i, l_i, acc, offs_n, offs_d, BLOCK_N, True, DOT_PRECISION)
 
     tl.store(o_base + offs_m[:, None] * stride_ol + offs_d[None, :], (acc / l_i[:, None]).to(Out.dtype.element_ty),
              mask=row_ok[:, None])
