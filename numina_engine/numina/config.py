@@ -16,6 +16,8 @@ LABEL_BACKGROUND = 0      # not the noun
 LABEL_REMOVED = -1        # an instance removed by refinement: its cross-attention is suppressed
 LABEL_ADDED_BASE = 100    # instances added by refinement are 100, 101, ...; existing ones are 1..99
 
+EXTRACTION_BLOCK_OUTPUTS = ("within_frame", "full")
+
 
 @dataclass(frozen=True)
 class NuminaConfig:
@@ -56,7 +58,14 @@ class NuminaConfig:
     easycache_tau: float = 0.05
     easycache_warmup: int = 10
 
+    # Extraction pass: the reference block's self-attention output, "full" (the true attention) or
+    # "within_frame" (block-diagonal, as the authors' extraction returns).
+    extraction_block_output: str = "full"
+
     def __post_init__(self) -> None:
+        if self.extraction_block_output not in EXTRACTION_BLOCK_OUTPUTS:
+            raise UserInputError(f"extraction_block_output must be one of {EXTRACTION_BLOCK_OUTPUTS}, "
+                                 f"got {self.extraction_block_output!r}")
         if not 0 <= self.reference_step < self.total_steps:
             raise UserInputError(
                 f"reference_step must be in [0, {self.total_steps - 1}] for {self.total_steps} steps, "
