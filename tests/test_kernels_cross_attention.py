@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from numina_engine.kernels import cross_attention_column_bias, cross_attention_noun_maps
-from numina_engine.kernels._triton import TRITON_INTERPRETED, triton_runs_on
+from numina_engine.kernels._triton import triton_runs_on
 from numina_engine.kernels.cross_attention_column_bias import (
     cross_attention_with_column_bias,
     cross_attention_with_column_bias_reference,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from numina_engine.kernels import frame_attention
-from numina_engine.kernels._triton import TRITON_INTERPRETED, triton_runs_on
+from numina_engine.kernels._triton import triton_runs_on
 from numina_engine.kernels.frame_attention import (
     attention_with_frame_lse,
     attention_with_frame_lse_reference,
