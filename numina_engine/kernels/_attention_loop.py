@@ -64,3 +64,33 @@ def attend_key_blocks(q, k_base, v_base, stride_kl, stride_vl, lo, hi, kv_len, q
         s = key_block_logits(q, k, cols, kv_len, qk_scale, MASKED, DOT_PRECISION)
         m_i, l_i, acc = online_softmax_update(s, v, m_i, l_i, acc, DOT_PRECISION)
     return m_i, l_i, acc
+
+
+@triton_helper
+def head_pointer(ptr, b, h, stride_b, stride_h):
+    """ptr advanced to batch b, head h (int64 offsets: large tensors overflow int32)."""
+    return ptr + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+
+
+@triton_helper
+def query_block(Q, stride_qb, stride_ql, stride_qh, num_heads, q_len,
+                BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """This program's batch b and head h (grid axis 1: b * num_heads + h), its query rows offs_m
+    [BLOCK_M] (grid axis 0: blocks of BLOCK_M) and their queries q [BLOCK_M, HEAD_DIM] (zeros past q_len)."""
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_base = head_pointer(Q, b, h, stride_qb, stride_qh)
+    q = tl.load(q_base + offs_m[:, None] * stride_ql + offs_d[None, :], mask=(offs_m < q_len)[:, None], other=0.0)
+    return b, h, offs_m, q
+
+
+@triton_helper
+def store_query_rows(Out, b, h, stride_ob, stride_ol, stride_oh, offs_m, q_len, out, HEAD_DIM: tl.constexpr):
+    """Write out [BLOCK_M, HEAD_DIM] (float32) to rows offs_m < q_len of Out's batch b, head h, in Out's dtype."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    o_base = head_pointer(Out, b, h, stride_ob, stride_oh)
+    tl.store(o_base + offs_m[:, None] * stride_ol + offs_d[None, :], out.to(Out.dtype.element_ty),
+             mask=(offs_m < q_len)[:, None])

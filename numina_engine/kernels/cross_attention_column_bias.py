@@ -16,7 +16,14 @@ import math
 
 import torch
 
-from ._attention_loop import attend_key_blocks, load_key_block, online_softmax_update
+from ._attention_loop import (
+    attend_key_blocks,
+    head_pointer,
+    load_key_block,
+    online_softmax_update,
+    query_block,
+    store_query_rows,
+)
 from ._triton import (
     KERNEL_LOG2E,
     LOG2E,
@@ -63,21 +70,14 @@ def _cross_attention_column_bias_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     # One program: BLOCK_M queries of one (batch, head); logits in base 2 (qk_scale = log2(e) / sqrt(D)).
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, h, offs_m, q = query_block(Q, stride_qb, stride_ql, stride_qh, num_heads, q_len, BLOCK_M, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     offs_c = tl.arange(0, COLUMNS_PAD)
 
-    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-    o_base = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    k_base = head_pointer(K, b, h, stride_kb, stride_kh)
+    v_base = head_pointer(V, b, h, stride_vb, stride_vh)
     row_ok = offs_m < q_len
-    q = tl.load(q_base + offs_m[:, None] * stride_ql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
 
     # Bias of this block's rows (zero for other batch elements), in base-2 logit units, as float16 hi + lo.
     columns = tl.load(BiasColumns + offs_c, mask=offs_c < num_columns, other=-1)
@@ -118,8 +118,7 @@ def _cross_attention_column_bias_kernel(
                                       kv_len, kv_len, qk_scale, m_i, l_i, acc, offs_n, offs_d, BLOCK_N, True,
                                       DOT_PRECISION)
 
-    tl.store(o_base + offs_m[:, None] * stride_ol + offs_d[None, :], (acc / l_i[:, None]).to(Out.dtype.element_ty),
-             mask=row_ok[:, None])
+    store_query_rows(Out, b, h, stride_ob, stride_ol, stride_oh, offs_m, q_len, acc / l_i[:, None], HEAD_DIM)
 
 
 def _check_bias_args(q: torch.Tensor, bias_columns: torch.Tensor, bias: torch.Tensor, bias_batch: int, *,

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ._attention_loop import attend_key_blocks
+from ._attention_loop import attend_key_blocks, head_pointer, query_block, store_query_rows
 from ._triton import (
     LOG2E,
     LaunchConfig,
@@ -52,20 +52,13 @@ def _cross_attention_noun_maps_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     # One program: BLOCK_M queries of one (batch, head); logits in base 2 (qk_scale = log2(e) / sqrt(D)).
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, h, offs_m, q = query_block(Q, stride_qb, stride_ql, stride_qh, num_heads, q_len, BLOCK_M, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
 
-    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-    o_base = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    k_base = head_pointer(K, b, h, stride_kb, stride_kh)
+    v_base = head_pointer(V, b, h, stride_vb, stride_vh)
     row_ok = offs_m < q_len
-    q = tl.load(q_base + offs_m[:, None] * stride_ql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -77,8 +70,7 @@ def _cross_attention_noun_maps_kernel(
     m_i, l_i, acc = attend_key_blocks(q, k_base, v_base, stride_kl, stride_vl, full_key_end, kv_len, kv_len,
                                       qk_scale, m_i, l_i, acc, offs_n, offs_d, BLOCK_N, True, DOT_PRECISION)
 
-    tl.store(o_base + offs_m[:, None] * stride_ol + offs_d[None, :], (acc / l_i[:, None]).to(Out.dtype.element_ty),
-             mask=row_ok[:, None])
+    store_query_rows(Out, b, h, stride_ob, stride_ol, stride_oh, offs_m, q_len, acc / l_i[:, None], HEAD_DIM)
 
     if b == maps_batch:
         # Probability of each noun token = exp2(logit - m_i) / l_i, from the finished statistics.

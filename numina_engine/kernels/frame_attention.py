@@ -22,7 +22,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._attention_loop import attend_key_blocks, key_block_logits, load_key_block, online_softmax_update
+from ._attention_loop import (
+    attend_key_blocks,
+    head_pointer,
+    key_block_logits,
+    load_key_block,
+    online_softmax_update,
+    query_block,
+    store_query_rows,
+)
 from ._triton import (
     KERNEL_LN2,
     KERNEL_LOG2E,
@@ -72,21 +80,12 @@ def _attention_with_frame_lse_kernel(
 ):
     # One program: BLOCK_M queries of one (batch, head). Logits are kept in base 2
     # (qk_scale = log2(e) / sqrt(D)), so exp2 serves the softmax.
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    m_start = pid_m * BLOCK_M
-    offs_m = m_start + tl.arange(0, BLOCK_M)
+    b, h, offs_m, q = query_block(Q, stride_qb, stride_ql, stride_qh, num_heads, q_len, BLOCK_M, HEAD_DIM)
+    m_start = tl.program_id(0) * BLOCK_M
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-
-    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-    o_base = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-    row_ok = offs_m < q_len
-    q = tl.load(q_base + offs_m[:, None] * stride_ql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    k_base = head_pointer(K, b, h, stride_kb, stride_kh)
+    v_base = head_pointer(V, b, h, stride_vb, stride_vh)
 
     # Key blocks that can hold keys of this block's frames: [frame_key_lo, frame_key_hi), for the
     # programs over video rows that need them: every batch element's for the within-frame output,
@@ -144,8 +143,7 @@ def _attention_with_frame_lse_kernel(
                                           m_i, l_i, acc, offs_n, offs_d, BLOCK_N, True, DOT_PRECISION)
         out = acc / l_i[:, None]
 
-    tl.store(o_base + offs_m[:, None] * stride_ol + offs_d[None, :], out.to(Out.dtype.element_ty),
-             mask=row_ok[:, None])
+    store_query_rows(Out, b, h, stride_ob, stride_ol, stride_oh, offs_m, q_len, out, HEAD_DIM)
     # Video rows of framed programs have lf_i >= 1 (their max term is exp2(0)); the floor only keeps
     # log2 finite elsewhere.
     frame_lse = (mf_i + tl.log2(tl.maximum(lf_i, 1.0))) * KERNEL_LN2   # base-2 lse -> natural units
