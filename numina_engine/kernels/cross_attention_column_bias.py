@@ -39,21 +39,12 @@ from ._triton import (
     triton_kernel,
     triton_runs_on,
 )
+from .tiles import gpu_tiles
 
 MAX_BIAS_COLUMNS = 64
 # Natural-log units; larger magnitudes saturate the softmax anyway and would overflow float16 halves.
 BIAS_LIMIT = 30000.0
 
-# Hopper (H100) tiles by head_dim. At 32,760 queries x 512 keys, 12 heads of 128, bf16, 4 bias
-# columns, B=1/B=2 (H100, triton 3.6, before the biased-block range was split off): 128/128/8
-# warps/2 stages 0.351/0.666 ms, 64/64/4/2 0.354/0.695 ms, 128/64/8/3 0.373/0.725 ms, 128/64/4/3
-# 0.552/1.065 ms (SDPA: 0.195/0.393 ms); with the split, 128/128/8/2: 0.357/0.668 ms.
-_GPU_CONFIGS = {
-    16: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    32: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    64: LaunchConfig(block_m=128, block_n=64, num_warps=4, num_stages=3),
-    128: LaunchConfig(block_m=128, block_n=128, num_warps=8, num_stages=2),
-}
 
 
 @triton_kernel
@@ -147,6 +138,7 @@ def cross_attention_with_column_bias(
     bias: torch.Tensor,
     *,
     bias_batch: int = 0,
+    tiles: LaunchConfig | None = None,
 ) -> torch.Tensor:
     """Cross-attention with bias[:, t] added to the scaled logits of key column bias_columns[t].
 
@@ -156,6 +148,7 @@ def cross_attention_with_column_bias(
         bias: float32 [Lq, T], natural-log logit offsets shared by all heads, finite or -inf
             (magnitudes are clamped to BIAS_LIMIT).
         bias_batch: the batch element that gets the bias; the others get plain attention.
+        tiles: GPU launch tiles instead of kernels/tiles.py's (bench/sweep_attention_tiles.py); kernel only.
     Returns:
         out: [B, Lq, H, D] in q.dtype, softmax(q k^T / sqrt(D) + bias scattered to its columns) v.
     """
@@ -171,7 +164,7 @@ def cross_attention_with_column_bias(
     batch, q_len, heads, head_dim = q.shape
     num_columns = bias_columns.shape[0]
     out = new_output((batch, q_len, heads, head_dim), q.dtype, q.device)
-    config = launch_config(_GPU_CONFIGS[head_dim])
+    config = launch_config(gpu_tiles("cross_attention_with_column_bias", head_dim, tiles))
     grid = (math.ceil(q_len / config.block_m), batch * heads)
     _cross_attention_column_bias_kernel[grid](
         q, k, v, out, bias_columns, bias,

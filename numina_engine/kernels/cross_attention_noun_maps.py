@@ -27,16 +27,8 @@ from ._triton import (
     triton_kernel,
     triton_runs_on,
 )
+from .tiles import gpu_tiles
 
-# Hopper (H100) tiles by head_dim. At 32,760 queries x 512 keys, 12 heads of 128, bf16, B=1/B=2
-# (H100, triton 3.6): 128/32/4 warps/3 stages 0.330/0.607 ms, 128/128/8/2 0.349/0.630 ms,
-# 128/64/8/3 0.352/0.649 ms, 128/64/4/3 0.509/0.941 ms (SDPA: 0.195/0.393 ms).
-_GPU_CONFIGS = {
-    16: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    32: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    64: LaunchConfig(block_m=128, block_n=64, num_warps=4, num_stages=3),
-    128: LaunchConfig(block_m=128, block_n=32, num_warps=4, num_stages=3),
-}
 
 
 @triton_kernel
@@ -112,6 +104,7 @@ def cross_attention_with_noun_maps(
     noun_tokens: torch.Tensor,
     *,
     maps_batch: int = 0,
+    tiles: LaunchConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-attention output and the per-noun maps of one batch element, in one pass.
 
@@ -120,6 +113,7 @@ def cross_attention_with_noun_maps(
         noun_tokens: int32 [n_nouns, T] key positions of each noun's tokens, padded with -1
             (CPU or q's device; see _check_noun_tokens).
         maps_batch: batch element whose noun maps are returned.
+        tiles: GPU launch tiles instead of kernels/tiles.py's (bench/sweep_attention_tiles.py); kernel only.
     Returns:
         out: [B, Lq, H, D] in q.dtype, softmax(q k^T / sqrt(D)) v.
         noun_maps: [n_nouns, Lq] float32; noun_maps[n, i] = mean over heads of the mean over
@@ -141,7 +135,7 @@ def cross_attention_with_noun_maps(
     num_nouns, tokens_per_noun = noun_tokens.shape
     out = new_output((batch, q_len, heads, head_dim), q.dtype, q.device)
     noun_partials = new_output((heads, num_nouns, q_len), torch.float32, q.device)
-    config = launch_config(_GPU_CONFIGS[head_dim])
+    config = launch_config(gpu_tiles("cross_attention_with_noun_maps", head_dim, tiles))
     grid = (math.ceil(q_len / config.block_m), batch * heads)
     _cross_attention_noun_maps_kernel[grid](
         q, k, v, out, noun_tokens, noun_partials,

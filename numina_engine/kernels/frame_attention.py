@@ -46,25 +46,7 @@ from ._triton import (
     triton_kernel,
     triton_runs_on,
 )
-
-# Hopper (H100) tiles for the forward pass, by head_dim. At 21x1560 tokens, 12 heads of 128, bf16,
-# B=1 (H100, triton 3.6): 128/128/8 warps/3 stages 13.9 ms, 128/64/8/3 14.4 ms, 64/64/4/3 15.2 ms,
-# 128/128/8/2 15.7 ms, 128/64/4/3 24.8 ms (cuDNN SDPA: 11.4 ms).
-_FORWARD_CONFIGS = {
-    16: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    32: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    64: LaunchConfig(block_m=128, block_n=64, num_warps=4, num_stages=3),
-    128: LaunchConfig(block_m=128, block_n=128, num_warps=8, num_stages=3),
-}
-# The maps pass is bound by writing the maps (2.45 GB float32 at the real shape: 1.24 ms, ~2 TB/s);
-# its tiles matter little (1.24 to 1.38 ms over six configurations).
-_MAPS_CONFIGS = {
-    16: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    32: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    64: LaunchConfig(block_m=64, block_n=128, num_warps=4, num_stages=2),
-    128: LaunchConfig(block_m=64, block_n=128, num_warps=4, num_stages=2),
-}
-
+from .tiles import gpu_tiles
 
 @triton_kernel
 def _attention_with_frame_lse_kernel(
@@ -228,6 +210,7 @@ def attention_with_frame_lse(
     kv_len: int | None = None,
     stats_batch: int = 0,
     output: str = "full",
+    tiles: LaunchConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Self-attention (full or within-frame) plus the within-frame log-sum-exp of one batch element.
 
@@ -238,6 +221,7 @@ def attention_with_frame_lse(
         kv_len: keys at or past kv_len are masked (default: all Lk keys); must cover the video.
         stats_batch: batch element whose within-frame statistics are returned.
         output: OUTPUTS[0] "full" or OUTPUTS[1] "within_frame", the attention that `out` holds.
+        tiles: GPU launch tiles instead of kernels/tiles.py's (bench/sweep_attention_tiles.py); kernel only.
     Returns:
         out: [B, L, H, D] in q.dtype. "full": softmax(q k^T / sqrt(D)) v over keys < kv_len, every
             query (padding past the video included). "within_frame": the block-diagonal attention
@@ -261,7 +245,7 @@ def attention_with_frame_lse(
     batch, q_len, heads, head_dim = q.shape
     out = new_output((batch, q_len, heads, head_dim), q.dtype, q.device)
     frame_lse = new_output((heads, video_len), torch.float32, q.device)
-    config = launch_config(_FORWARD_CONFIGS[head_dim])
+    config = launch_config(gpu_tiles("attention_with_frame_lse", head_dim, tiles))
     grid = (math.ceil(q_len / config.block_m), batch * heads)
     _attention_with_frame_lse_kernel[grid](
         q, k, v, out, frame_lse,
@@ -287,6 +271,7 @@ def frame_attention_maps(
     num_frames: int,
     batch: int = 0,
     out_dtype: torch.dtype = torch.float32,
+    tiles: LaunchConfig | None = None,
 ) -> torch.Tensor:
     """Within-frame self-attention maps of one batch element, from attention_with_frame_lse's frame_lse.
 
@@ -295,6 +280,7 @@ def frame_attention_maps(
         frame_lse: [H, num_frames * frame_tokens] float32 computed for batch element `batch`.
         batch: batch element whose maps are written.
         out_dtype: dtype of the maps (float32, float16 or bfloat16).
+        tiles: GPU launch tiles instead of kernels/tiles.py's (bench/sweep_attention_tiles.py); kernel only.
     Returns:
         maps: [num_frames, H, frame_tokens, frame_tokens] in out_dtype;
             maps[f, h, i, j] = softmax_j(q_i . k_j / sqrt(D)) over query i's and key j's frame f
@@ -311,7 +297,7 @@ def frame_attention_maps(
     frame_lse = frame_lse.contiguous()
     heads, head_dim = q.shape[2], q.shape[3]
     maps = new_output((num_frames, heads, frame_tokens, frame_tokens), out_dtype, q.device)
-    config = launch_config(_MAPS_CONFIGS[head_dim])
+    config = launch_config(gpu_tiles("frame_attention_maps", head_dim, tiles))
     grid = (math.ceil(frame_tokens / config.block_m), math.ceil(frame_tokens / config.block_n), num_frames * heads)
     _frame_attention_maps_kernel[grid](
         q_b, k_b, frame_lse, maps,
