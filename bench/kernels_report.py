@@ -21,6 +21,7 @@ from bench.test_bench_kernels import (
     FRAMES,
     NOUN_GROUP,
     SELF_GROUP,
+    TARGETS,
     VIDEO_LEN,
     authors_cross_attention_extract,
     authors_dense_bias,
@@ -41,14 +42,6 @@ from numina_engine.kernels import (
     frame_attention_maps,
     frame_attention_maps_reference,
 )
-
-# Targets, as multiples of one plain SDPA call of the same group (README); a missed target fails the run.
-TARGETS = {
-    (SELF_GROUP, "ours: kernel + maps + head scoring"): 3.0,
-    (SELF_GROUP, "ours: kernel + maps + head scoring, within-frame block output"): 3.0,
-    (NOUN_GROUP, "ours: cross_attention_with_noun_maps"): 2.0,
-    (BIAS_GROUP, "ours: cross_attention_with_column_bias (bias prebuilt)"): 2.0,
-}
 
 
 def timing_rows(batch: int) -> list[tuple[str, str, float, float, float | None]]:

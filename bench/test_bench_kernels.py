@@ -376,6 +376,14 @@ CASES: list[tuple[str, str, Callable[[int], Callable[[], object]]]] = [
     )],
 ]
 BATCHES = (1, 2)
+# Targets, as multiples of one plain SDPA call of the same group and batch (README); a case that
+# misses its target fails (test_kernel_benchmark, bench/kernels_report.py).
+TARGETS = {
+    (SELF_GROUP, "ours: kernel + maps + head scoring"): 3.0,
+    (SELF_GROUP, "ours: kernel + maps + head scoring, within-frame block output"): 3.0,
+    (NOUN_GROUP, "ours: cross_attention_with_noun_maps"): 2.0,
+    (BIAS_GROUP, "ours: cross_attention_with_column_bias (bias prebuilt)"): 2.0,
+}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchmark: needs CUDA")
@@ -395,3 +403,12 @@ def test_kernel_benchmark(group, name, build, batch, benchmark, gpu_medians):
         torch.cuda.synchronize()
     rounds = int(min(50, max(3, 500.0 // max(median_ms, 1e-3))))
     benchmark.pedantic(synchronised, rounds=rounds, iterations=1, warmup_rounds=1)
+    target = TARGETS.get((group, name))
+    if target is not None:
+        plain_ms = gpu_median_ms(build_plain_sdpa(group, batch))     # timed again: runs may be selected alone
+        assert median_ms / plain_ms <= target, f"{median_ms:.3f} ms = {median_ms / plain_ms:.2f}x plain SDPA > {target}x"
+
+
+def build_plain_sdpa(group: str, batch: int) -> Callable[[], object]:
+    """The plain SDPA case of `group` at `batch`."""
+    return next(build for g, name, build in CASES if g == group and name == "plain SDPA")(batch)
