@@ -55,3 +55,13 @@ def test_a_function_without_a_reference_is_refused():
         def no_kernel():
             pass
         KernelChoice("auto").pick(no_kernel, torch.zeros(1))
+
+
+@pytest.mark.skipif(not (TRITON_AVAILABLE and TRITON_INTERPRETED), reason="needs Triton's interpreter")
+def test_launchers_refuse_inputs_their_kernel_cannot_serve_instead_of_falling_back():
+    q = torch.randn(1, 20, 2, 16, dtype=torch.bfloat16)            # the interpreter computes bfloat16 wrongly
+    with pytest.raises(ValueError, match="attention_with_frame_lse: Triton cannot run.*attention_with_frame_lse_reference"):
+        attention_with_frame_lse(q, q, q, frame_tokens=10, num_frames=2)
+    hidden, y = torch.randn(1, 3, 8), torch.randn(1, 3, 8, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="gated_residual_add: Triton cannot run"):
+        gated_residual_add(hidden, y)

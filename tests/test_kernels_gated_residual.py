@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from numina_engine.kernels import gated_residual_add, gated_residual_add_reference
-from numina_engine.kernels._rows import kernel_serves
-from numina_engine.kernels._triton import TRITON_INTERPRETED
+from numina_engine.kernels._triton import TRITON_INTERPRETED, triton_serves
 from kernel_checks import DEVICE, KERNEL_PATH_MISSING, relative_error, requires_cuda, requires_triton
 
 
@@ -48,7 +47,7 @@ if not TRITON_INTERPRETED and torch.cuda.is_available():
 def test_kernel_matches_reference_on_small_shapes(case):
     batch, seq_len, dim, dtype, gated, padded, rtol = SMALL_CASES[case]
     storage, hidden, y, gate = random_inputs(batch, seq_len, dim, dtype, seed=len(case) * 13 + dim, padded=padded)
-    assert kernel_serves(hidden, y.dtype), KERNEL_PATH_MISSING
+    assert triton_serves(hidden, y.dtype), KERNEL_PATH_MISSING
     expected = gated_residual_add_reference(hidden.clone(), y, gate if gated else None)
     out = gated_residual_add(hidden, y, gate if gated else None)
     assert out is hidden

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from numina_engine.kernels import layer_norm_modulate, layer_norm_modulate_reference, norm_modulate
-from numina_engine.kernels._rows import kernel_serves
-from numina_engine.kernels._triton import TRITON_INTERPRETED
+from numina_engine.kernels._triton import TRITON_INTERPRETED, triton_serves
 from kernel_checks import BF16_RTOL, DEVICE, FP16_RTOL, FP32_RTOL, KERNEL_PATH_MISSING, poison_outputs, relative_error
 from kernel_checks import requires_cuda, requires_triton
 
@@ -51,7 +50,7 @@ if not TRITON_INTERPRETED and torch.cuda.is_available():
 def test_kernel_matches_reference_on_small_shapes(case, poisoned_outputs):
     batch, seq_len, dim, affine, modulated, out_dtype, rtol = SMALL_CASES[case]
     x, weight, bias, scale, shift = random_inputs(batch, seq_len, dim, seed=len(case) * 31 + dim)
-    assert kernel_serves(x, out_dtype), KERNEL_PATH_MISSING
+    assert triton_serves(x, out_dtype), KERNEL_PATH_MISSING
     args = (weight if affine else None, bias if affine else None, scale if modulated else None,
             shift if modulated else None)
     out = layer_norm_modulate(x, *args, eps=1e-6, out_dtype=out_dtype)

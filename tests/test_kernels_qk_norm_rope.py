@@ -10,8 +10,7 @@ import torch
 
 from numina_engine.engine.model import build_rope_tables
 from numina_engine.kernels import qk_norm_rope, qk_norm_rope_reference, rms_norm_rope
-from numina_engine.kernels._rows import kernel_serves
-from numina_engine.kernels._triton import TRITON_INTERPRETED
+from numina_engine.kernels._triton import TRITON_INTERPRETED, triton_serves
 from kernel_checks import BF16_RTOL, DEVICE, FP16_RTOL, FP32_RTOL, KERNEL_PATH_MISSING, poison_outputs, relative_error
 from kernel_checks import requires_cuda, requires_triton
 
@@ -54,7 +53,7 @@ if not TRITON_INTERPRETED and torch.cuda.is_available():
 def test_kernel_matches_reference_on_small_shapes(case, poisoned_outputs):
     batch, grid, heads, head_dim, norm, rope, dtype, rtol = SMALL_CASES[case]
     x, weight, cos, sin = random_inputs(batch, grid, heads, head_dim, dtype, seed=len(case) * 17 + head_dim)
-    assert kernel_serves(x), KERNEL_PATH_MISSING
+    assert triton_serves(x), KERNEL_PATH_MISSING
     args = (weight if norm else None, cos if rope else None, sin if rope else None)
     out = qk_norm_rope(x, *args, num_heads=heads, eps=1e-6)
     expected = qk_norm_rope_reference(x.float(), *args, num_heads=heads, eps=1e-6)

@@ -120,7 +120,7 @@ def feed_forward(ffn: nn.Sequential, x: torch.Tensor, *, choice: KernelChoice = 
     bias before the one rounding to x's dtype. Elsewhere the modules run as written: in float32 (the
     epilogue's accuracy there is not documented) and on the CPU (whose _addmm_activation GELU is erf).
     """
-    if choice.use_kernels(x) and x.dtype in (torch.bfloat16, torch.float16):
+    if choice.use_kernels(x) and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
         first, _, second = ffn
         hidden = torch._addmm_activation(first.bias, x.flatten(0, -2), first.weight.t(), use_gelu=True)
         return second(hidden.unflatten(0, x.shape[:-1]))

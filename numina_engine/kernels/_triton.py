@@ -5,7 +5,8 @@ Kernels run compiled on CUDA tensors. When TRITON_INTERPRET=1 was set before tri
 (the CPU tests do this), they run in Triton's interpreter instead, on CPU or CUDA tensors (float32
 and float16 only: the interpreter computes bfloat16 wrongly). Triton fixes that choice for its own
 library at import time, so one process cannot both interpret and compile; TRITON_INTERPRETED
-records which it is. Inputs the kernels cannot serve go to the callers' PyTorch references.
+records which it is. A launcher given inputs its kernel cannot serve raises (require_triton); the
+engine picks kernel or reference beforehand, in one place (dispatch.KernelChoice).
 """
 from __future__ import annotations
 
@@ -70,6 +71,20 @@ def triton_runs_on(t: torch.Tensor) -> bool:
     if TRITON_INTERPRETED:
         return t.device.type in ("cpu", "cuda") and t.dtype != torch.bfloat16
     return t.device.type == "cuda"
+
+
+def triton_serves(t: torch.Tensor, *dtypes: torch.dtype) -> bool:
+    """`triton_runs_on(t)`, with no bfloat16 among `dtypes` (other tensors', e.g. an output's) when interpreting."""
+    return triton_runs_on(t) and not (TRITON_INTERPRETED and torch.bfloat16 in dtypes)
+
+
+def require_triton(t: torch.Tensor, *dtypes: torch.dtype, what: str) -> None:
+    """Launchers run their kernel or fail: which of a kernel and its reference serves the engine is
+    decided once, by kernels.dispatch.KernelChoice. Raises where Triton cannot serve `t` here."""
+    if not triton_serves(t, *dtypes):
+        raise ValueError(f"{what}: Triton cannot run on {t.dtype} tensors on {t.device} in this process (compiled: "
+                         f"CUDA tensors; interpreted with TRITON_INTERPRET=1: no bfloat16); call {what}_reference, "
+                         "or pick with KernelChoice('auto' or 'reference')")
 
 
 class LazyKernel:

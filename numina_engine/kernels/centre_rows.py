@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import TRITON_INTERPRETED, new_output, next_power_of_2, tl, triton_kernel, triton_runs_on
+from ._triton import new_output, next_power_of_2, require_triton, tl, triton_kernel
 
 CENTRE_TILE = 8192           # elements per program (rows x power-of-2 columns)
 CENTRE_WARPS = 8
@@ -43,9 +43,7 @@ def centre_rows(maps: torch.Tensor, mean: torch.Tensor, out_dtype: torch.dtype, 
     tensor in out_dtype; `tile` (a power of 2): elements per program."""
     what = "centre_rows"
     _check_centre_args(maps, mean, out_dtype, what=what)
-    if not triton_runs_on(maps) or (TRITON_INTERPRETED and out_dtype == torch.bfloat16):   # interpreter: bf16 wrong
-        raise ValueError(f"{what}: Triton cannot run on {maps.device} tensors with a {out_dtype} output here; "
-                         "use centre_rows_reference")
+    require_triton(maps, out_dtype, what=what)
     maps, mean = maps.contiguous(), mean.contiguous()
     batch, n, _ = maps.shape
     out = new_output(tuple(maps.shape), out_dtype, maps.device)

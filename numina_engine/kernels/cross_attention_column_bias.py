@@ -36,8 +36,8 @@ from ._triton import (
     new_output,
     next_power_of_2,
     tl,
+    require_triton,
     triton_kernel,
-    triton_runs_on,
 )
 from .tiles import gpu_tiles
 
@@ -155,8 +155,7 @@ def cross_attention_with_column_bias(
     what = "cross_attention_with_column_bias"
     check_qkv(q, k, v, what=what)
     _check_bias_args(q, bias_columns, bias, bias_batch, what=what)
-    if not triton_runs_on(q):
-        return cross_attention_with_column_bias_reference(q, k, v, bias_columns, bias, bias_batch=bias_batch)
+    require_triton(q, what=what)
     check_head_dim(q, what=what)
 
     q, k, v = (last_dim_contiguous(t) for t in (q, k, v))

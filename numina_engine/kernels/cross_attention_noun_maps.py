@@ -24,8 +24,8 @@ from ._triton import (
     new_output,
     next_power_of_2,
     tl,
+    require_triton,
     triton_kernel,
-    triton_runs_on,
 )
 from .tiles import gpu_tiles
 
@@ -124,8 +124,7 @@ def cross_attention_with_noun_maps(
     _check_noun_tokens(noun_tokens, k.shape[1], what=what)
     if not 0 <= maps_batch < q.shape[0]:
         raise ValueError(f"{what}: maps_batch must be in [0, {q.shape[0]}), got {maps_batch}")
-    if not triton_runs_on(q):
-        return cross_attention_with_noun_maps_reference(q, k, v, noun_tokens, maps_batch=maps_batch)
+    require_triton(q, what=what)
     check_head_dim(q, what=what)
 
     q, k, v = (last_dim_contiguous(t) for t in (q, k, v))

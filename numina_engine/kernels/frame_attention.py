@@ -43,8 +43,8 @@ from ._triton import (
     launch_config,
     new_output,
     tl,
+    require_triton,
     triton_kernel,
-    triton_runs_on,
 )
 from .tiles import gpu_tiles
 
@@ -236,9 +236,7 @@ def attention_with_frame_lse(
     kv_len = _resolve_kv_len(k, kv_len, video_len, what=what)
     _check_batch_index(stats_batch, q.shape[0], name="stats_batch", what=what)
     _check_output(output, what=what)
-    if not triton_runs_on(q):
-        return attention_with_frame_lse_reference(q, k, v, frame_tokens=frame_tokens, num_frames=num_frames,
-                                                  kv_len=kv_len, stats_batch=stats_batch, output=output)
+    require_triton(q, what=what)
     check_head_dim(q, what=what)
 
     q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
@@ -288,9 +286,7 @@ def frame_attention_maps(
     """
     what = "frame_attention_maps"
     _check_maps_args(q, k, frame_lse, frame_tokens, num_frames, batch, out_dtype, what=what)
-    if not triton_runs_on(q):
-        return frame_attention_maps_reference(
-            q, k, frame_lse, frame_tokens=frame_tokens, num_frames=num_frames, batch=batch, out_dtype=out_dtype)
+    require_triton(q, out_dtype, what=what)
     check_head_dim(q, what=what)
 
     q_b, k_b = last_dim_contiguous(q[batch]), last_dim_contiguous(k[batch])
