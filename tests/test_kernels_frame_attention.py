@@ -172,7 +172,8 @@ REAL_FRAMES, REAL_FRAME_TOKENS, REAL_HEADS, REAL_HEAD_DIM = 21, 1560, 12, 128
 
 @requires_cuda
 @requires_triton
-@pytest.mark.parametrize("batch, stats_batch, output", [(1, 0, "full"), (2, 1, "full"), (1, 0, "within_frame")])
+@pytest.mark.parametrize("batch, stats_batch, output", [(1, 0, "full"), (2, 1, "full"), (1, 0, "within_frame"),
+                                                   (2, 1, "within_frame")])
 def test_full_size_bf16_on_gpu(batch, stats_batch, output, poisoned_outputs):
     seq_len = REAL_FRAMES * REAL_FRAME_TOKENS
     q, k, v = random_qkv(batch, seq_len, REAL_HEADS, REAL_HEAD_DIM, torch.bfloat16, seed=batch, q_gain=2.0)

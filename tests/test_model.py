@@ -155,6 +155,12 @@ def test_attention_interface_receives_layer_index_and_state(monkeypatch):
         ("cross", i, state, model.kernels, (2, 105, heads, head_dim), (2, WAN_TINY.text_len, heads, head_dim)))]
 
 
+def test_unknown_kernel_choice_is_refused_with_the_valid_ones():
+    with pytest.raises(ValueError, match=r"kernels must be one of \('auto', 'triton', 'reference'\)"):
+        WanDiT(WAN_TINY, kernels="fast")
+    assert WanDiT(WAN_TINY, kernels="reference").kernels == KernelChoice("reference")
+
+
 @pytest.mark.skipif(not TRITON_INTERPRETED, reason="runs the Triton kernels on CPU tensors in the interpreter")
 @FUSED_PATH_CONFIGS
 def test_fused_path_in_the_interpreter_matches_torch_path_fp32(config):
