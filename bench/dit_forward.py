@@ -8,7 +8,7 @@ Random weights (timing does not depend on values), 832x480x81 (latent 16x21x60x1
     kernels    each fused kernel (and the cuBLASLt GELU epilogue) vs its PyTorch reference on CUDA:
                median ms, the kernel's bytes moved / time, relative error vs the float32 reference
     sweep      (--sweep) the row kernels' launch configurations (tokens per program x warps)
-    forward    WanDiT forward, batch --batch: fused path, PyTorch path (use_fused_kernels off), and
+    forward    WanDiT forward, batch --batch: fused path, PyTorch path (kernels="reference"), and
                the fused path replayed from a CUDA graph; TFLOP/s at 289 TFLOP per batch-1 forward
     profile    one fused forward under torch.profiler: CUDA time by kernel category, top 15 kernels
 
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 
 from timing import graph_replay_ms, median_ms, relative_error
 
-from numina_engine.engine import model as model_module
 from numina_engine.engine.config import WAN_1_3B
 from numina_engine.engine.model import WanDiT, build_rope_tables
+from numina_engine.kernels import KernelChoice
 from numina_engine.kernels import (
     gated_residual,
     gated_residual_add,
@@ -197,13 +197,12 @@ def forward_section(batch: int, repeats: int) -> dict:
     with torch.inference_mode():
         fused_out = forward()
         result["fused_ms"] = median_ms(forward, repeats)
-        fused_path = model_module.use_fused_kernels
-        model_module.use_fused_kernels = lambda x: False
+        model.kernels = KernelChoice("reference")
         try:
             torch_out = forward()
             result["torch_path_ms"] = median_ms(forward, max(2, repeats // 2))
         finally:
-            model_module.use_fused_kernels = fused_path
+            model.kernels = KernelChoice("auto")
         result["relative_error_fused_vs_torch_path"] = relative_error(fused_out, torch_out)
         del fused_out, torch_out
         torch.cuda.empty_cache()

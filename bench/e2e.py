@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -65,37 +64,26 @@ def random_model(device: torch.device) -> WanModel:
                     path=Path("random"), device=device, dtype=torch.bfloat16)
 
 
-@contextmanager
-def forced_modulation():
-    """Random weights give layouts that refinement may leave as they are (e.g. one instance covering
-    the frame), so phase 2 would not run. For timing only: after the real layout step, add one disc
-    of radius 3 tokens per noun and frame to the refined layout, so that phase 2 regenerates with a
-    real modulation plan. The output video is meaningless either way (random weights)."""
-    real = pipeline.plan_layouts
-
-    def with_added_disc(model, ref, counts, config):
-        reference, refined, summaries = real(model, ref, counts, config)
-        for labels in refined.values():
-            _, h, w = labels.shape
-            ys, xs = torch.meshgrid(torch.arange(h, device=labels.device), torch.arange(w, device=labels.device),
-                                    indexing="ij")
-            disc = (ys - h // 2) ** 2 + (xs - w // 2) ** 2 <= 9
-            labels[:, disc] = 100
-        return reference, refined, summaries
-
-    pipeline.plan_layouts = with_added_disc
-    try:
-        yield
-    finally:
-        pipeline.plan_layouts = real
+def add_disc(refined: dict[str, torch.Tensor]) -> None:
+    """Layout hook (pipeline.generate's layout_hook): random weights give layouts that refinement may
+    leave as they are (e.g. one instance covering the frame), so phase 2 would not run. For timing
+    only: add one disc of radius 3 tokens per noun and frame to the refined layout, so that phase 2
+    regenerates with a real modulation plan. The output video is meaningless either way (random weights)."""
+    for labels in refined.values():
+        _, h, w = labels.shape
+        ys, xs = torch.meshgrid(torch.arange(h, device=labels.device), torch.arange(w, device=labels.device),
+                                indexing="ij")
+        disc = (ys - h // 2) ** 2 + (xs - w // 2) ** 2 <= 9
+        labels[:, disc] = 100
 
 
-def timed_run(model: WanModel, request: GenerationRequest, *, cuda_graphs: bool) -> dict:
+def timed_run(model: WanModel, request: GenerationRequest, *, cuda_graphs: bool, force_modulation: bool = False) -> dict:
     """One generation from an emptied allocator cache: wall time, phase times, peak memory, reports."""
     torch.cuda.empty_cache()
     torch.cuda.synchronize()
     start = time.perf_counter()
-    result = pipeline.generate(model, request, progress=False, cuda_graphs=cuda_graphs)
+    result = pipeline.generate(model, request, progress=False, cuda_graphs=cuda_graphs,
+                               layout_hook=add_disc if force_modulation else None)
     torch.cuda.synchronize()
     return {"total_s": time.perf_counter() - start, "phases_s": result.timings_s,
             "peak_gpu_memory_gib": result.report.get("peak_gpu_memory_gib", {}),
@@ -153,7 +141,7 @@ def main() -> None:
     parser.add_argument("--size", default="832*480")
     parser.add_argument("--json", default=None, help="also write the JSON result to this file")
     parser.add_argument("--force-modulation", action="store_true",
-                        help="timing aid: make phase 2 run even when refinement changes nothing (see forced_modulation)")
+                        help="timing aid: make phase 2 run even when refinement changes nothing (see add_disc)")
     parser.add_argument("--skip-graphs-off", action="store_true",
                         help="leave out the plain run with CUDA graphs off (saves one plain run's time)")
     args = parser.parse_args()
@@ -163,18 +151,17 @@ def main() -> None:
     common = dict(prompt=PROMPT, seed=1, width=width, height=height, frames=args.frames, counts=COUNTS)
     steps = args.steps
 
-    with forced_modulation():                  # the warm-up compiles every kernel phase 2 uses, too
-        warmup = timed_run(model, GenerationRequest(**common, steps=WARMUP_STEPS,
-                                                    numina_overrides={"reference_step": WARMUP_STEPS - 1}),
-                           cuda_graphs=True)
+    # the warm-up compiles every kernel phase 2 uses, too
+    warmup = timed_run(model, GenerationRequest(**common, steps=WARMUP_STEPS,
+                                                numina_overrides={"reference_step": WARMUP_STEPS - 1}),
+                       cuda_graphs=True, force_modulation=True)
     plain_request = GenerationRequest(**common, steps=steps, numina=False)
     runs = {"plain": timed_run(model, plain_request, cuda_graphs=True)}
     if not args.skip_graphs_off:
         runs["plain, graphs off"] = timed_run(model, plain_request, cuda_graphs=False)
     numina_request = GenerationRequest(**common, steps=steps,
                                        numina_overrides={"reference_step": min(FULL_REFERENCE_STEP, steps - 1)})
-    with forced_modulation() if args.force_modulation else nullcontext():
-        runs["NUMINA"] = timed_run(model, numina_request, cuda_graphs=True)
+    runs["NUMINA"] = timed_run(model, numina_request, cuda_graphs=True, force_modulation=args.force_modulation)
 
     plain, numina = runs["plain"], runs["NUMINA"]
     plain_step = plain["phases_s"]["denoising"] / steps

@@ -33,9 +33,12 @@ import torch
 import torch.nn.functional as F
 
 from bench.timing import median_ms
+from numina_engine.kernels.centre_rows import centre_rows
+from numina_engine.kernels.dispatch import KernelChoice
 from numina_engine.numina import head_scoring as hs
 from numina_engine.numina.config import NuminaConfig
 
+KERNELS = KernelChoice("auto")   # "reference" if the centring kernel fails its probe (recorded in the report)
 HEAD_KINDS = ("planted",) * 4 + ("field",) * 3 + ("low-rank",) * 2 + ("local",) * 2 + ("iid",)
 SETTINGS = [  # (block, bf16 iterations, exact float32 iterations)
     (32, 5, 1), (32, 4, 1), (32, 6, 1), (32, 7, 1), (48, 4, 1), (48, 5, 1), (24, 5, 1), (32, 5, 0)]
@@ -145,17 +148,17 @@ def best_heads_with(maps: torch.Tensor, grid_hw: tuple[int, int], config: Numina
     """score_heads' best head [F] for maps [F, H, N, N], with principal_components' settings given."""
     frames, heads, n, _ = maps.shape
     components = hs.principal_components(maps, iterations=iterations, block=block,
-                                         exact_iterations=exact_iterations).reshape(-1, n, 3)
+                                         exact_iterations=exact_iterations, kernels=KERNELS).reshape(-1, n, 3)
     return scores_of(components, grid_hw, config)[0].reshape(frames, heads).argmax(-1)
 
 
 def timing_report(maps: torch.Tensor, grid_hw: tuple[int, int], config: NuminaConfig, repeats: int) -> dict:
     """CUDA-event medians (ms) of score_heads (default setting) and of the same computation
     (best_heads_with) for each of SETTINGS."""
-    out = {"score_heads_ms": median_ms(lambda: hs.score_heads(maps, grid_hw, config), repeats)}
+    out = {"score_heads_ms": median_ms(lambda: hs.score_heads(maps, grid_hw, config, kernels=KERNELS), repeats)}
     torch.cuda.synchronize()
     started = time.perf_counter()
-    hs.score_heads(maps, grid_hw, config)
+    hs.score_heads(maps, grid_hw, config, kernels=KERNELS)
     out["score_heads_host_return_ms"] = 1e3 * (time.perf_counter() - started)           # launches, no sync
     torch.cuda.synchronize()
     out["score_heads_wall_ms"] = 1e3 * (time.perf_counter() - started)
@@ -164,7 +167,7 @@ def timing_report(maps: torch.Tensor, grid_hw: tuple[int, int], config: NuminaCo
             lambda: best_heads_with(maps, grid_hw, config, block, iterations, exact), repeats)
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    hs.score_heads(maps, grid_hw, config)
+    hs.score_heads(maps, grid_hw, config, kernels=KERNELS)
     out["score_heads_extra_peak_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
     return out
 
@@ -174,7 +177,7 @@ def stage_report(maps: torch.Tensor, grid_hw: tuple[int, int], config: NuminaCon
     n, k = maps.shape[-1], hs.SUBSPACE_BLOCK
     flat = maps.reshape(-1, n, n)
     mean = flat[:, ::max(1, n // hs.MEAN_SAMPLE_ROWS)].mean(dim=-2, keepdim=True)
-    copy = hs._centred_copy(flat, hs.ITERATION_DTYPE)
+    copy = hs._centred_copy(flat, hs.ITERATION_DTYPE, KERNELS)
     basis16 = torch.randn(flat.shape[0], n, k, device=flat.device).to(hs.ITERATION_DTYPE)
     product = copy.mT @ hs._centred(copy @ basis16)
     basis32 = hs._orthonormalize(product, 2).float()
@@ -185,7 +188,7 @@ def stage_report(maps: torch.Tensor, grid_hw: tuple[int, int], config: NuminaCon
         "sampled mean ms": median_ms(lambda: flat[:, ::max(1, n // hs.MEAN_SAMPLE_ROWS)].mean(dim=-2, keepdim=True),
                                      repeats),
         "full mean ms (not used)": median_ms(lambda: flat.mean(dim=-2, keepdim=True), repeats),
-        "centre to bf16, Triton ms": median_ms(lambda: hs._launch_centre_rows(flat, mean, copy), repeats),
+        "centre to bf16, Triton ms": median_ms(lambda: centre_rows(flat, mean, hs.ITERATION_DTYPE), repeats),
         "centre to bf16, torch.sub ms (not used)": median_ms(lambda: torch.sub(flat, mean, out=copy), repeats),
         "bf16 iteration products ms": median_ms(lambda: copy.mT @ hs._centred(copy @ basis16), repeats),
         "orthonormalize 1 pass ms": median_ms(lambda: hs._orthonormalize(product, 1), repeats),
@@ -208,7 +211,7 @@ def sync_report(maps: torch.Tensor, grid_hw: tuple[int, int], config: NuminaConf
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        hs.score_heads(maps, grid_hw, config)
+        hs.score_heads(maps, grid_hw, config, kernels=KERNELS)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
@@ -222,11 +225,12 @@ def centring_probe() -> dict:
     maps = torch.rand(3, 1560, 1560, generator=g, device="cuda")
     mean = torch.rand(3, 1, 1560, generator=g, device="cuda")
     try:
-        out = hs._launch_centre_rows(maps, mean, torch.empty(maps.shape, dtype=torch.bfloat16, device="cuda"))
+        out = centre_rows(maps, mean, torch.bfloat16)
         error = float((out.float() - (maps - mean).to(torch.bfloat16).float()).abs().max())
         return {"backend": "triton", "max_abs_diff_vs_torch": error}
     except Exception:                                                                # noqa: BLE001
-        hs.triton_runs_on = lambda t: False
+        global KERNELS
+        KERNELS = KernelChoice("reference")
         return {"backend": "torch.sub (triton failed)", "error": traceback.format_exc(limit=4)}
 
 
@@ -253,7 +257,7 @@ def accuracy_report(maps: torch.Tensor, kinds: list[str], grid_hw: tuple[int, in
     out["reference_best_head"] = ref_scores.argmax(-1).tolist()
     for block, iterations, exact_iterations in SETTINGS:
         components = hs.principal_components(subset, iterations=iterations, block=block,
-                                             exact_iterations=exact_iterations)
+                                             exact_iterations=exact_iterations, kernels=KERNELS)
         scores, gray = scores_of(components, grid_hw, config)
         scores = scores.reshape(frames, heads)
         rel = ((scores - ref_scores).abs() / ref_scores.abs()).reshape(-1).cpu()
@@ -263,7 +267,7 @@ def accuracy_report(maps: torch.Tensor, kinds: list[str], grid_hw: tuple[int, in
             "max_rel_score_err": {kind: float(rel[mask].max()) for kind, mask in masks.items()},
             "max_gray_err": {kind: float(gray_err[mask].max()) for kind, mask in masks.items()},
         }
-    full_scores, full_best = hs.score_heads(maps, grid_hw, config)
+    full_scores, full_best = hs.score_heads(maps, grid_hw, config, kernels=KERNELS)
     out["score_heads_same_best_head"] = bool(torch.equal(full_best[:frames], ref_scores.argmax(-1)))
     out["score_heads_max_rel_score_err"] = float(((full_scores[:frames] - ref_scores).abs()
                                                   / ref_scores.abs()).max())

@@ -64,6 +64,7 @@ def layouts_covering(radius: float, *, whole_frame_reference: bool = False) -> d
     return layouts
 
 
+@torch.inference_mode()      # as the engine runs: KernelChoice "auto" picks the kernels on CUDA
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the rows to this file")

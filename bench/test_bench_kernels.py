@@ -26,6 +26,7 @@ from numina_engine.kernels import (
     cross_attention_with_noun_maps,
     frame_attention_maps,
 )
+from numina_engine.kernels.dispatch import KernelChoice
 from numina_engine.numina.config import NuminaConfig
 
 FRAMES, GRID_HW, HEADS, HEAD_DIM, TEXT_LEN = 21, (30, 52), 12, 128, 512
@@ -34,6 +35,7 @@ VIDEO_LEN = FRAMES * FRAME_TOKENS
 NOUN_TOKENS = {"cat": [5], "dogs": [9, 10, 11]}   # two nouns, one of three tokens
 MODULATED_STEP = 0                               # a denoising step where the modulation is on
 CONFIG = NuminaConfig()
+TRITON = KernelChoice("triton")                  # the kernels, whether or not autograd is recording
 
 
 # ---------------------------------------------------------------- timing and inputs
@@ -244,14 +246,15 @@ def authors_cross_attention_modulate(q, k, v, modulation, config: NuminaConfig, 
 
 # ---------------------------------------------------------------- ours
 
-def ours_extraction(q, k, v):
-    """Forward with frame statistics, the within-frame maps of batch element 0, head scores."""
-    from numina_engine.numina.head_scoring import score_heads   # another module of the engine
+def ours_extraction(q, k, v, output: str = "full"):
+    """The engine's extraction block self-attention (engine/extraction.py, the Triton kernels): the
+    forward with frame statistics (its output "full" or "within_frame"), the within-frame maps of
+    batch element 0, head scores, each frame's best map kept."""
+    from numina_engine.engine.extraction import Extraction, extract_self_attention
 
-    out, frame_lse = attention_with_frame_lse(q, k, v, frame_tokens=FRAME_TOKENS, num_frames=FRAMES)
-    maps = frame_attention_maps(q, k, frame_lse, frame_tokens=FRAME_TOKENS, num_frames=FRAMES)
-    scores, best_head = score_heads(maps, grid_hw=GRID_HW, config=CONFIG)
-    return out, maps, scores, best_head
+    extraction = Extraction(layer=0, grid=(FRAMES, *GRID_HW), noun_tokens=noun_token_tensor(),
+                            config=CONFIG.with_overrides(extraction_block_output=output))
+    return extract_self_attention(q, k, v, extraction, TRITON), extraction
 
 
 def compact_bias_from_dense(dense_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,7 +284,7 @@ def ours_layout_biased_attention(batch: int) -> Callable[[], torch.Tensor]:
     plan = build_modulation_plan(layouts, NOUN_TOKENS, "cuda", torch.bfloat16)
     delta = torch.tensor(CONFIG.delta(MODULATED_STEP), dtype=torch.float32, device="cuda")
     modulation = Modulation(plan=plan, delta=delta, config=CONFIG, batch_index=0)
-    return lambda: modulated_cross_attention(q, k, v, modulation)
+    return lambda: modulated_cross_attention(q, k, v, modulation, kernels=TRITON)
 
 
 # ---------------------------------------------------------------- the cases
@@ -308,9 +311,11 @@ def _self_case(name: str) -> Callable[[int], Callable[[], object]]:
             from numina_engine.numina.head_scoring import score_heads
             _, frame_lse = attention_with_frame_lse(q, k, v, **layout)
             maps = frame_attention_maps(q, k, frame_lse, **layout)
-            return lambda: score_heads(maps, grid_hw=GRID_HW, config=CONFIG)
-        assert name == "ours: kernel + maps + head scoring", name
-        return lambda: ours_extraction(q, k, v)
+            return lambda: score_heads(maps, grid_hw=GRID_HW, config=CONFIG, kernels=TRITON)
+        if name == "ours: kernel + maps + head scoring":
+            return lambda: ours_extraction(q, k, v)
+        assert name == "ours: kernel + maps + head scoring, within-frame block output", name
+        return lambda: ours_extraction(q, k, v, output="within_frame")
     return build
 
 
@@ -355,6 +360,7 @@ CASES: list[tuple[str, str, Callable[[int], Callable[[], object]]]] = [
         "ours: frame_attention_maps",
         "ours: score_heads",
         "ours: kernel + maps + head scoring",
+        "ours: kernel + maps + head scoring, within-frame block output",
     )],
     *[(NOUN_GROUP, name, _noun_case(name)) for name in (
         "plain SDPA",
@@ -370,6 +376,14 @@ CASES: list[tuple[str, str, Callable[[int], Callable[[], object]]]] = [
     )],
 ]
 BATCHES = (1, 2)
+# Targets, as multiples of one plain SDPA call of the same group and batch (README); a case that
+# misses its target fails (test_kernel_benchmark, bench/kernels_report.py).
+TARGETS = {
+    (SELF_GROUP, "ours: kernel + maps + head scoring"): 3.0,
+    (SELF_GROUP, "ours: kernel + maps + head scoring, within-frame block output"): 3.0,
+    (NOUN_GROUP, "ours: cross_attention_with_noun_maps"): 2.0,
+    (BIAS_GROUP, "ours: cross_attention_with_column_bias (bias prebuilt)"): 2.0,
+}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchmark: needs CUDA")
@@ -389,3 +403,12 @@ def test_kernel_benchmark(group, name, build, batch, benchmark, gpu_medians):
         torch.cuda.synchronize()
     rounds = int(min(50, max(3, 500.0 // max(median_ms, 1e-3))))
     benchmark.pedantic(synchronised, rounds=rounds, iterations=1, warmup_rounds=1)
+    target = TARGETS.get((group, name))
+    if target is not None:
+        plain_ms = gpu_median_ms(build_plain_sdpa(group, batch))     # timed again: runs may be selected alone
+        assert median_ms / plain_ms <= target, f"{median_ms:.3f} ms = {median_ms / plain_ms:.2f}x plain SDPA > {target}x"
+
+
+def build_plain_sdpa(group: str, batch: int) -> Callable[[], object]:
+    """The plain SDPA case of `group` at `batch`."""
+    return next(build for g, name, build in CASES if g == group and name == "plain SDPA")(batch)

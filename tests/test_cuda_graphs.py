@@ -35,27 +35,21 @@ def gpu_engine() -> Engine:
     return Engine.load(TINY_WAN, device="cuda")
 
 
-def force_phase_2(monkeypatch) -> None:
-    """Add a 2x2-token instance to every noun's refined layout in every frame, so phase 2 regenerates."""
-    real = pipeline.plan_layouts
-
-    def plan_with_added_instance(model, ref, counts, config):
-        reference, refined, summaries = real(model, ref, counts, config)
-        for labels in refined.values():
-            labels[:, 1:3, 1:3] = LABEL_ADDED_BASE
-        return reference, refined, summaries
-
-    monkeypatch.setattr(pipeline, "plan_layouts", plan_with_added_instance)
+def add_instance(refined: dict[str, torch.Tensor]) -> None:
+    """Layout hook: add a 2x2-token instance to every noun's refined layout in every frame, so phase 2 regenerates."""
+    for labels in refined.values():
+        labels[:, 1:3, 1:3] = LABEL_ADDED_BASE
 
 
-def generate_recording_latents(engine: Engine, request: GenerationRequest, *, cuda_graphs: bool):
+def generate_recording_latents(engine: Engine, request: GenerationRequest, *, cuda_graphs: bool, layout_hook=None):
     """(result, the latents of its final VAE decode) of one generation."""
     decoded = []
     vae = engine.model.vae
     real_decode = vae.decode
     vae.decode = lambda latents: decoded.append(latents.clone()) or real_decode(latents)
     try:
-        result = pipeline.generate(engine.model, request, progress=False, cuda_graphs=cuda_graphs)
+        result = pipeline.generate(engine.model, request, progress=False, cuda_graphs=cuda_graphs,
+                                   layout_hook=layout_hook)
     finally:
         del vae.decode                                   # the class's method again
     return result, decoded[-1]
@@ -72,15 +66,16 @@ def test_plain_run_with_graphs_equals_the_eager_run_bit_for_bit(gpu_engine):
 
 
 @needs_cuda
-def test_numina_run_with_graphs_equals_the_eager_run_bit_for_bit(gpu_engine, monkeypatch):
+def test_numina_run_with_graphs_equals_the_eager_run_bit_for_bit(gpu_engine):
     # 8 steps; delta(t) reaches its floor from step 4 (modulation_center -16), so phase 2 replays a
     # modulated graph for steps 1-3 (delta written into the graph's input each step) and a plain one after.
     overrides = {"reference_step": 3, "modulation_center": -16.0, "easycache_warmup": 3}
     request = GenerationRequest(prompt=PROMPT, width=256, height=256, frames=17, steps=8,
                                 counts={"cats": 2, "dogs": 3}, numina_overrides=overrides)
-    force_phase_2(monkeypatch)
-    graphed, graphed_latents = generate_recording_latents(gpu_engine, request, cuda_graphs=True)
-    eager, eager_latents = generate_recording_latents(gpu_engine, request, cuda_graphs=False)
+    graphed, graphed_latents = generate_recording_latents(gpu_engine, request, cuda_graphs=True,
+                                                          layout_hook=add_instance)
+    eager, eager_latents = generate_recording_latents(gpu_engine, request, cuda_graphs=False,
+                                                      layout_hook=add_instance)
     numina = graphed.report["numina"]
     assert numina["regenerated"] and numina["phase2_modulated_steps"] == 4
     # phase 1: steps 0-2 (capture + 2 replays); phase 2: step 0 runs the conditional row alone (phase 1's

@@ -8,7 +8,8 @@ import torch
 
 from numina_engine.kernels._triton import TRITON_AVAILABLE
 from numina_engine.numina.config import NuminaConfig
-from numina_engine.numina.head_scoring import (_launch_centre_rows, exact_principal_components, gray_from_components,
+from numina_engine.kernels.centre_rows import centre_rows, centre_rows_reference
+from numina_engine.numina.head_scoring import (exact_principal_components, gray_from_components,
                                                pca_gray, principal_components, score_heads, score_heads_reference,
                                                top_eigenvectors)
 
@@ -171,17 +172,20 @@ def test_top_eigenvectors_rank_deficient_and_zero():
 
 
 @pytest.mark.skipif(not TRITON_AVAILABLE, reason="needs triton (compiled on CUDA, else its interpreter)")
-@pytest.mark.parametrize("batch, n, tile", [(3, 37, 8192), (2, 45, 64), (1, 70, 32)])
-def test_centre_rows_kernel(batch, n, tile):
-    """The centring kernel (float32 output: Triton's interpreter rounds bfloat16 wrongly), with
-    tiles that split rows into several column blocks and leave partial blocks."""
+@pytest.mark.parametrize("batch, n, tile, out_dtype", [(3, 37, 8192, torch.float32), (2, 45, 64, torch.float32),
+                                                       (1, 70, 32, torch.float16)])
+def test_centre_rows_kernel_matches_reference(batch, n, tile, out_dtype):
+    """The centring kernel against its reference and the float32 difference (float32 and float16
+    outputs: Triton's interpreter rounds bfloat16 wrongly), with tiles that split rows into
+    several column blocks and leave partial blocks."""
     g = torch.Generator().manual_seed(n)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     maps = torch.rand(batch, n, n, generator=g).to(device)
     mean = torch.rand(batch, 1, n, generator=g).to(device)
-    out = torch.full_like(maps, float("nan"))
-    _launch_centre_rows(maps, mean, out, tile=tile)
-    torch.testing.assert_close(out, maps - mean, rtol=0, atol=0)
+    out = centre_rows(maps, mean, out_dtype, tile=tile)
+    reference = centre_rows_reference(maps, mean, out_dtype)
+    assert out.dtype == out_dtype and reference.dtype == out_dtype
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
 
 
 def test_bad_input_raises():

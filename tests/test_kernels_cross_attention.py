@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from numina_engine.kernels import cross_attention_column_bias, cross_attention_noun_maps
-from numina_engine.kernels._triton import TRITON_INTERPRETED, triton_runs_on
+from numina_engine.kernels._triton import triton_runs_on
 from numina_engine.kernels.cross_attention_column_bias import (
     cross_attention_with_column_bias,
     cross_attention_with_column_bias_reference,
@@ -21,10 +21,15 @@ from numina_engine.kernels.cross_attention_noun_maps import (
     cross_attention_with_noun_maps,
     cross_attention_with_noun_maps_reference,
 )
-from kernel_checks import DEVICE, KERNEL_PATH_MISSING, TOLERANCE, poison_outputs, relative_error
+from kernel_checks import DEVICE, KERNEL_PATH_MISSING, poison_outputs, relative_error
 from kernel_checks import requires_cuda, requires_triton
 
-TOLERANCE = {**TOLERANCE, torch.float32: 1e-4}     # attention: softmax of long rows in float32
+# Relative-error bounds (attention output, noun maps) next to each case's dtype.
+FP32 = (1e-4, 1e-5)      # softmax of long rows in float32
+FP16 = (2e-3, 1e-4)      # fp16 inputs and output; the noun maps stay float32
+# GPU bf16 at Wan2.1-1.3B's shape: measured (docs/MEASUREMENTS.md) outputs 1.7e-3 to 2.0e-3, noun maps 4e-7;
+# bounded at 2.5x (outputs: bf16 rounding) and 5x of that.
+BF16_REAL = (5e-3, 2e-6)
 
 
 def random_attention_inputs(batch, q_len, kv_len, heads, head_dim, dtype, *, seed, q_gain=1.0, device=DEVICE):
@@ -51,18 +56,18 @@ def sdpa(q, k, v, attn_mask=None):
 
 # 7 frames of 5x9 video tokens; nouns as token positions padded with -1 (one noun of three tokens).
 NOUN_TOKENS = [[3, -1, -1], [7, 8, 40], [12, 13, -1]]
-# (batch, q_len, kv_len, heads, head_dim, dtype, maps_batch, q_gain)
+# (batch, q_len, kv_len, heads, head_dim, maps_batch, q_gain, dtype, (output rtol, noun-maps rtol))
 NOUN_MAP_CASES = {
-    "7_frames_5x9_b2_fp32": (2, 315, 45, 2, 32, torch.float32, 1, 3.0),
-    "7_frames_5x9_b2_fp16": (2, 315, 77, 2, 16, torch.float16, 0, 2.0),
-    "head_dim_64_b1": (1, 50, 64, 1, 64, torch.float32, 0, 1.0),
+    "7_frames_5x9_b2_fp32": (2, 315, 45, 2, 32, 1, 3.0, torch.float32, FP32),
+    "7_frames_5x9_b2_fp16": (2, 315, 77, 2, 16, 0, 2.0, torch.float16, FP16),
+    "head_dim_64_b1": (1, 50, 64, 1, 64, 0, 1.0, torch.float32, FP32),
 }
 
 
 @requires_triton
 @pytest.mark.parametrize("case", list(NOUN_MAP_CASES))
 def test_noun_maps_kernel_matches_reference(case, poisoned_outputs):
-    batch, q_len, kv_len, heads, head_dim, dtype, maps_batch, q_gain = NOUN_MAP_CASES[case]
+    batch, q_len, kv_len, heads, head_dim, maps_batch, q_gain, dtype, (out_rtol, maps_rtol) = NOUN_MAP_CASES[case]
     q, k, v = random_attention_inputs(batch, q_len, kv_len, heads, head_dim, dtype, seed=q_len + kv_len, q_gain=q_gain)
     assert triton_runs_on(q), KERNEL_PATH_MISSING
     noun_tokens = torch.tensor(NOUN_TOKENS, dtype=torch.int32, device=DEVICE)
@@ -71,17 +76,17 @@ def test_noun_maps_kernel_matches_reference(case, poisoned_outputs):
     ref_out, ref_maps = cross_attention_with_noun_maps_reference(q, k, v, noun_tokens, maps_batch=maps_batch)
     assert out.shape == q.shape and out.dtype == dtype
     assert noun_maps.shape == (len(NOUN_TOKENS), q_len) and noun_maps.dtype == torch.float32
-    assert relative_error(out, ref_out) <= TOLERANCE[dtype]
-    assert relative_error(noun_maps, ref_maps) <= TOLERANCE[torch.float32]
+    assert relative_error(out, ref_out) <= out_rtol
+    assert relative_error(noun_maps, ref_maps) <= maps_rtol
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_noun_maps_reference_matches_sdpa_and_dense_probabilities(dtype):
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, FP32[0]), (torch.float16, FP16[0])])
+def test_noun_maps_reference_matches_sdpa_and_dense_probabilities(dtype, rtol):
     batch, q_len, kv_len, heads, head_dim, maps_batch = 2, 315, 45, 3, 16, 1
     q, k, v = random_attention_inputs(batch, q_len, kv_len, heads, head_dim, dtype, seed=31, q_gain=2.0, device="cpu")
     out, noun_maps = cross_attention_with_noun_maps_reference(
         q, k, v, torch.tensor(NOUN_TOKENS, dtype=torch.int32), maps_batch=maps_batch)
-    assert relative_error(out, sdpa(q, k, v)) <= TOLERANCE[dtype]
+    assert relative_error(out, sdpa(q, k, v)) <= rtol
 
     # Probabilities as exp(logit - logsumexp), averaged onto nouns by a [Lk, n_nouns] weight matrix.
     logits = q[maps_batch].double().transpose(0, 1) @ k[maps_batch].double().permute(1, 2, 0) / math.sqrt(head_dim)
@@ -110,13 +115,13 @@ def test_noun_maps_rejects_bad_token_positions(noun_tokens, message):
 # Key positions with a bias: out of order, one repeated (its biases add up), one in the partial
 # last key block of Lk = 45, one out of range (ignored).
 BIAS_COLUMNS = [7, 3, 40, 7, 44, 50]
-# (batch, q_len, kv_len, heads, head_dim, dtype, bias_batch, q_gain, bias_scale, column offset)
+# (batch, q_len, kv_len, heads, head_dim, bias_batch, q_gain, bias_scale, column offset, dtype, output rtol)
 COLUMN_BIAS_CASES = {
-    "7_frames_5x9_b2_fp32": (2, 315, 45, 2, 32, torch.float32, 1, 2.0, 4.0, 0),
-    "7_frames_5x9_b2_fp16": (2, 315, 45, 2, 16, torch.float16, 0, 1.0, 8.0, 0),
-    "head_dim_64_b1": (1, 50, 64, 1, 64, torch.float32, 0, 1.0, 4.0, 0),
+    "7_frames_5x9_b2_fp32": (2, 315, 45, 2, 32, 1, 2.0, 4.0, 0, torch.float32, FP32[0]),
+    "7_frames_5x9_b2_fp16": (2, 315, 45, 2, 16, 0, 1.0, 8.0, 0, torch.float16, FP16[0]),
+    "head_dim_64_b1": (1, 50, 64, 1, 64, 0, 1.0, 4.0, 0, torch.float32, FP32[0]),
     # columns 43..90 of 150 keys: plain key blocks before, between and after the biased ones
-    "biased_blocks_amid_plain_ones": (2, 50, 150, 1, 32, torch.float32, 1, 1.0, 4.0, 40),
+    "biased_blocks_amid_plain_ones": (2, 50, 150, 1, 32, 1, 1.0, 4.0, 40, torch.float32, FP32[0]),
 }
 
 
@@ -131,7 +136,7 @@ def random_bias(q_len, num_columns, scale, *, seed, device=DEVICE):
 @requires_triton
 @pytest.mark.parametrize("case", list(COLUMN_BIAS_CASES))
 def test_column_bias_kernel_matches_reference(case, poisoned_outputs):
-    batch, q_len, kv_len, heads, head_dim, dtype, bias_batch, q_gain, bias_scale, offset = COLUMN_BIAS_CASES[case]
+    batch, q_len, kv_len, heads, head_dim, bias_batch, q_gain, bias_scale, offset, dtype, rtol = COLUMN_BIAS_CASES[case]
     q, k, v = random_attention_inputs(batch, q_len, kv_len, heads, head_dim, dtype, seed=q_len * 3 + kv_len,
                                       q_gain=q_gain)
     assert triton_runs_on(q), KERNEL_PATH_MISSING
@@ -141,10 +146,10 @@ def test_column_bias_kernel_matches_reference(case, poisoned_outputs):
     out = cross_attention_with_column_bias(q, k, v, columns, bias, bias_batch=bias_batch)
     ref_out = cross_attention_with_column_bias_reference(q, k, v, columns, bias, bias_batch=bias_batch)
     assert out.shape == q.shape and out.dtype == dtype
-    assert relative_error(out, ref_out) <= TOLERANCE[dtype]
+    assert relative_error(out, ref_out) <= rtol
     unbiased = [b for b in range(batch) if b != bias_batch]
     if unbiased:
-        assert relative_error(out[unbiased], sdpa(q, k, v)[unbiased]) <= TOLERANCE[dtype]
+        assert relative_error(out[unbiased], sdpa(q, k, v)[unbiased]) <= rtol
 
 
 @requires_triton
@@ -154,11 +159,11 @@ def test_column_bias_kernel_without_columns_is_plain_attention(poisoned_outputs)
     columns = torch.zeros(0, dtype=torch.int32, device=DEVICE)
     bias = torch.zeros(70, 0, dtype=torch.float32, device=DEVICE)
     out = cross_attention_with_column_bias(q, k, v, columns, bias, bias_batch=1)
-    assert relative_error(out, sdpa(q, k, v)) <= TOLERANCE[torch.float32]
+    assert relative_error(out, sdpa(q, k, v)) <= FP32[0]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_column_bias_reference_matches_sdpa_with_dense_mask(dtype):
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, FP32[0]), (torch.float16, FP16[0])])
+def test_column_bias_reference_matches_sdpa_with_dense_mask(dtype, rtol):
     batch, q_len, kv_len, heads, head_dim, bias_batch = 2, 315, 45, 3, 16, 1
     q, k, v = random_attention_inputs(batch, q_len, kv_len, heads, head_dim, dtype, seed=41, device="cpu")
     bias = random_bias(q_len, len(BIAS_COLUMNS), 4.0, seed=41, device="cpu")
@@ -169,7 +174,7 @@ def test_column_bias_reference_matches_sdpa_with_dense_mask(dtype):
     for t, column in enumerate(BIAS_COLUMNS):
         if 0 <= column < kv_len:
             dense[bias_batch, 0, :, column] += bias[:, t].double()
-    assert relative_error(out, sdpa(q, k, v, attn_mask=dense)) <= TOLERANCE[dtype]
+    assert relative_error(out, sdpa(q, k, v, attn_mask=dense)) <= rtol
 
 
 @pytest.mark.parametrize("columns, bias_shape, bias_batch, message", [
@@ -200,8 +205,8 @@ def test_noun_maps_full_size_bf16_on_gpu(batch, maps_batch, poisoned_outputs):
     noun_tokens = torch.tensor(REAL_NOUN_TOKENS, dtype=torch.int32, device=DEVICE)
     out, noun_maps = cross_attention_with_noun_maps(q, k, v, noun_tokens, maps_batch=maps_batch)
     ref_out, ref_maps = cross_attention_with_noun_maps_reference(q, k, v, noun_tokens, maps_batch=maps_batch)
-    assert relative_error(out, ref_out) <= TOLERANCE[torch.bfloat16]
-    assert relative_error(noun_maps, ref_maps) <= TOLERANCE[torch.bfloat16]
+    assert relative_error(out, ref_out) <= BF16_REAL[0]
+    assert relative_error(noun_maps, ref_maps) <= BF16_REAL[1]
 
 
 @requires_cuda
@@ -214,7 +219,7 @@ def test_column_bias_full_size_bf16_on_gpu(batch, bias_batch, poisoned_outputs):
     bias = random_bias(REAL_Q_LEN, 4, 8.0, seed=batch)
     out = cross_attention_with_column_bias(q, k, v, columns, bias, bias_batch=bias_batch)
     ref_out = cross_attention_with_column_bias_reference(q, k, v, columns, bias, bias_batch=bias_batch)
-    assert relative_error(out, ref_out) <= TOLERANCE[torch.bfloat16]
+    assert relative_error(out, ref_out) <= BF16_REAL[0]
 
 
 @requires_cuda
@@ -236,4 +241,4 @@ def test_column_bias_replays_in_a_cuda_graph():
     graph.replay()
     torch.cuda.synchronize()
     expected = cross_attention_with_column_bias_reference(q, k, v, columns, bias)
-    assert relative_error(graph_out, expected) <= TOLERANCE[torch.bfloat16]
+    assert relative_error(graph_out, expected) <= BF16_REAL[0]

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from numina_engine.engine.model import build_rope_tables
-from numina_engine.kernels import apply_rope, qk_norm_rope, qk_norm_rope_reference, rms_norm_rope
-from numina_engine.kernels._rows import kernel_serves
-from numina_engine.kernels._triton import TRITON_INTERPRETED
-from kernel_checks import DEVICE, poison_outputs, TOLERANCE, KERNEL_PATH_MISSING, relative_error, requires_cuda, requires_triton
+from numina_engine.kernels import qk_norm_rope, qk_norm_rope_reference, rms_norm_rope
+from numina_engine.kernels._triton import TRITON_INTERPRETED, triton_serves
+from kernel_checks import BF16_RTOL, DEVICE, FP16_RTOL, FP32_RTOL, KERNEL_PATH_MISSING, poison_outputs, relative_error
+from kernel_checks import requires_cuda, requires_triton
 
 
 def random_inputs(batch, grid, heads, head_dim, dtype, *, seed, device=DEVICE):
@@ -32,47 +32,68 @@ def poisoned_outputs(monkeypatch):
     poison_outputs(monkeypatch, rms_norm_rope)
 
 
-# (batch, token grid, heads, head_dim, RMSNorm, RoPE, dtype). Grids of 105, 30 and 9 tokens (not
+# (batch, token grid, heads, head_dim, RMSNorm, RoPE, dtype, rtol vs the float32 reference). Grids of 105, 30 and 9 tokens (not
 # multiples of the rows per program); D = 48, 96 or 60 (not powers of two); head_dim 16 (RoPE split
 # 8/4/4 channels), 32 (12/10/10) and 20 (8/6/6).
 SMALL_CASES = {
-    "self_B1_hd16": (1, (3, 5, 7), 3, 16, True, True, torch.float32),
-    "self_B2_hd32": (2, (2, 3, 5), 3, 32, True, True, torch.float32),
-    "self_B2_hd20": (2, (1, 3, 3), 3, 20, True, True, torch.float32),
-    "cross_B2_hd32": (2, (2, 3, 5), 3, 32, True, False, torch.float32),
-    "rope_only_B1_hd16": (1, (3, 5, 7), 3, 16, False, True, torch.float32),
-    "self_B2_hd32_fp16": (2, (3, 5, 7), 3, 32, True, True, torch.float16),
-    "cross_B1_hd16_fp16": (1, (2, 3, 5), 3, 16, True, False, torch.float16),
+    "self_B1_hd16": (1, (3, 5, 7), 3, 16, True, True, torch.float32, FP32_RTOL),
+    "self_B2_hd32": (2, (2, 3, 5), 3, 32, True, True, torch.float32, FP32_RTOL),
+    "self_B2_hd20": (2, (1, 3, 3), 3, 20, True, True, torch.float32, FP32_RTOL),
+    "cross_B2_hd32": (2, (2, 3, 5), 3, 32, True, False, torch.float32, FP32_RTOL),
+    "rope_only_B1_hd16": (1, (3, 5, 7), 3, 16, False, True, torch.float32, FP32_RTOL),
+    "self_B2_hd32_fp16": (2, (3, 5, 7), 3, 32, True, True, torch.float16, FP16_RTOL),
+    "cross_B1_hd16_fp16": (1, (2, 3, 5), 3, 16, True, False, torch.float16, FP16_RTOL),
 }
 if not TRITON_INTERPRETED and torch.cuda.is_available():
-    SMALL_CASES["self_B2_hd32_bf16"] = (2, (3, 5, 7), 3, 32, True, True, torch.bfloat16)
+    SMALL_CASES["self_B2_hd32_bf16"] = (2, (3, 5, 7), 3, 32, True, True, torch.bfloat16, BF16_RTOL)
 
 
 @requires_triton
 @pytest.mark.parametrize("case", list(SMALL_CASES))
 def test_kernel_matches_reference_on_small_shapes(case, poisoned_outputs):
-    batch, grid, heads, head_dim, norm, rope, dtype = SMALL_CASES[case]
+    batch, grid, heads, head_dim, norm, rope, dtype, rtol = SMALL_CASES[case]
     x, weight, cos, sin = random_inputs(batch, grid, heads, head_dim, dtype, seed=len(case) * 17 + head_dim)
-    assert kernel_serves(x), KERNEL_PATH_MISSING
+    assert triton_serves(x), KERNEL_PATH_MISSING
     args = (weight if norm else None, cos if rope else None, sin if rope else None)
     out = qk_norm_rope(x, *args, num_heads=heads, eps=1e-6)
     expected = qk_norm_rope_reference(x.float(), *args, num_heads=heads, eps=1e-6)
     assert out.shape == (batch, x.shape[1], heads, head_dim) and out.dtype == dtype
-    assert relative_error(out, expected) <= TOLERANCE[dtype]
+    assert relative_error(out, expected) <= rtol
 
 
-def test_reference_is_the_unfused_float32_ops():
+def rope_oracle(x: torch.Tensor, weight: torch.Tensor, grid, heads: int, head_dim: int) -> torch.Tensor:
+    """float64 oracle: torch.nn.RMSNorm over the full width, then each channel pair (2i, 2i+1) of a
+    head as a complex number times exp(1j * angle), angle = position on the pair's axis (frame
+    pairs first, then height, then width) * 10000^(-2j / axis channels) (Wan's RoPE)."""
+    norm = torch.nn.RMSNorm(x.shape[-1], eps=1e-6, dtype=torch.float64)
+    with torch.no_grad():
+        norm.weight.copy_(weight.double())
+        y = norm(x.double()).unflatten(-1, (heads, head_dim // 2, 2))
+    spatial = 2 * (head_dim // 6)
+    axis_dims = (head_dim - 2 * spatial, spatial, spatial)
+    f, h, w = grid
+    positions = torch.stack(torch.meshgrid(torch.arange(f), torch.arange(h), torch.arange(w), indexing="ij"),
+                            dim=-1).reshape(-1, 3).double()                             # [L, 3] (f, h, w)
+    angles = torch.cat([positions[:, axis:axis + 1] * 10000.0 ** (-torch.arange(0, d, 2).double() / d)
+                        for axis, d in enumerate(axis_dims)], dim=-1)                   # [L, head_dim/2]
+    rotated = torch.view_as_complex(y.contiguous()) * torch.polar(torch.ones_like(angles), angles)[:, None]
+    return torch.view_as_real(rotated).flatten(-2)                                       # [B, L, H, head_dim]
+
+
+def test_reference_matches_a_float64_rmsnorm_and_complex_rotation_oracle():
     """Full-width RMSNorm (one statistic across all heads), then RoPE on each head with the same table."""
-    x, weight, cos, sin = random_inputs(2, (2, 3, 5), 3, 16, torch.float16, seed=5, device="cpu")
-    y = x.float()
-    y = y * torch.rsqrt(y.pow(2).mean(dim=-1, keepdim=True) + 1e-6) * weight
-    expected = apply_rope(y.unflatten(-1, (3, 16)), cos, sin).half()
-    assert torch.equal(qk_norm_rope_reference(x, weight, cos, sin, num_heads=3, eps=1e-6), expected)
-    no_rope = qk_norm_rope_reference(x, weight, num_heads=3, eps=1e-6)
-    assert torch.equal(no_rope, y.half().unflatten(-1, (3, 16)))
-    # Rotations keep each channel pair's length.
-    pair_norms = [t.float().unflatten(-1, (-1, 2)).norm(dim=-1) for t in (expected, no_rope)]
-    assert relative_error(*pair_norms) <= 1e-3
+    grid, heads, head_dim = (2, 3, 5), 3, 16
+    x, weight, cos, sin = random_inputs(2, grid, heads, head_dim, torch.float32, seed=5, device="cpu")
+    expected = rope_oracle(x, weight, grid, heads, head_dim)
+    assert relative_error(qk_norm_rope_reference(x, weight, cos, sin, num_heads=heads, eps=1e-6), expected) <= FP32_RTOL
+    no_rope = qk_norm_rope_reference(x, weight, num_heads=heads, eps=1e-6)
+    norm = torch.nn.RMSNorm(x.shape[-1], eps=1e-6, dtype=torch.float64)
+    with torch.no_grad():
+        norm.weight.copy_(weight.double())
+        assert relative_error(no_rope, norm(x.double()).unflatten(-1, (heads, head_dim))) <= FP32_RTOL
+    half = qk_norm_rope_reference(x.half(), weight, cos, sin, num_heads=heads, eps=1e-6)
+    assert half.dtype == torch.float16 and relative_error(half, rope_oracle(x.half(), weight, grid, heads, head_dim)) \
+        <= FP16_RTOL
 
 
 @pytest.mark.parametrize("call, message", [
@@ -101,6 +122,6 @@ def test_full_size_bf16_on_gpu(batch, rope, poisoned_outputs):
     args = (weight, cos, sin) if rope else (weight,)
     out = qk_norm_rope(x, *args, num_heads=REAL_HEADS, eps=1e-6)
     expected = qk_norm_rope_reference(x.float(), *args, num_heads=REAL_HEADS, eps=1e-6)
-    assert relative_error(out, expected) <= 4e-3                       # bf16 rounding: 2^-9 relative at most
+    assert relative_error(out, expected) <= BF16_RTOL
     reference_bf16 = qk_norm_rope_reference(x, *args, num_heads=REAL_HEADS, eps=1e-6)
-    assert relative_error(out, reference_bf16) <= TOLERANCE[torch.bfloat16]
+    assert relative_error(out, reference_bf16) <= BF16_RTOL

@@ -9,13 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from numina_engine.engine import attention
-from numina_engine.engine import model as model_module
 from numina_engine.engine.forward_state import ForwardState
 from numina_engine.engine.config import PRESETS, WAN_1_3B, WAN_14B, WAN_TINY, WanConfig
 from numina_engine.engine.model import WanDiT, build_rope_tables, feed_forward, rope_axis_dims
 from numina_engine.engine.weights import diffusers_to_official
 from numina_engine.errors import CheckpointError
-from numina_engine.kernels import apply_rope
+from numina_engine.kernels import KernelChoice, apply_rope
 from numina_engine.kernels._triton import TRITON_INTERPRETED
 
 # Latent F=3, H=10, W=14 -> odd, non-square token grid 3 x 5 x 7.
@@ -140,9 +139,9 @@ def test_attention_interface_receives_layer_index_and_state(monkeypatch):
     state = ForwardState()          # empty: every call takes the plain path
 
     def recording(kind, original):
-        def wrapper(q, k, v, *, layer_index, state):
-            calls.append((kind, layer_index, state, tuple(q.shape), tuple(k.shape)))
-            return original(q, k, v, layer_index=layer_index, state=state)
+        def wrapper(q, k, v, *, layer_index, state, kernels):
+            calls.append((kind, layer_index, state, kernels, tuple(q.shape), tuple(k.shape)))
+            return original(q, k, v, layer_index=layer_index, state=state, kernels=kernels)
         return wrapper
 
     monkeypatch.setattr(attention, "self_attention", recording("self", attention.self_attention))
@@ -152,15 +151,21 @@ def test_attention_interface_receives_layer_index_and_state(monkeypatch):
     assert torch.equal(actual, expected)
     heads, head_dim = WAN_TINY.num_heads, WAN_TINY.head_dim
     assert calls == [call for i in range(WAN_TINY.num_layers) for call in (
-        ("self", i, state, (2, 105, heads, head_dim), (2, 105, heads, head_dim)),
-        ("cross", i, state, (2, 105, heads, head_dim), (2, WAN_TINY.text_len, heads, head_dim)))]
+        ("self", i, state, model.kernels, (2, 105, heads, head_dim), (2, 105, heads, head_dim)),
+        ("cross", i, state, model.kernels, (2, 105, heads, head_dim), (2, WAN_TINY.text_len, heads, head_dim)))]
+
+
+def test_unknown_kernel_choice_is_refused_with_the_valid_ones():
+    with pytest.raises(ValueError, match=r"kernels must be one of \('auto', 'triton', 'reference'\)"):
+        WanDiT(WAN_TINY, kernels="fast")
+    assert WanDiT(WAN_TINY, kernels="reference").kernels == KernelChoice("reference")
 
 
 @pytest.mark.skipif(not TRITON_INTERPRETED, reason="runs the Triton kernels on CPU tensors in the interpreter")
 @FUSED_PATH_CONFIGS
-def test_fused_path_in_the_interpreter_matches_torch_path_fp32(config, monkeypatch):
+def test_fused_path_in_the_interpreter_matches_torch_path_fp32(config):
     """The model's kernel wiring (shapes, strides, modulation views, in-place residual), checked on
-    the CPU: with use_fused_kernels forced on, the kernels run in Triton's interpreter."""
+    the CPU: with kernels="triton", the kernels run in Triton's interpreter."""
     # A 1 x 3 x 5 token grid and 16 text tokens: few interpreted programs (4 tokens each, some partial).
     config = dataclasses.replace(config, text_len=16)
     model = random_wandit(config, seed=9)
@@ -168,8 +173,8 @@ def test_fused_path_in_the_interpreter_matches_torch_path_fp32(config, monkeypat
     inputs = (torch.randn(2, 16, 1, 6, 10, generator=generator), torch.rand(2, generator=generator) * 1000,
               torch.randn(2, config.text_len, config.text_dim, generator=generator))
     with torch.no_grad():
-        expected = model(*inputs)
-        monkeypatch.setattr(model_module, "use_fused_kernels", lambda x: True)
+        expected = model(*inputs)                                  # "auto": the references on the CPU
+        model.kernels = KernelChoice("triton")
         actual = model(*inputs)
     assert relative_error(actual, expected) < 1e-5
 
@@ -197,14 +202,14 @@ def test_cuda_fused_path_matches_cpu_fp32(config, exact_float32_on_gpu):
 
 
 @requires_cuda
-def test_cuda_fused_path_bf16_as_close_to_fp32_as_torch_path(exact_float32_on_gpu, monkeypatch):
+def test_cuda_fused_path_bf16_as_close_to_fp32_as_torch_path(exact_float32_on_gpu):
     model = random_wandit(WAN_TINY, seed=13).cuda()
     inputs = [t.cuda() for t in random_inputs(WAN_TINY, torch.Generator().manual_seed(14))]
     with torch.no_grad():
         expected = model(*inputs)
         model.cast_weights(torch.bfloat16)
-        fused = model(*inputs)
-        monkeypatch.setattr(model_module, "use_fused_kernels", lambda x: False)
+        fused = model(*inputs)                                     # "auto": the kernels on CUDA
+        model.kernels = KernelChoice("reference")
         unfused = model(*inputs)
     assert relative_error(fused, unfused) < 1e-2
     assert relative_error(fused, expected) <= 1.25 * relative_error(unfused, expected) + 1e-3

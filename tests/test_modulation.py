@@ -202,7 +202,7 @@ def test_modulated_cross_attention_equals_the_bias_on_every_row(device):
     On the GPU the inputs are bf16 and the column-bias Triton kernel runs (head size 64)."""
     from numina_engine.engine.attention import modulated_cross_attention
     from numina_engine.engine.forward_state import Modulation
-    from numina_engine.kernels import cross_attention_with_column_bias_reference
+    from numina_engine.kernels import KernelChoice, cross_attention_with_column_bias_reference
 
     generator = torch.Generator().manual_seed(11)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -211,13 +211,16 @@ def test_modulated_cross_attention_equals_the_bias_on_every_row(device):
     q, k, v = (torch.randn(2, n, heads, head_dim, generator=generator).to(device, dtype)
                for n in (queries, keys, keys))
     delta = torch.tensor(CONFIG.delta(10), device=device)
-    out = modulated_cross_attention(q, k, v, Modulation(plan=plan, delta=delta, config=CONFIG, batch_index=1))
+    kernels = KernelChoice("triton" if device == "cuda" else "reference")
+    out = modulated_cross_attention(q, k, v, Modulation(plan=plan, delta=delta, config=CONFIG, batch_index=1),
+                                    kernels=kernels)
     bias = layout_bias(plan, q[1], k[1], delta, CONFIG)
     every_row = torch.zeros(queries, bias.shape[1], device=device).index_copy_(0, plan.modulated_queries, bias)
     expected = cross_attention_with_column_bias_reference(q.float(), k.float(), v.float(), plan.bias_columns,
                                                           every_row, bias_batch=1)
     error = ((out.double() - expected.double()).norm() / expected.double().norm()).item()
-    assert error < (1e-2 if dtype == torch.bfloat16 else 1e-6), error
+    # bf16: 1.7e-3 measured at the real shape (docs/MEASUREMENTS.md), bounded at about 2.5x
+    assert error < (4e-3 if dtype == torch.bfloat16 else 1e-6), error
     plain = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
     assert torch.equal(out[0], plain[0])                           # the other row is untouched
     unmodulated = torch.ones(queries, dtype=torch.bool, device=device).index_fill_(0, plan.modulated_queries, False)

@@ -7,6 +7,7 @@ import torch
 
 from numina_engine import Engine, GenerationRequest
 from numina_engine.engine import pipeline
+from numina_engine.engine.extraction import frame_maps_bytes
 from numina_engine.engine.forward_state import Extraction, ForwardState, Modulation
 from numina_engine.engine.scheduler import FlowUniPCScheduler
 from numina_engine.numina.config import NuminaConfig
@@ -30,8 +31,9 @@ def inputs(engine):
 
 def extract(engine, latents, context, stop: bool, layer: int = 2) -> Extraction:
     grid = engine.model.dit.token_grid(latents.shape)
+    two_frames = 2 * frame_maps_bytes(engine.model.dit.config.num_heads, grid[1] * grid[2])
     extraction = Extraction(layer=layer, grid=grid, noun_tokens=torch.tensor([[2, -1], [7, 8]], dtype=torch.int32),
-                            config=NuminaConfig(), frames_per_chunk=2)
+                            config=NuminaConfig(), maps_budget_bytes=two_frames)
     state = ForwardState(extraction=extraction, stop_after_layer=layer if stop else None)
     out = engine.model.dit(latents.unsqueeze(0), torch.tensor([700.0]), context[:1], state=state)
     assert (out is None) == stop
@@ -51,10 +53,10 @@ def test_extraction_equals_plain_attention_maps_of_the_best_head(engine, inputs,
     captured = {}
     from numina_engine.engine import attention
 
-    def spy(q, k, v, *, layer_index, state):
+    def spy(q, k, v, *, layer_index, state, **kwargs):
         if layer_index == 2:
             captured["q"], captured["k"] = q[0].clone(), k[0].clone()
-        return original(q, k, v, layer_index=layer_index, state=state)
+        return original(q, k, v, layer_index=layer_index, state=state, **kwargs)
 
     original = attention.self_attention
     monkeypatch.setattr(attention, "self_attention", spy)
@@ -132,8 +134,8 @@ def test_modulated_route_applies_the_layout_bias_to_the_conditional_row_only(eng
     captured = {}
     from numina_engine.engine import attention
 
-    def spy(q, k, v, *, layer_index, state):
-        out = original(q, k, v, layer_index=layer_index, state=state)
+    def spy(q, k, v, *, layer_index, state, **kwargs):
+        out = original(q, k, v, layer_index=layer_index, state=state, **kwargs)
         if layer_index == 1:
             captured.update(q=q, k=k, v=v, out=out)
         return out

@@ -1,7 +1,8 @@
 """The per-forward-call state that NUMINA hands down `WanDiT.forward` to the attention interface.
 
-One explicit object instead of flags set on modules: what to extract and where, the modulation plan
-and its strength for this step, and where to stop. `None` everywhere means plain Wan.
+One explicit object instead of flags set on modules: what to extract and where (`Extraction`, with
+the extraction work in extraction.py), the modulation plan and its strength for this step, and
+where to stop. `None` everywhere means plain Wan.
 """
 from __future__ import annotations
 
@@ -11,35 +12,9 @@ import torch
 
 from ..numina.config import NuminaConfig
 from ..numina.modulation import ModulationPlan
+from .extraction import Extraction
 
-
-@dataclass
-class Extraction:
-    """Take attention maps at block `layer` from batch row `batch_index` (the conditional pass).
-
-    Inputs: `grid` = token grid (f, h, w); `noun_tokens` int32 [n_nouns, T] text positions of each
-    counted noun, padded with -1. `frames_per_chunk` bounds the memory of the within-frame maps
-    (chunk x heads x N x N float32 at a time, N = h*w): Wan2.1's 21 latent frames at 480p fit in
-    one chunk (2.45 GB), where head scoring is fastest.
-    Filled in by the attention interface during the forward call:
-      `self_maps`   float32 [f, N, N]  within-frame self-attention map of each frame's best head,
-      `best_head`   int64   [f],  `head_scores` float32 [f, heads],
-      `noun_maps`   float32 [n_nouns, f, N]  noun probability mass, mean over tokens and heads.
-    """
-    layer: int
-    grid: tuple[int, int, int]
-    noun_tokens: torch.Tensor
-    config: NuminaConfig
-    batch_index: int = 0
-    frames_per_chunk: int = 21
-    self_maps: torch.Tensor | None = None
-    best_head: torch.Tensor | None = None
-    head_scores: torch.Tensor | None = None
-    noun_maps: torch.Tensor | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.self_maps is not None and self.noun_maps is not None
+__all__ = ["Extraction", "ForwardState", "Modulation"]
 
 
 @dataclass

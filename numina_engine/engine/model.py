@@ -8,9 +8,11 @@ embedding and all shift/scale/gate modulation run in float32; matmuls and convol
 dtype of their weights (the "compute dtype", float32 or bfloat16), their inputs cast to it.
 
 That elementwise float32 work goes through four helpers below (`modulated_norm`, `qk_norm_rope`,
-`gated_add`, `feed_forward`): on CUDA tensors outside autograd they run fused Triton kernels
-(numina_engine/kernels), one read and one write of each tensor, float32 inside, rounded once to the compute dtype; elsewhere
-they run the kernels' PyTorch references, which are Wan's op-by-op float32 computation. The norm
+`gated_add`, `feed_forward`). Where the model's `KernelChoice` (`WanDiT.kernels`: "auto" | "triton" |
+"reference", kernels/dispatch.py; "auto": CUDA tensors outside autograd) picks the kernels, they
+run fused Triton kernels (numina_engine/kernels), one read and one write of each tensor, float32
+inside, rounded once to the compute dtype; elsewhere the kernels' PyTorch references, which are
+Wan's op-by-op float32 computation. The same choice goes to the attention interface. The norm
 modules (nn.LayerNorm, nn.RMSNorm) only carry their parameters and eps: the helpers compute with them.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from .. import kernels
+from ..kernels.dispatch import AUTO, KernelChoice
 from . import attention
 from .config import WanConfig
 
@@ -68,19 +71,8 @@ def build_rope_tables(grid: tuple[int, int, int], head_dim: int) -> tuple[torch.
     return torch.cos(angles).float(), torch.sin(angles).float()
 
 
-def use_fused_kernels(x: torch.Tensor) -> bool:
-    """Whether the elementwise work on `x` runs in the fused kernels (CUDA tensors, autograd not
-    recording: the kernels have no backward) or in their PyTorch references (elsewhere, and in training)."""
-    return x.is_cuda and not torch.is_grad_enabled()
-
-
-def _kernel_or_reference(kernel, x: torch.Tensor):
-    """The Triton kernel when `use_fused_kernels(x)`, else its PyTorch reference (same signature)."""
-    return kernels.kernel_or_reference(kernel, use_fused_kernels(x))
-
-
 def modulated_norm(hidden: torch.Tensor, norm: nn.Module, dtype: torch.dtype, shift: torch.Tensor | None = None,
-                   scale: torch.Tensor | None = None) -> torch.Tensor:
+                   scale: torch.Tensor | None = None, *, choice: KernelChoice = AUTO) -> torch.Tensor:
     """norm(hidden) * (1 + scale) + shift in float32, cast to `dtype`.
 
     hidden: [B, L, dim] float32; norm: an nn.LayerNorm (its parameters, if any, used in float32) or
@@ -91,12 +83,12 @@ def modulated_norm(hidden: torch.Tensor, norm: nn.Module, dtype: torch.dtype, sh
         return hidden.to(dtype)
     weight = norm.weight.float() if norm.weight is not None else None
     bias = norm.bias.float() if norm.bias is not None else None
-    return _kernel_or_reference(kernels.layer_norm_modulate, hidden)(
+    return choice.pick(kernels.layer_norm_modulate, hidden)(
         hidden, weight, bias, scale, shift, eps=norm.eps, out_dtype=dtype)
 
 
 def qk_norm_rope(x: torch.Tensor, norm: nn.Module, num_heads: int,
-                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                 rope: tuple[torch.Tensor, torch.Tensor] | None = None, *, choice: KernelChoice = AUTO) -> torch.Tensor:
     """Wan's q/k RMSNorm over the full width (nn.RMSNorm; nn.Identity: none), split into heads, then
     RoPE when `rope` = (cos, sin) [L, head_dim/2] float32 is given; float32 inside.
 
@@ -104,10 +96,11 @@ def qk_norm_rope(x: torch.Tensor, norm: nn.Module, num_heads: int,
     """
     weight, eps = (None, 0.0) if isinstance(norm, nn.Identity) else (norm.weight.float(), norm.eps)
     cos, sin = rope if rope is not None else (None, None)
-    return _kernel_or_reference(kernels.qk_norm_rope, x)(x, weight, cos, sin, num_heads=num_heads, eps=eps)
+    return choice.pick(kernels.qk_norm_rope, x)(x, weight, cos, sin, num_heads=num_heads, eps=eps)
 
 
-def gated_add(hidden: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+def gated_add(hidden: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None, *,
+              choice: KernelChoice = AUTO) -> torch.Tensor:
     """hidden + y.float() * gate (or + y.float() without a gate); returns the updated residual stream.
 
     hidden: [B, L, dim] float32 residual stream; y: [B, L, dim] compute dtype; gate: [B, dim] float32.
@@ -116,10 +109,10 @@ def gated_add(hidden: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None =
     """
     if torch.is_grad_enabled() and (hidden.requires_grad or y.requires_grad):
         return hidden + (y.float() * gate[:, None] if gate is not None else y.float())
-    return _kernel_or_reference(kernels.gated_residual_add, hidden)(hidden, y, gate)
+    return choice.pick(kernels.gated_residual_add, hidden)(hidden, y, gate)
 
 
-def feed_forward(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+def feed_forward(ffn: nn.Sequential, x: torch.Tensor, *, choice: KernelChoice = AUTO) -> torch.Tensor:
     """Wan's FFN (Linear, GELU(tanh), Linear) of x [B, L, dim] in the compute dtype.
 
     With the fused kernels in bfloat16/float16, the GELU runs in the first matmul's cuBLASLt epilogue
@@ -127,19 +120,21 @@ def feed_forward(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     bias before the one rounding to x's dtype. Elsewhere the modules run as written: in float32 (the
     epilogue's accuracy there is not documented) and on the CPU (whose _addmm_activation GELU is erf).
     """
-    if use_fused_kernels(x) and x.dtype in (torch.bfloat16, torch.float16):
+    if choice.use_kernels(x) and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
         first, _, second = ffn
         hidden = torch._addmm_activation(first.bias, x.flatten(0, -2), first.weight.t(), use_gelu=True)
         return second(hidden.unflatten(0, x.shape[:-1]))
     return ffn(x)
 
 
-class WanSelfAttention(nn.Module):
-    """Self-attention over video tokens with q/k RMSNorm and 3-axis RoPE."""
+class WanAttention(nn.Module):
+    """Self-attention over the video tokens (with 3-axis RoPE) or cross-attention from them to the
+    embedded text tokens; q/k RMSNorm over the full width in both."""
 
-    def __init__(self, config: WanConfig):
+    def __init__(self, config: WanConfig, *, cross: bool):
         super().__init__()
         dim = config.dim
+        self.cross = cross
         self.num_heads = config.num_heads
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
@@ -148,37 +143,18 @@ class WanSelfAttention(nn.Module):
         self.norm_q = nn.RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
         self.norm_k = nn.RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], *, layer_index: int,
-                state) -> torch.Tensor:
-        """x: [B, L, dim] in the compute dtype; rope: (cos, sin) [L, head_dim/2] float32 on x's device.
-        Returns [B, L, dim] in the compute dtype."""
-        q = qk_norm_rope(self.q(x), self.norm_q, self.num_heads, rope)
-        k = qk_norm_rope(self.k(x), self.norm_k, self.num_heads, rope)
-        v = self.v(x).unflatten(-1, (self.num_heads, -1))
-        out = attention.self_attention(q, k, v, layer_index=layer_index, state=state)
-        return self.o(out.flatten(2))
-
-
-class WanCrossAttention(nn.Module):
-    """Cross-attention from video tokens to the embedded text tokens, with q/k RMSNorm."""
-
-    def __init__(self, config: WanConfig):
-        super().__init__()
-        dim = config.dim
-        self.num_heads = config.num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = nn.RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
-        self.norm_k = nn.RMSNorm(dim, config.eps) if config.qk_norm else nn.Identity()
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor, *, layer_index: int, state) -> torch.Tensor:
-        """x: [B, L, dim], context: [B, T, dim], both in the compute dtype. Returns [B, L, dim]."""
-        q = qk_norm_rope(self.q(x), self.norm_q, self.num_heads)
-        k = qk_norm_rope(self.k(context), self.norm_k, self.num_heads)
-        v = self.v(context).unflatten(-1, (self.num_heads, -1))
-        out = attention.cross_attention(q, k, v, layer_index=layer_index, state=state)
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None, *, layer_index: int, state,
+                choice: KernelChoice = AUTO) -> torch.Tensor:
+        """x: [B, L, dim] video tokens in the compute dtype. Self-attention: context None, rope =
+        (cos, sin) [L, head_dim/2] float32 on x's device. Cross-attention: context [B, T, dim] in the
+        compute dtype, no rope. Returns [B, L, dim] in the compute dtype."""
+        source = context if self.cross else x
+        q = qk_norm_rope(self.q(x), self.norm_q, self.num_heads, rope, choice=choice)
+        k = qk_norm_rope(self.k(source), self.norm_k, self.num_heads, rope, choice=choice)
+        v = self.v(source).unflatten(-1, (self.num_heads, -1))
+        attend = attention.cross_attention if self.cross else attention.self_attention
+        out = attend(q, k, v, layer_index=layer_index, state=state, kernels=choice)
         return self.o(out.flatten(2))
 
 
@@ -189,16 +165,17 @@ class WanBlock(nn.Module):
         super().__init__()
         dim, eps = config.dim, config.eps
         self.norm1 = nn.LayerNorm(dim, eps, elementwise_affine=False)
-        self.self_attn = WanSelfAttention(config)
+        self.self_attn = WanAttention(config, cross=False)
         self.norm3 = nn.LayerNorm(dim, eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
-        self.cross_attn = WanCrossAttention(config)
+        self.cross_attn = WanAttention(config, cross=True)
         self.norm2 = nn.LayerNorm(dim, eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"),
                                  nn.Linear(config.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
 
     def forward(self, hidden: torch.Tensor, time_modulation: torch.Tensor, context: torch.Tensor,
-                rope: tuple[torch.Tensor, torch.Tensor], *, layer_index: int, state) -> torch.Tensor:
+                rope: tuple[torch.Tensor, torch.Tensor], *, layer_index: int, state,
+                choice: KernelChoice = AUTO) -> torch.Tensor:
         """hidden: [B, L, dim] float32 residual stream (last dimension contiguous), updated in place
         outside autograd;
         time_modulation: [B, 6, dim] float32; context: [B, T, dim] compute dtype; rope: (cos, sin)
@@ -207,14 +184,16 @@ class WanBlock(nn.Module):
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (
             self.modulation.float() + time_modulation).unbind(1)                      # [B, dim] each
 
-        x = modulated_norm(hidden, self.norm1, compute_dtype, shift_sa, scale_sa)
-        hidden = gated_add(hidden, self.self_attn(x, rope, layer_index=layer_index, state=state), gate_sa)
+        x = modulated_norm(hidden, self.norm1, compute_dtype, shift_sa, scale_sa, choice=choice)
+        y = self.self_attn(x, rope=rope, layer_index=layer_index, state=state, choice=choice)
+        hidden = gated_add(hidden, y, gate_sa, choice=choice)
 
-        x = modulated_norm(hidden, self.norm3, compute_dtype)
-        hidden = gated_add(hidden, self.cross_attn(x, context, layer_index=layer_index, state=state))
+        x = modulated_norm(hidden, self.norm3, compute_dtype, choice=choice)
+        y = self.cross_attn(x, context, layer_index=layer_index, state=state, choice=choice)
+        hidden = gated_add(hidden, y, choice=choice)
 
-        x = modulated_norm(hidden, self.norm2, compute_dtype, shift_ff, scale_ff)
-        return gated_add(hidden, feed_forward(self.ffn, x), gate_ff)
+        x = modulated_norm(hidden, self.norm2, compute_dtype, shift_ff, scale_ff, choice=choice)
+        return gated_add(hidden, feed_forward(self.ffn, x, choice=choice), gate_ff, choice=choice)
 
 
 class WanHead(nn.Module):
@@ -227,19 +206,23 @@ class WanHead(nn.Module):
         self.head = nn.Linear(dim, config.out_dim * math.prod(config.patch_size))
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim ** 0.5)
 
-    def forward(self, hidden: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, time_embedding: torch.Tensor, *,
+                choice: KernelChoice = AUTO) -> torch.Tensor:
         """hidden: [B, L, dim] float32; time_embedding: [B, dim] float32.
         Returns [B, L, out_dim * prod(patch_size)] float32."""
         shift, scale = (self.modulation.float() + time_embedding.unsqueeze(1)).unbind(1)     # [B, dim] each
-        return self.head(modulated_norm(hidden, self.norm, self.head.weight.dtype, shift, scale)).float()
+        normed = modulated_norm(hidden, self.norm, self.head.weight.dtype, shift, scale, choice=choice)
+        return self.head(normed).float()
 
 
 class WanDiT(nn.Module):
     """Wan2.1 text-to-video DiT with the official checkpoint's parameter names."""
 
-    def __init__(self, config: WanConfig):
+    def __init__(self, config: WanConfig, kernels: KernelChoice | str = AUTO):
         super().__init__()
         self.config = config
+        # Kernels or PyTorch references for the fused work of every forward call (kernels/dispatch.py).
+        self.kernels = kernels if isinstance(kernels, KernelChoice) else KernelChoice(kernels)
         dim = config.dim
         self.patch_embedding = nn.Conv3d(config.in_dim, dim, kernel_size=config.patch_size,
                                          stride=config.patch_size)
@@ -322,11 +305,11 @@ class WanDiT(nn.Module):
         rope = self.rope_tables(grid, latents.device)
 
         for index, block in enumerate(self.blocks):
-            hidden = block(hidden, time_modulation, text, rope, layer_index=index, state=state)
+            hidden = block(hidden, time_modulation, text, rope, layer_index=index, state=state, choice=self.kernels)
             if state is not None and state.stop_after_layer == index:
                 return None                      # the caller wanted only what this block extracted
 
-        patches = self.head(hidden, time_embedding)                           # [B, L, pt*ph*pw*out_dim]
+        patches = self.head(hidden, time_embedding, choice=self.kernels)     # [B, L, pt*ph*pw*out_dim]
         f, h, w = grid
         pt, ph, pw = config.patch_size
         patches = patches.view(batch, f, h, w, pt, ph, pw, config.out_dim)

@@ -31,6 +31,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -372,11 +373,14 @@ def outcome_message(summaries: dict, regenerated: bool, when_nothing_to_modulate
 
 @torch.inference_mode()
 def generate(model: WanModel, request: GenerationRequest, *, progress: bool = True, cuda_graphs: bool = True,
-             offload: bool = False) -> GenerationResult:
+             offload: bool = False, layout_hook: Callable[[dict[str, torch.Tensor]], None] | None = None
+             ) -> GenerationResult:
     """Make one video. Bad requests raise UserInputError before any heavy work starts.
 
     `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA). `offload`: the text
     encoder runs on the CPU and the DiT leaves the GPU while the VAE decodes (`offload.py`).
+    `layout_hook`: called with the refined layouts (noun -> int32 [f, h, w], edited in place) before
+    the modulation plan is built, e.g. by a benchmark that needs phase 2 to run on random weights.
     """
     prepared = prepare(model, request)
     settings, counts, positions, config = prepared.settings, prepared.counts, prepared.positions, prepared.config
@@ -415,7 +419,9 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
     # Layout: countable instances, refined to the asked counts, and the modulation plan.
     with timer("layout"):
         reference, refined, summaries = plan_layouts(model, ref, counts, config)
-        changed = any(summary.changed for summary in summaries.values())      # something to modulate
+        if layout_hook is not None:
+            layout_hook(refined)
+        changed = layout_hook is not None or any(summary.changed for summary in summaries.values())
         plan = build_modulation_plan(refined, positions, model.device, model.dtype) if changed else None
     with timer("preview decode"):
         shown = layout_frames_to_show(ref.preview.shape[1])

@@ -1,10 +1,11 @@
 """Fused Triton kernels, each beside its plain-PyTorch reference: NUMINA's attention kernels, and
 the DiT block's fused elementwise work (modulated LayerNorm, q/k RMSNorm + RoPE, gated residual add).
 
-Importable without triton: the launchers then (and for CPU tensors unless TRITON_INTERPRET=1)
-run the references.
+Importable without triton. Which of a kernel and its reference serves the engine is decided in
+one place, `dispatch.KernelChoice` ("auto" | "triton" | "reference").
 """
 from ._triton import TRITON_AVAILABLE, triton_runs_on
+from .centre_rows import centre_rows, centre_rows_reference
 from .cross_attention_column_bias import (
     MAX_BIAS_COLUMNS,
     cross_attention_with_column_bias,
@@ -20,20 +21,19 @@ from .frame_attention import (
 from .gated_residual import gated_residual_add, gated_residual_add_reference
 from .norm_modulate import layer_norm_modulate, layer_norm_modulate_reference
 from .rms_norm_rope import apply_rope, qk_norm_rope, qk_norm_rope_reference
-
-
-
-def kernel_or_reference(kernel, use_kernel: bool):
-    """`kernel` when `use_kernel`, else its PyTorch reference (same signature, `<name>_reference` here)."""
-    return kernel if use_kernel else globals()[kernel.__name__ + "_reference"]
+from .dispatch import KERNEL_CHOICES, KernelChoice  # noqa: E402  (after the kernels it maps)
 
 
 __all__ = [
+    "KERNEL_CHOICES",
+    "KernelChoice",
     "MAX_BIAS_COLUMNS",
     "TRITON_AVAILABLE",
     "apply_rope",
     "attention_with_frame_lse",
     "attention_with_frame_lse_reference",
+    "centre_rows",
+    "centre_rows_reference",
     "cross_attention_with_column_bias",
     "cross_attention_with_column_bias_reference",
     "cross_attention_with_noun_maps",
@@ -42,7 +42,6 @@ __all__ = [
     "frame_attention_maps_reference",
     "gated_residual_add",
     "gated_residual_add_reference",
-    "kernel_or_reference",
     "layer_norm_modulate",
     "layer_norm_modulate_reference",
     "qk_norm_rope",

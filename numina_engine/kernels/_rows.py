@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._triton import TRITON_INTERPRETED, triton_runs_on
+from ._triton import TRITON_INTERPRETED
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,6 @@ INTERPRETER_ROWS = RowLaunch(rows=4, num_warps=1)
 def row_launch(gpu_launch: RowLaunch) -> RowLaunch:
     """`gpu_launch` when compiling, INTERPRETER_ROWS when interpreting."""
     return INTERPRETER_ROWS if TRITON_INTERPRETED else gpu_launch
-
-
-def kernel_serves(t: torch.Tensor, *dtypes: torch.dtype) -> bool:
-    """Whether the Triton kernel (rather than its reference) serves input `t` together with tensors of
-    `dtypes` (e.g. the output's): `triton_runs_on(t)`, and no bfloat16 among `dtypes` when interpreting."""
-    return triton_runs_on(t) and not (TRITON_INTERPRETED and torch.bfloat16 in dtypes)
 
 
 def check_tokens(x: torch.Tensor, name: str, *, what: str) -> None:

@@ -5,7 +5,8 @@ Kernels run compiled on CUDA tensors. When TRITON_INTERPRET=1 was set before tri
 (the CPU tests do this), they run in Triton's interpreter instead, on CPU or CUDA tensors (float32
 and float16 only: the interpreter computes bfloat16 wrongly). Triton fixes that choice for its own
 library at import time, so one process cannot both interpret and compile; TRITON_INTERPRETED
-records which it is. Inputs the kernels cannot serve go to the callers' PyTorch references.
+records which it is. A launcher given inputs its kernel cannot serve raises (require_triton); the
+engine picks kernel or reference beforehand, in one place (dispatch.KernelChoice).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ except ImportError:  # CPU-only installs: kernel definitions still import, launc
     TRITON_AVAILABLE = False
 
 LOG2E = 1.4426950408889634  # log2(e): softmax in base 2, exp(x) = exp2(x * LOG2E)
+LN2 = 0.6931471805599453    # ln(2): a base-2 log-sum-exp times LN2 is in natural units
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
@@ -49,6 +51,16 @@ INTERPRETER_CONFIG = LaunchConfig(block_m=32, block_n=32, num_warps=1, num_stage
 TRITON_INTERPRETED = TRITON_AVAILABLE and isinstance(tl.cdiv, InterpretedFunction)
 
 
+def _kernel_constant(value: float):
+    """`value` as compiled kernel bodies may read a global (a tl.constexpr), or the plain float
+    that interpreted bodies and host code use."""
+    return tl.constexpr(value) if TRITON_AVAILABLE and not TRITON_INTERPRETED else value
+
+
+KERNEL_LOG2E = _kernel_constant(LOG2E)   # LOG2E and LN2 for use inside kernel bodies
+KERNEL_LN2 = _kernel_constant(LN2)
+
+
 def triton_runs_on(t: torch.Tensor) -> bool:
     """Whether the Triton kernels (rather than the PyTorch references) serve inputs like `t`.
 
@@ -61,11 +73,25 @@ def triton_runs_on(t: torch.Tensor) -> bool:
     return t.device.type == "cuda"
 
 
+def triton_serves(t: torch.Tensor, *dtypes: torch.dtype) -> bool:
+    """`triton_runs_on(t)`, with no bfloat16 among `dtypes` (other tensors', e.g. an output's) when interpreting."""
+    return triton_runs_on(t) and not (TRITON_INTERPRETED and torch.bfloat16 in dtypes)
+
+
+def require_triton(t: torch.Tensor, *dtypes: torch.dtype, what: str) -> None:
+    """Launchers run their kernel or fail: which of a kernel and its reference serves the engine is
+    decided once, by kernels.dispatch.KernelChoice. Raises where Triton cannot serve `t` here."""
+    if not triton_serves(t, *dtypes):
+        raise ValueError(f"{what}: Triton cannot run on {t.dtype} tensors on {t.device} in this process (compiled: "
+                         f"CUDA tensors; interpreted with TRITON_INTERPRET=1: no bfloat16); call {what}_reference, "
+                         "or pick with KernelChoice('auto' or 'reference')")
+
+
 class LazyKernel:
     """A Triton kernel body, built on first launch as a compiled JITFunction or, in an interpreted
     process (TRITON_INTERPRETED), as an InterpretedFunction.
 
-    Kernels wrapped this way must not call other kernels of ours (tl's own functions are fine).
+    Kernels wrapped this way may call device functions made by `triton_helper` (and tl's own).
     """
 
     def __init__(self, fn: Callable) -> None:
@@ -84,6 +110,16 @@ class LazyKernel:
 def triton_kernel(fn: Callable) -> LazyKernel:
     """Decorator: wrap a Triton kernel body as a LazyKernel."""
     return LazyKernel(fn)
+
+
+def triton_helper(fn: Callable):
+    """Decorator: a Triton device function that kernels call (the tutorial's `_attn_fwd_inner`
+    pattern), built now as a JITFunction, or an InterpretedFunction in an interpreted process; the
+    plain function where triton is missing (then no kernel launches). Global names a helper reads
+    must be helpers too or constexpr values."""
+    if not TRITON_AVAILABLE:
+        return fn
+    return InterpretedFunction(fn) if TRITON_INTERPRETED else JITFunction(fn)
 
 
 def launch_config(gpu_config: LaunchConfig) -> LaunchConfig:

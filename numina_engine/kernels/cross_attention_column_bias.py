@@ -16,7 +16,16 @@ import math
 
 import torch
 
+from ._attention_loop import (
+    attend_key_blocks,
+    head_pointer,
+    load_key_block,
+    online_softmax_update,
+    query_block,
+    store_query_rows,
+)
 from ._triton import (
+    KERNEL_LOG2E,
     LOG2E,
     LaunchConfig,
     check_head_dim,
@@ -27,24 +36,15 @@ from ._triton import (
     new_output,
     next_power_of_2,
     tl,
+    require_triton,
     triton_kernel,
-    triton_runs_on,
 )
+from .tiles import gpu_tiles
 
 MAX_BIAS_COLUMNS = 64
 # Natural-log units; larger magnitudes saturate the softmax anyway and would overflow float16 halves.
 BIAS_LIMIT = 30000.0
 
-# Hopper (H100) tiles by head_dim. At 32,760 queries x 512 keys, 12 heads of 128, bf16, 4 bias
-# columns, B=1/B=2 (H100, triton 3.6, before the biased-block range was split off): 128/128/8
-# warps/2 stages 0.351/0.666 ms, 64/64/4/2 0.354/0.695 ms, 128/64/8/3 0.373/0.725 ms, 128/64/4/3
-# 0.552/1.065 ms (SDPA: 0.195/0.393 ms); with the split, 128/128/8/2: 0.357/0.668 ms.
-_GPU_CONFIGS = {
-    16: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    32: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    64: LaunchConfig(block_m=128, block_n=64, num_warps=4, num_stages=3),
-    128: LaunchConfig(block_m=128, block_n=128, num_warps=8, num_stages=2),
-}
 
 
 @triton_kernel
@@ -61,28 +61,21 @@ def _cross_attention_column_bias_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     # One program: BLOCK_M queries of one (batch, head); logits in base 2 (qk_scale = log2(e) / sqrt(D)).
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, h, offs_m, q = query_block(Q, stride_qb, stride_ql, stride_qh, num_heads, q_len, BLOCK_M, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     offs_c = tl.arange(0, COLUMNS_PAD)
 
-    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-    o_base = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    k_base = head_pointer(K, b, h, stride_kb, stride_kh)
+    v_base = head_pointer(V, b, h, stride_vb, stride_vh)
     row_ok = offs_m < q_len
-    q = tl.load(q_base + offs_m[:, None] * stride_ql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
 
     # Bias of this block's rows (zero for other batch elements), in base-2 logit units, as float16 hi + lo.
     columns = tl.load(BiasColumns + offs_c, mask=offs_c < num_columns, other=-1)
     bias_cols = tl.where(b == bias_batch, num_columns, 0)
     bias = tl.load(Bias + offs_m[:, None] * stride_bias_q + offs_c[None, :] * stride_bias_t,
                    mask=row_ok[:, None] & (offs_c[None, :] < bias_cols), other=0.0)
-    bias = tl.minimum(tl.maximum(bias, -bias_limit), bias_limit) * 1.4426950408889634  # log2(e)
+    bias = tl.minimum(tl.maximum(bias, -bias_limit), bias_limit) * KERNEL_LOG2E
     bias_hi = bias.to(tl.float16)
     bias_lo = (bias - bias_hi.to(tl.float32)).to(tl.float16)
 
@@ -99,47 +92,24 @@ def _cross_attention_column_bias_kernel(
     full_key_end = kv_len // BLOCK_N * BLOCK_N
     # Four key ranges: before the biased blocks (no mask), the biased blocks (masked, biased), after
     # them up to the last full block (no mask), and the partial tail block (masked).
-    for segment in tl.static_range(4):
-        if segment == 0:
-            lo = 0
-            hi = bias_key_lo
-        elif segment == 1:
-            lo = bias_key_lo
-            hi = bias_key_hi
-        elif segment == 2:
-            lo = bias_key_hi
-            hi = full_key_end
-        else:
-            lo = tl.maximum(full_key_end, bias_key_hi)
-            hi = kv_len
-        for start_n in range(lo, hi, BLOCK_N):
-            cols = start_n + offs_n
-            k_ptrs = k_base + cols[None, :] * stride_kl + offs_d[:, None]
-            v_ptrs = v_base + cols[:, None] * stride_vl + offs_d[None, :]
-            if segment % 2 == 1:
-                key_ok = cols < kv_len
-                k = tl.load(k_ptrs, mask=key_ok[None, :], other=0.0)
-                v = tl.load(v_ptrs, mask=key_ok[:, None], other=0.0)
-            else:
-                k = tl.load(k_ptrs)
-                v = tl.load(v_ptrs)
-            s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
-            if segment == 1:
-                onehot = (columns[:, None] == cols[None, :]).to(tl.float16)   # [COLUMNS_PAD, BLOCK_N]
-                s = tl.dot(bias_hi, onehot, s)
-                s = tl.dot(bias_lo, onehot, s)
-            if segment % 2 == 1:
-                s = tl.where(key_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-            m_i = m_new
+    m_i, l_i, acc = attend_key_blocks(q, k_base, v_base, stride_kl, stride_vl, 0, bias_key_lo, kv_len, qk_scale,
+                                      m_i, l_i, acc, offs_n, offs_d, BLOCK_N, False, DOT_PRECISION)
+    for start_n in range(bias_key_lo, bias_key_hi, BLOCK_N):
+        cols = start_n + offs_n
+        k, v = load_key_block(k_base, v_base, cols, stride_kl, stride_vl, offs_d, kv_len, True)
+        s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
+        onehot = (columns[:, None] == cols[None, :]).to(tl.float16)   # [COLUMNS_PAD, BLOCK_N]
+        s = tl.dot(bias_hi, onehot, s)
+        s = tl.dot(bias_lo, onehot, s)
+        s = tl.where((cols < kv_len)[None, :], s, float("-inf"))
+        m_i, l_i, acc = online_softmax_update(s, v, m_i, l_i, acc, DOT_PRECISION)
+    m_i, l_i, acc = attend_key_blocks(q, k_base, v_base, stride_kl, stride_vl, bias_key_hi, full_key_end, kv_len,
+                                      qk_scale, m_i, l_i, acc, offs_n, offs_d, BLOCK_N, False, DOT_PRECISION)
+    m_i, l_i, acc = attend_key_blocks(q, k_base, v_base, stride_kl, stride_vl, tl.maximum(full_key_end, bias_key_hi),
+                                      kv_len, kv_len, qk_scale, m_i, l_i, acc, offs_n, offs_d, BLOCK_N, True,
+                                      DOT_PRECISION)
 
-    tl.store(o_base + offs_m[:, None] * stride_ol + offs_d[None, :], (acc / l_i[:, None]).to(Out.dtype.element_ty),
-             mask=row_ok[:, None])
+    store_query_rows(Out, b, h, stride_ob, stride_ol, stride_oh, offs_m, q_len, acc / l_i[:, None], HEAD_DIM)
 
 
 def _check_bias_args(q: torch.Tensor, bias_columns: torch.Tensor, bias: torch.Tensor, bias_batch: int, *,
@@ -168,6 +138,7 @@ def cross_attention_with_column_bias(
     bias: torch.Tensor,
     *,
     bias_batch: int = 0,
+    tiles: LaunchConfig | None = None,
 ) -> torch.Tensor:
     """Cross-attention with bias[:, t] added to the scaled logits of key column bias_columns[t].
 
@@ -177,14 +148,14 @@ def cross_attention_with_column_bias(
         bias: float32 [Lq, T], natural-log logit offsets shared by all heads, finite or -inf
             (magnitudes are clamped to BIAS_LIMIT).
         bias_batch: the batch element that gets the bias; the others get plain attention.
+        tiles: GPU launch tiles instead of kernels/tiles.py's (bench/sweep_attention_tiles.py); kernel only.
     Returns:
         out: [B, Lq, H, D] in q.dtype, softmax(q k^T / sqrt(D) + bias scattered to its columns) v.
     """
     what = "cross_attention_with_column_bias"
     check_qkv(q, k, v, what=what)
     _check_bias_args(q, bias_columns, bias, bias_batch, what=what)
-    if not triton_runs_on(q):
-        return cross_attention_with_column_bias_reference(q, k, v, bias_columns, bias, bias_batch=bias_batch)
+    require_triton(q, what=what)
     check_head_dim(q, what=what)
 
     q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
@@ -192,7 +163,7 @@ def cross_attention_with_column_bias(
     batch, q_len, heads, head_dim = q.shape
     num_columns = bias_columns.shape[0]
     out = new_output((batch, q_len, heads, head_dim), q.dtype, q.device)
-    config = launch_config(_GPU_CONFIGS[head_dim])
+    config = launch_config(gpu_tiles("cross_attention_with_column_bias", head_dim, tiles))
     grid = (math.ceil(q_len / config.block_m), batch * heads)
     _cross_attention_column_bias_kernel[grid](
         q, k, v, out, bias_columns, bias,

@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from ._attention_loop import attend_key_blocks, head_pointer, query_block, store_query_rows
 from ._triton import (
     LOG2E,
     LaunchConfig,
@@ -23,19 +24,11 @@ from ._triton import (
     new_output,
     next_power_of_2,
     tl,
+    require_triton,
     triton_kernel,
-    triton_runs_on,
 )
+from .tiles import gpu_tiles
 
-# Hopper (H100) tiles by head_dim. At 32,760 queries x 512 keys, 12 heads of 128, bf16, B=1/B=2
-# (H100, triton 3.6): 128/32/4 warps/3 stages 0.330/0.607 ms, 128/128/8/2 0.349/0.630 ms,
-# 128/64/8/3 0.352/0.649 ms, 128/64/4/3 0.509/0.941 ms (SDPA: 0.195/0.393 ms).
-_GPU_CONFIGS = {
-    16: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    32: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    64: LaunchConfig(block_m=128, block_n=64, num_warps=4, num_stages=3),
-    128: LaunchConfig(block_m=128, block_n=32, num_warps=4, num_stages=3),
-}
 
 
 @triton_kernel
@@ -51,57 +44,25 @@ def _cross_attention_noun_maps_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     # One program: BLOCK_M queries of one (batch, head); logits in base 2 (qk_scale = log2(e) / sqrt(D)).
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, h, offs_m, q = query_block(Q, stride_qb, stride_ql, stride_qh, num_heads, q_len, BLOCK_M, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
 
-    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-    o_base = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    k_base = head_pointer(K, b, h, stride_kb, stride_kh)
+    v_base = head_pointer(V, b, h, stride_vb, stride_vh)
     row_ok = offs_m < q_len
-    q = tl.load(q_base + offs_m[:, None] * stride_ql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     full_key_end = kv_len // BLOCK_N * BLOCK_N
     # Two key ranges: the full blocks (no mask), then the partial tail block (masked).
-    for segment in tl.static_range(2):
-        if segment == 0:
-            lo = 0
-            hi = full_key_end
-        else:
-            lo = full_key_end
-            hi = kv_len
-        for start_n in range(lo, hi, BLOCK_N):
-            cols = start_n + offs_n
-            k_ptrs = k_base + cols[None, :] * stride_kl + offs_d[:, None]
-            v_ptrs = v_base + cols[:, None] * stride_vl + offs_d[None, :]
-            if segment == 1:
-                key_ok = cols < kv_len
-                k = tl.load(k_ptrs, mask=key_ok[None, :], other=0.0)
-                v = tl.load(v_ptrs, mask=key_ok[:, None], other=0.0)
-            else:
-                k = tl.load(k_ptrs)
-                v = tl.load(v_ptrs)
-            s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
-            if segment == 1:
-                s = tl.where(key_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-            m_i = m_new
+    m_i, l_i, acc = attend_key_blocks(q, k_base, v_base, stride_kl, stride_vl, 0, full_key_end, kv_len, qk_scale,
+                                      m_i, l_i, acc, offs_n, offs_d, BLOCK_N, False, DOT_PRECISION)
+    m_i, l_i, acc = attend_key_blocks(q, k_base, v_base, stride_kl, stride_vl, full_key_end, kv_len, kv_len,
+                                      qk_scale, m_i, l_i, acc, offs_n, offs_d, BLOCK_N, True, DOT_PRECISION)
 
-    tl.store(o_base + offs_m[:, None] * stride_ol + offs_d[None, :], (acc / l_i[:, None]).to(Out.dtype.element_ty),
-             mask=row_ok[:, None])
+    store_query_rows(Out, b, h, stride_ob, stride_ol, stride_oh, offs_m, q_len, acc / l_i[:, None], HEAD_DIM)
 
     if b == maps_batch:
         # Probability of each noun token = exp2(logit - m_i) / l_i, from the finished statistics.
@@ -143,6 +104,7 @@ def cross_attention_with_noun_maps(
     noun_tokens: torch.Tensor,
     *,
     maps_batch: int = 0,
+    tiles: LaunchConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-attention output and the per-noun maps of one batch element, in one pass.
 
@@ -151,6 +113,7 @@ def cross_attention_with_noun_maps(
         noun_tokens: int32 [n_nouns, T] key positions of each noun's tokens, padded with -1
             (CPU or q's device; see _check_noun_tokens).
         maps_batch: batch element whose noun maps are returned.
+        tiles: GPU launch tiles instead of kernels/tiles.py's (bench/sweep_attention_tiles.py); kernel only.
     Returns:
         out: [B, Lq, H, D] in q.dtype, softmax(q k^T / sqrt(D)) v.
         noun_maps: [n_nouns, Lq] float32; noun_maps[n, i] = mean over heads of the mean over
@@ -161,8 +124,7 @@ def cross_attention_with_noun_maps(
     _check_noun_tokens(noun_tokens, k.shape[1], what=what)
     if not 0 <= maps_batch < q.shape[0]:
         raise ValueError(f"{what}: maps_batch must be in [0, {q.shape[0]}), got {maps_batch}")
-    if not triton_runs_on(q):
-        return cross_attention_with_noun_maps_reference(q, k, v, noun_tokens, maps_batch=maps_batch)
+    require_triton(q, what=what)
     check_head_dim(q, what=what)
 
     q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
@@ -172,7 +134,7 @@ def cross_attention_with_noun_maps(
     num_nouns, tokens_per_noun = noun_tokens.shape
     out = new_output((batch, q_len, heads, head_dim), q.dtype, q.device)
     noun_partials = new_output((heads, num_nouns, q_len), torch.float32, q.device)
-    config = launch_config(_GPU_CONFIGS[head_dim])
+    config = launch_config(gpu_tiles("cross_attention_with_noun_maps", head_dim, tiles))
     grid = (math.ceil(q_len / config.block_m), batch * heads)
     _cross_attention_noun_maps_kernel[grid](
         q, k, v, out, noun_tokens, noun_partials,

@@ -6,17 +6,34 @@ to the keys of its own frame, and returns their log-sum-exp. `frame_attention_ma
 the within-frame maps softmax(Q_f K_f^T / sqrt(D)) as exp(logit - lse) in a second, cheap pass:
 no second reduction and no Python loop over frames or heads.
 
+With output="within_frame" the first pass returns, instead of the full attention, the
+block-diagonal (within-frame) attention, as the NUMINA authors' extraction block does: it then
+visits only the key blocks of each query block's frames, whose statistics are the within-frame
+ones, so it costs about 1/num_frames of the full pass.
+
 Token layout: the video's tokens come first, frame after frame (frame f holds tokens
 [f * frame_tokens, (f + 1) * frame_tokens)); tokens past num_frames * frame_tokens are padding
-that still gets a full-attention output; keys at or past kv_len are masked.
+that still gets a full-attention output (zeros in the within-frame output); keys at or past kv_len are masked.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 
+from ._attention_loop import (
+    attend_key_blocks,
+    head_pointer,
+    key_block_logits,
+    load_key_block,
+    online_softmax_update,
+    query_block,
+    store_query_rows,
+)
 from ._triton import (
+    KERNEL_LN2,
+    KERNEL_LOG2E,
     LOG2E,
     LaunchConfig,
     check_head_dim,
@@ -26,28 +43,10 @@ from ._triton import (
     launch_config,
     new_output,
     tl,
+    require_triton,
     triton_kernel,
-    triton_runs_on,
 )
-
-# Hopper (H100) tiles for the forward pass, by head_dim. At 21x1560 tokens, 12 heads of 128, bf16,
-# B=1 (H100, triton 3.6): 128/128/8 warps/3 stages 13.9 ms, 128/64/8/3 14.4 ms, 64/64/4/3 15.2 ms,
-# 128/128/8/2 15.7 ms, 128/64/4/3 24.8 ms (cuDNN SDPA: 11.4 ms).
-_FORWARD_CONFIGS = {
-    16: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    32: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    64: LaunchConfig(block_m=128, block_n=64, num_warps=4, num_stages=3),
-    128: LaunchConfig(block_m=128, block_n=128, num_warps=8, num_stages=3),
-}
-# The maps pass is bound by writing the maps (2.45 GB float32 at the real shape: 1.24 ms, ~2 TB/s);
-# its tiles matter little (1.24 to 1.38 ms over six configurations).
-_MAPS_CONFIGS = {
-    16: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    32: LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
-    64: LaunchConfig(block_m=64, block_n=128, num_warps=4, num_stages=2),
-    128: LaunchConfig(block_m=64, block_n=128, num_warps=4, num_stages=2),
-}
-
+from .tiles import gpu_tiles
 
 @triton_kernel
 def _attention_with_frame_lse_kernel(
@@ -59,90 +58,78 @@ def _attention_with_frame_lse_kernel(
     num_heads, q_len, kv_len, frame_tokens, video_len, stats_batch,
     qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    WITHIN_FRAME_OUTPUT: tl.constexpr,
 ):
     # One program: BLOCK_M queries of one (batch, head). Logits are kept in base 2
     # (qk_scale = log2(e) / sqrt(D)), so exp2 serves the softmax.
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    m_start = pid_m * BLOCK_M
-    offs_m = m_start + tl.arange(0, BLOCK_M)
+    b, h, offs_m, q = query_block(Q, stride_qb, stride_ql, stride_qh, num_heads, q_len, BLOCK_M, HEAD_DIM)
+    m_start = tl.program_id(0) * BLOCK_M
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
+    k_base = head_pointer(K, b, h, stride_kb, stride_kh)
+    v_base = head_pointer(V, b, h, stride_vb, stride_vh)
 
-    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-    o_base = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-    row_ok = offs_m < q_len
-    q = tl.load(q_base + offs_m[:, None] * stride_ql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-
-    # Key blocks that can hold keys of this block's frames: [frame_key_lo, frame_key_hi).
-    # Only the stats batch element's programs over video rows track frame statistics.
-    track = (b == stats_batch) & (m_start < video_len)
+    # Key blocks that can hold keys of this block's frames: [frame_key_lo, frame_key_hi), for the
+    # programs over video rows that need them: every batch element's for the within-frame output,
+    # the stats batch element's only otherwise.
+    framed = m_start < video_len
+    if not WITHIN_FRAME_OUTPUT:
+        framed = framed & (b == stats_batch)
     first_frame = m_start // frame_tokens
     last_frame = (tl.minimum(m_start + BLOCK_M, video_len) - 1) // frame_tokens
-    frame_key_lo = tl.where(track, (first_frame * frame_tokens) // BLOCK_N * BLOCK_N, 0)
-    frame_key_hi = tl.where(track, tl.cdiv((last_frame + 1) * frame_tokens, BLOCK_N) * BLOCK_N, 0)
-    full_key_end = kv_len // BLOCK_N * BLOCK_N
+    frame_key_lo = tl.where(framed, (first_frame * frame_tokens) // BLOCK_N * BLOCK_N, 0)
+    frame_key_hi = tl.where(framed, tl.cdiv((last_frame + 1) * frame_tokens, BLOCK_N) * BLOCK_N, 0)
     row_frame = offs_m // frame_tokens
-
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)      # running max over all keys
-    l_i = tl.zeros([BLOCK_M], tl.float32)                     # running sum over all keys
-    mf_i = tl.full([BLOCK_M], -1.0e30, tl.float32)            # running max over own-frame keys
-    lf_i = tl.zeros([BLOCK_M], tl.float32)                    # running sum over own-frame keys
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
-    # Four key ranges: before the frame blocks (no mask), the frame blocks (masked, tracked),
-    # after them up to the last full block (no mask), and the partial tail block (masked).
-    for segment in tl.static_range(4):
-        if segment == 0:
-            lo = 0
-            hi = frame_key_lo
-        elif segment == 1:
-            lo = frame_key_lo
-            hi = frame_key_hi
-        elif segment == 2:
-            lo = frame_key_hi
-            hi = full_key_end
-        else:
-            lo = tl.maximum(full_key_end, frame_key_hi)
-            hi = kv_len
-        for start_n in range(lo, hi, BLOCK_N):
+    if WITHIN_FRAME_OUTPUT:
+        # Only the frame blocks, own-frame keys only: the statistics and the output are the
+        # within-frame ones (a finite start: a block may hold no key of a row's frame).
+        m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        for start_n in range(frame_key_lo, frame_key_hi, BLOCK_N):
             cols = start_n + offs_n
-            k_ptrs = k_base + cols[None, :] * stride_kl + offs_d[:, None]
-            v_ptrs = v_base + cols[:, None] * stride_vl + offs_d[None, :]
-            if segment % 2 == 1:
-                key_ok = cols < kv_len
-                k = tl.load(k_ptrs, mask=key_ok[None, :], other=0.0)
-                v = tl.load(v_ptrs, mask=key_ok[:, None], other=0.0)
-            else:
-                k = tl.load(k_ptrs)
-                v = tl.load(v_ptrs)
-            s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
-            if segment % 2 == 1:
-                s = tl.where(key_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-            m_i = m_new
-            if segment == 1:
-                in_frame = (cols[None, :] // frame_tokens) == row_frame[:, None]
-                s_frame = tl.where(in_frame, s, float("-inf"))
-                mf_new = tl.maximum(mf_i, tl.max(s_frame, 1))
-                lf_i = lf_i * tl.exp2(mf_i - mf_new) + tl.sum(tl.exp2(s_frame - mf_new[:, None]), 1)
-                mf_i = mf_new
+            k, v = load_key_block(k_base, v_base, cols, stride_kl, stride_vl, offs_d, kv_len, True)
+            s = key_block_logits(q, k, cols, kv_len, qk_scale, True, DOT_PRECISION)
+            s = tl.where((cols[None, :] // frame_tokens) == row_frame[:, None], s, float("-inf"))
+            m_i, l_i, acc = online_softmax_update(s, v, m_i, l_i, acc, DOT_PRECISION)
+        mf_i = m_i
+        lf_i = l_i
+        # Rows past the video have no frame: zeros, as the NUMINA authors' extraction returns there.
+        video_row = offs_m < video_len
+        out = tl.where(video_row[:, None], acc / tl.where(video_row, l_i, 1.0)[:, None], 0.0)
+    else:
+        full_key_end = kv_len // BLOCK_N * BLOCK_N
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)      # running max over all keys
+        l_i = tl.zeros([BLOCK_M], tl.float32)                     # running sum over all keys
+        mf_i = tl.full([BLOCK_M], -1.0e30, tl.float32)            # running max over own-frame keys
+        lf_i = tl.zeros([BLOCK_M], tl.float32)                    # running sum over own-frame keys
+        # Four key ranges: before the frame blocks (no mask), the frame blocks (masked, tracked),
+        # after them up to the last full block (no mask), and the partial tail block (masked).
+        m_i, l_i, acc = attend_key_blocks(q, k_base, v_base, stride_kl, stride_vl, 0, frame_key_lo, kv_len,
+                                          qk_scale, m_i, l_i, acc, offs_n, offs_d, BLOCK_N, False, DOT_PRECISION)
+        for start_n in range(frame_key_lo, frame_key_hi, BLOCK_N):
+            cols = start_n + offs_n
+            k, v = load_key_block(k_base, v_base, cols, stride_kl, stride_vl, offs_d, kv_len, True)
+            s = key_block_logits(q, k, cols, kv_len, qk_scale, True, DOT_PRECISION)
+            m_i, l_i, acc = online_softmax_update(s, v, m_i, l_i, acc, DOT_PRECISION)
+            s_frame = tl.where((cols[None, :] // frame_tokens) == row_frame[:, None], s, float("-inf"))
+            mf_new = tl.maximum(mf_i, tl.max(s_frame, 1))
+            lf_i = lf_i * tl.exp2(mf_i - mf_new) + tl.sum(tl.exp2(s_frame - mf_new[:, None]), 1)
+            mf_i = mf_new
+        m_i, l_i, acc = attend_key_blocks(q, k_base, v_base, stride_kl, stride_vl, frame_key_hi, full_key_end,
+                                          kv_len, qk_scale, m_i, l_i, acc, offs_n, offs_d, BLOCK_N, False,
+                                          DOT_PRECISION)
+        m_i, l_i, acc = attend_key_blocks(q, k_base, v_base, stride_kl, stride_vl,
+                                          tl.maximum(full_key_end, frame_key_hi), kv_len, kv_len, qk_scale,
+                                          m_i, l_i, acc, offs_n, offs_d, BLOCK_N, True, DOT_PRECISION)
+        out = acc / l_i[:, None]
 
-    out = acc / l_i[:, None]
-    tl.store(o_base + offs_m[:, None] * stride_ol + offs_d[None, :], out.to(Out.dtype.element_ty),
-             mask=row_ok[:, None])
-    # Tracked rows have lf_i >= 1 (their max term is exp2(0)); the floor only keeps log2 finite elsewhere.
-    frame_lse = (mf_i + tl.log2(tl.maximum(lf_i, 1.0))) * 0.6931471805599453  # base-2 lse -> natural units
-    lse_rows = tl.where(track, video_len, 0)
+    store_query_rows(Out, b, h, stride_ob, stride_ol, stride_oh, offs_m, q_len, out, HEAD_DIM)
+    # Video rows of framed programs have lf_i >= 1 (their max term is exp2(0)); the floor only keeps
+    # log2 finite elsewhere.
+    frame_lse = (mf_i + tl.log2(tl.maximum(lf_i, 1.0))) * KERNEL_LN2   # base-2 lse -> natural units
+    lse_rows = tl.where(framed & (b == stats_batch), video_len, 0)
     tl.store(FrameLse + h * video_len + offs_m, frame_lse, mask=offs_m < lse_rows)
 
 
@@ -172,7 +159,7 @@ def _frame_attention_maps_kernel(
                 mask=row_ok[:, None], other=0.0)
     k = tl.load(K + h.to(tl.int64) * stride_kh + cols[None, :] * stride_kl + offs_d[:, None],
                 mask=col_ok[None, :], other=0.0)
-    lse = tl.load(FrameLse + h * video_len + rows, mask=row_ok, other=0.0) * 1.4426950408889634  # to base 2
+    lse = tl.load(FrameLse + h * video_len + rows, mask=row_ok, other=0.0) * KERNEL_LOG2E  # to base 2
     s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
     p = tl.exp2(s - lse[:, None])
     maps_base = Maps + pid_fh.to(tl.int64) * frame_tokens * frame_tokens
@@ -200,6 +187,14 @@ def _resolve_kv_len(k: torch.Tensor, kv_len: int | None, video_len: int, *, what
     return kv_len
 
 
+OUTPUTS = ("full", "within_frame")
+
+
+def _check_output(output: str, *, what: str) -> None:
+    if output not in OUTPUTS:
+        raise ValueError(f"{what}: output must be one of {OUTPUTS}, got {output!r}")
+
+
 def _check_batch_index(index: int, batch: int, *, name: str, what: str) -> None:
     if not 0 <= index < batch:
         raise ValueError(f"{what}: {name} must be in [0, {batch}), got {index}")
@@ -214,8 +209,10 @@ def attention_with_frame_lse(
     num_frames: int,
     kv_len: int | None = None,
     stats_batch: int = 0,
+    output: str = "full",
+    tiles: LaunchConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full self-attention plus the within-frame log-sum-exp of one batch element.
+    """Self-attention (full or within-frame) plus the within-frame log-sum-exp of one batch element.
 
     Args:
         q, k, v: [B, L, H, D] (k, v may have another length Lk >= video tokens), float32/float16/bfloat16.
@@ -223,9 +220,13 @@ def attention_with_frame_lse(
         num_frames: frames of the video; its num_frames * frame_tokens tokens lead the sequence.
         kv_len: keys at or past kv_len are masked (default: all Lk keys); must cover the video.
         stats_batch: batch element whose within-frame statistics are returned.
+        output: OUTPUTS[0] "full" or OUTPUTS[1] "within_frame", the attention that `out` holds.
+        tiles: GPU launch tiles instead of kernels/tiles.py's (bench/sweep_attention_tiles.py); kernel only.
     Returns:
-        out: [B, L, H, D] in q.dtype, softmax(q k^T / sqrt(D)) v over keys < kv_len, every query
-            (padding past the video included).
+        out: [B, L, H, D] in q.dtype. "full": softmax(q k^T / sqrt(D)) v over keys < kv_len, every
+            query (padding past the video included). "within_frame": the block-diagonal attention
+            of every batch element, softmax over the keys of the query's own frame only (per-frame
+            attention; the NUMINA authors' extraction output), and zeros for queries past the video.
         frame_lse: [H, num_frames * frame_tokens] float32; for video query i of frame f,
             logsumexp_j(q_i . k_j / sqrt(D)) over the keys j of frame f (batch element stats_batch).
     """
@@ -234,16 +235,15 @@ def attention_with_frame_lse(
     video_len = _check_frame_layout(q, k, frame_tokens, num_frames, what=what)
     kv_len = _resolve_kv_len(k, kv_len, video_len, what=what)
     _check_batch_index(stats_batch, q.shape[0], name="stats_batch", what=what)
-    if not triton_runs_on(q):
-        return attention_with_frame_lse_reference(
-            q, k, v, frame_tokens=frame_tokens, num_frames=num_frames, kv_len=kv_len, stats_batch=stats_batch)
+    _check_output(output, what=what)
+    require_triton(q, what=what)
     check_head_dim(q, what=what)
 
     q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
     batch, q_len, heads, head_dim = q.shape
     out = new_output((batch, q_len, heads, head_dim), q.dtype, q.device)
     frame_lse = new_output((heads, video_len), torch.float32, q.device)
-    config = launch_config(_FORWARD_CONFIGS[head_dim])
+    config = launch_config(gpu_tiles("attention_with_frame_lse", head_dim, tiles))
     grid = (math.ceil(q_len / config.block_m), batch * heads)
     _attention_with_frame_lse_kernel[grid](
         q, k, v, out, frame_lse,
@@ -254,7 +254,7 @@ def attention_with_frame_lse(
         heads, q_len, kv_len, frame_tokens, video_len, stats_batch,
         LOG2E / math.sqrt(head_dim),
         HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        DOT_PRECISION=dot_precision(q.dtype),
+        DOT_PRECISION=dot_precision(q.dtype), WITHIN_FRAME_OUTPUT=output == "within_frame",
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out, frame_lse
@@ -269,6 +269,7 @@ def frame_attention_maps(
     num_frames: int,
     batch: int = 0,
     out_dtype: torch.dtype = torch.float32,
+    tiles: LaunchConfig | None = None,
 ) -> torch.Tensor:
     """Within-frame self-attention maps of one batch element, from attention_with_frame_lse's frame_lse.
 
@@ -277,6 +278,7 @@ def frame_attention_maps(
         frame_lse: [H, num_frames * frame_tokens] float32 computed for batch element `batch`.
         batch: batch element whose maps are written.
         out_dtype: dtype of the maps (float32, float16 or bfloat16).
+        tiles: GPU launch tiles instead of kernels/tiles.py's (bench/sweep_attention_tiles.py); kernel only.
     Returns:
         maps: [num_frames, H, frame_tokens, frame_tokens] in out_dtype;
             maps[f, h, i, j] = softmax_j(q_i . k_j / sqrt(D)) over query i's and key j's frame f
@@ -284,16 +286,14 @@ def frame_attention_maps(
     """
     what = "frame_attention_maps"
     _check_maps_args(q, k, frame_lse, frame_tokens, num_frames, batch, out_dtype, what=what)
-    if not triton_runs_on(q):
-        return frame_attention_maps_reference(
-            q, k, frame_lse, frame_tokens=frame_tokens, num_frames=num_frames, batch=batch, out_dtype=out_dtype)
+    require_triton(q, out_dtype, what=what)
     check_head_dim(q, what=what)
 
     q_b, k_b = last_dim_contiguous(q[batch]), last_dim_contiguous(k[batch])
     frame_lse = frame_lse.contiguous()
     heads, head_dim = q.shape[2], q.shape[3]
     maps = new_output((num_frames, heads, frame_tokens, frame_tokens), out_dtype, q.device)
-    config = launch_config(_MAPS_CONFIGS[head_dim])
+    config = launch_config(gpu_tiles("frame_attention_maps", head_dim, tiles))
     grid = (math.ceil(frame_tokens / config.block_m), math.ceil(frame_tokens / config.block_n), num_frames * heads)
     _frame_attention_maps_kernel[grid](
         q_b, k_b, frame_lse, maps,
@@ -334,24 +334,32 @@ def attention_with_frame_lse_reference(
     num_frames: int,
     kv_len: int | None = None,
     stats_batch: int = 0,
+    output: str = "full",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain-PyTorch attention_with_frame_lse (float32 math, query chunks; same contract)."""
+    """Plain-PyTorch attention_with_frame_lse (float32 math, query chunks; "within_frame": SDPA of
+    each frame on its own; same contract)."""
     what = "attention_with_frame_lse_reference"
     check_qkv(q, k, v, what=what)
     video_len = _check_frame_layout(q, k, frame_tokens, num_frames, what=what)
     kv_len = _resolve_kv_len(k, kv_len, video_len, what=what)
     _check_batch_index(stats_batch, q.shape[0], name="stats_batch", what=what)
+    _check_output(output, what=what)
     batch, q_len, heads, head_dim = q.shape
     scale = 1.0 / math.sqrt(head_dim)
     qf = q.float().transpose(1, 2)                  # [B, H, L, D]
     kf = k[:, :kv_len].float().transpose(1, 2)      # [B, H, kv_len, D]
     vf = v[:, :kv_len].float().transpose(1, 2)
 
-    out = torch.empty(batch, heads, q_len, head_dim, dtype=torch.float32, device=q.device)
-    chunk = max(1, (1 << 26) // (batch * heads * kv_len))
-    for start in range(0, q_len, chunk):
-        logits = qf[:, :, start:start + chunk] @ kf.transpose(-1, -2) * scale
-        out[:, :, start:start + chunk] = torch.softmax(logits, dim=-1) @ vf
+    out = torch.zeros(batch, heads, q_len, head_dim, dtype=torch.float32, device=q.device)
+    if output == "full":
+        chunk = max(1, (1 << 26) // (batch * heads * kv_len))
+        for start in range(0, q_len, chunk):
+            logits = qf[:, :, start:start + chunk] @ kf.transpose(-1, -2) * scale
+            out[:, :, start:start + chunk] = torch.softmax(logits, dim=-1) @ vf
+    else:
+        for f in range(num_frames):
+            frame = slice(f * frame_tokens, (f + 1) * frame_tokens)
+            out[:, :, frame] = F.scaled_dot_product_attention(qf[:, :, frame], kf[:, :, frame], vf[:, :, frame])
 
     frame_lse = torch.empty(heads, video_len, dtype=torch.float32, device=q.device)
     for f in range(num_frames):

@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from ._rows import RowLaunch, check_per_batch, check_tokens, kernel_serves, row_launch
-from ._triton import next_power_of_2, tl, triton_kernel
+from ._rows import RowLaunch, check_per_batch, check_tokens, row_launch
+from ._triton import next_power_of_2, require_triton, tl, triton_kernel
 
 Y_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -73,8 +73,7 @@ def gated_residual_add(hidden: torch.Tensor, y: torch.Tensor, gate: torch.Tensor
     """
     what = "gated_residual_add"
     _check_args(hidden, y, gate, what=what)
-    if not kernel_serves(hidden, y.dtype):
-        return gated_residual_add_reference(hidden, y, gate)
+    require_triton(hidden, y.dtype, what=what)
     batch, seq_len, dim = hidden.shape
     launch = row_launch(GPU_LAUNCH)
     gated = gate is not None

@@ -16,8 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._rows import RowLaunch, check_per_batch, check_per_channel, check_tokens, kernel_serves, row_launch
-from ._triton import new_output, next_power_of_2, tl, triton_kernel
+from ._rows import RowLaunch, check_per_batch, check_per_channel, check_tokens, row_launch
+from ._triton import new_output, next_power_of_2, require_triton, tl, triton_kernel
 
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -99,8 +99,7 @@ def layer_norm_modulate(
     """
     what = "layer_norm_modulate"
     _check_args(x, weight, bias, scale, shift, out_dtype, what=what)
-    if not kernel_serves(x, out_dtype):
-        return layer_norm_modulate_reference(x, weight, bias, scale, shift, eps=eps, out_dtype=out_dtype)
+    require_triton(x, out_dtype, what=what)
     batch, seq_len, dim = x.shape
     out = new_output((batch, seq_len, dim), out_dtype, x.device)
     launch = row_launch(GPU_LAUNCH)

@@ -17,8 +17,8 @@ import math
 
 import torch
 
-from ._rows import RowLaunch, check_per_channel, check_tokens, kernel_serves, row_launch
-from ._triton import new_output, next_power_of_2, tl, triton_kernel
+from ._rows import RowLaunch, check_per_channel, check_tokens, row_launch
+from ._triton import new_output, next_power_of_2, require_triton, tl, triton_kernel
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -105,8 +105,7 @@ def qk_norm_rope(
     """
     what = "qk_norm_rope"
     _check_args(x, weight, cos, sin, num_heads, what=what)
-    if not kernel_serves(x):
-        return qk_norm_rope_reference(x, weight, cos, sin, num_heads=num_heads, eps=eps)
+    require_triton(x, x.dtype, what=what)
     batch, seq_len, dim = x.shape
     out = new_output((batch, seq_len, num_heads, dim // num_heads), x.dtype, x.device)
     launch = row_launch(GPU_LAUNCH)

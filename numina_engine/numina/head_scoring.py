@@ -20,7 +20,7 @@ flipped so that its entry of largest magnitude is positive (the first such entry
 
 Fast path: all maps of a call at once, a fixed number of batched products, no host sync.
 With J = I - 1 1^T / N, the centred map is C = J A, and C = J (A - 1 d^T) for any row d.
-  1. One bfloat16 copy of A - 1 m~^T (m~: mean of a subsample of rows; a Triton kernel on CUDA).
+  1. One bfloat16 copy of A - 1 m~^T (m~: mean of a subsample of rows; kernels/centre_rows.py).
   2. Block subspace iteration on C: SUBSPACE_ITERATIONS multiplications of SUBSPACE_BLOCK vectors
      by C^T C, as copy^T J (copy X) in bfloat16 tensor-core products (float32 accumulation), each
      followed by a float64 shifted Cholesky-QR. bfloat16 rounding limits how well the subspace
@@ -42,7 +42,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from ..kernels._triton import TRITON_INTERPRETED, next_power_of_2, tl, triton_kernel, triton_runs_on
+from ..kernels.centre_rows import centre_rows
+from ..kernels.dispatch import AUTO, KernelChoice
 from .config import NuminaConfig
 
 NUM_COMPONENTS = 3
@@ -57,7 +58,6 @@ ITERATION_DTYPE = torch.bfloat16
 MEAN_SAMPLE_ROWS = 256       # the bfloat16 copy is centred by the mean of about this many rows
 POWER_ROUNDS = 2             # top_eigenvectors: rounds of (normalise, square SQUARINGS_PER_ROUND times):
 SQUARINGS_PER_ROUND = 6      # each Ritz vector is read off the 2^12-th power of the deflated matrix
-CENTRE_TILE = 8192           # elements per program of the centring kernel (rows x power-of-2 columns)
 
 
 def _sobel_kernels(like: torch.Tensor) -> torch.Tensor:
@@ -171,32 +171,7 @@ def _pad_components(components: torch.Tensor) -> torch.Tensor:
     return F.pad(components, (0, missing)) if missing > 0 else components
 
 
-@triton_kernel
-def _centre_rows_kernel(maps_ptr, mean_ptr, out_ptr, total_rows, n, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """out[b, i, j] = maps[b, i, j] - mean[b, j] in out's dtype; one program: ROWS x BLOCK_N."""
-    row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)                                  # b * n + i
-    col = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (row < total_rows)[:, None] & (col < n)[None, :]
-    offsets = row.to(tl.int64)[:, None] * n + col[None, :]
-    mean_offsets = (row // n).to(tl.int64)[:, None] * n + col[None, :]
-    values = tl.load(maps_ptr + offsets, mask=mask, other=0.0)
-    means = tl.load(mean_ptr + mean_offsets, mask=mask, other=0.0)
-    tl.store(out_ptr + offsets, (values - means).to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _launch_centre_rows(maps: torch.Tensor, mean: torch.Tensor, out: torch.Tensor,
-                        tile: int = CENTRE_TILE) -> torch.Tensor:
-    """out [B, N, N] <- maps [B, N, N] - mean [B, 1, N] (all contiguous; maps and mean float32)
-    by the Triton kernel, `tile` (a power of 2) elements per program."""
-    batch, n, _ = maps.shape
-    block_n = min(next_power_of_2(n), tile)
-    rows = max(1, tile // block_n)
-    grid = (-(-batch * n // rows), -(-n // block_n))
-    _centre_rows_kernel[grid](maps, mean, out, batch * n, n, ROWS=rows, BLOCK_N=block_n, num_warps=8)
-    return out
-
-
-def _centred_copy(maps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _centred_copy(maps: torch.Tensor, dtype: torch.dtype, kernels: KernelChoice = AUTO) -> torch.Tensor:
     """maps [B, N, N] float32 contiguous minus an estimate of their mean row, in dtype [B, N, N].
 
     The mean of every (N // MEAN_SAMPLE_ROWS)-th row is used (all rows for N < 2 * MEAN_SAMPLE_ROWS):
@@ -205,10 +180,7 @@ def _centred_copy(maps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """
     n = maps.shape[-1]
     mean = maps[:, ::max(1, n // MEAN_SAMPLE_ROWS)].mean(dim=-2, keepdim=True)               # [B, 1, N]
-    out = torch.empty(maps.shape, dtype=dtype, device=maps.device)
-    if triton_runs_on(maps) and not TRITON_INTERPRETED:       # the interpreter rounds bfloat16 wrongly
-        return _launch_centre_rows(maps, mean, out)
-    return torch.sub(maps, mean, out=out)
+    return kernels.pick(centre_rows, maps)(maps, mean, dtype)
 
 
 def _centred(product: torch.Tensor) -> torch.Tensor:
@@ -253,14 +225,16 @@ def _exact_transposed_product(maps: torch.Tensor, left: torch.Tensor) -> torch.T
 
 
 def principal_components(maps: torch.Tensor, iterations: int = SUBSPACE_ITERATIONS,
-                         block: int = SUBSPACE_BLOCK, exact_iterations: int = EXACT_ITERATIONS) -> torch.Tensor:
+                         block: int = SUBSPACE_BLOCK, exact_iterations: int = EXACT_ITERATIONS, *,
+                         kernels: KernelChoice = AUTO) -> torch.Tensor:
     """Top-3 principal components of the rows of each attention map (fast, batched).
 
     maps: [..., N, N] floating point (softmax rows), any device. Returns U*S of the centred map,
     [..., N, 3] float64 on the maps' device, signs fixed by the module's convention. Needs about
     N*N*2 bytes per map of working memory (the bfloat16 copy); no host synchronisation.
     iterations: bfloat16 subspace iterations (>= 1); exact_iterations: float32 ones after them
-    (>= 0); block: vectors iterated together (>= 3, capped at N).
+    (>= 0); block: vectors iterated together (>= 3, capped at N); kernels: the engine's
+    KernelChoice for the centring (kernels/centre_rows.py).
     """
     _check_maps(maps)
     if int(iterations) != iterations or iterations < 1:
@@ -271,7 +245,7 @@ def principal_components(maps: torch.Tensor, iterations: int = SUBSPACE_ITERATIO
         raise ValueError(f"block must be an int >= {NUM_COMPONENTS}, got {block}")
     n = maps.shape[-1]
     flat = maps.reshape(-1, n, n).to(torch.float32).contiguous()
-    copy = _centred_copy(flat, ITERATION_DTYPE)
+    copy = _centred_copy(flat, ITERATION_DTYPE, kernels)
     basis = _dominant_subspace(copy, min(block, n), iterations)
     del copy
     if exact_iterations == 0:
@@ -360,8 +334,8 @@ def structure_scores(gray: torch.Tensor, grid_hw: tuple[int, int], config: Numin
     return config.sa_alpha * spread + config.sa_beta * richness + config.sa_gamma * edges
 
 
-def score_heads(maps: torch.Tensor, grid_hw: tuple[int, int],
-                config: NuminaConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def score_heads(maps: torch.Tensor, grid_hw: tuple[int, int], config: NuminaConfig, *,
+                kernels: KernelChoice = AUTO) -> tuple[torch.Tensor, torch.Tensor]:
     """Score every head of every frame and pick the best head per frame (batched, no host sync).
 
     maps: [F, H, N, N] float (within-frame self-attention softmax maps, N = h*w).
@@ -374,7 +348,7 @@ def score_heads(maps: torch.Tensor, grid_hw: tuple[int, int],
     frames, heads, n, _ = maps.shape
     check_grid(grid_hw, n)
     components = (lowrank_principal_components(maps, config.pca_seed) if config.head_pca == "svd_lowrank"
-                  else principal_components(maps))
+                  else principal_components(maps, kernels=kernels))
     gray = gray_from_components(components).reshape(frames * heads, n)
     scores = structure_scores(gray, grid_hw, config).reshape(frames, heads).to(torch.float32)
     return scores, scores.argmax(dim=-1)

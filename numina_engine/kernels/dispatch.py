@@ -1,0 +1,82 @@
+"""The one place that picks a Triton kernel or its PyTorch reference: `KernelChoice`.
+
+The engine holds one KernelChoice (`WanDiT.kernels`) and every fused call goes through its `pick`:
+
+- "auto": the kernels on CUDA tensors outside autograd (they have no backward), for inputs they
+  serve (the attention kernels: head sizes in SUPPORTED_HEAD_DIMS); the references elsewhere, on
+  the CPU included (Triton's interpreter is for the kernel tests, not for generating videos);
+- "triton": always the kernels; an input that Triton cannot run here is an error (compiled: CUDA
+  tensors; interpreted, TRITON_INTERPRET=1: CPU or CUDA tensors, no bfloat16);
+- "reference": always the PyTorch references.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ._triton import SUPPORTED_HEAD_DIMS, triton_runs_on
+from .centre_rows import centre_rows, centre_rows_reference
+from .cross_attention_column_bias import cross_attention_with_column_bias, cross_attention_with_column_bias_reference
+from .cross_attention_noun_maps import cross_attention_with_noun_maps, cross_attention_with_noun_maps_reference
+from .frame_attention import (
+    attention_with_frame_lse,
+    attention_with_frame_lse_reference,
+    frame_attention_maps,
+    frame_attention_maps_reference,
+)
+from .gated_residual import gated_residual_add, gated_residual_add_reference
+from .norm_modulate import layer_norm_modulate, layer_norm_modulate_reference
+from .rms_norm_rope import qk_norm_rope, qk_norm_rope_reference
+
+KERNEL_CHOICES = ("auto", "triton", "reference")
+
+# Each kernel's PyTorch reference (same signature and contract).
+REFERENCES: dict[Callable, Callable] = {
+    attention_with_frame_lse: attention_with_frame_lse_reference,
+    frame_attention_maps: frame_attention_maps_reference,
+    cross_attention_with_noun_maps: cross_attention_with_noun_maps_reference,
+    cross_attention_with_column_bias: cross_attention_with_column_bias_reference,
+    layer_norm_modulate: layer_norm_modulate_reference,
+    qk_norm_rope: qk_norm_rope_reference,
+    gated_residual_add: gated_residual_add_reference,
+    centre_rows: centre_rows_reference,
+}
+# Kernels over [B, L, H, D] attention inputs: they need a head size of SUPPORTED_HEAD_DIMS.
+_ATTENTION_KERNELS = (attention_with_frame_lse, frame_attention_maps, cross_attention_with_noun_maps,
+                      cross_attention_with_column_bias)
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """Which implementation serves the engine's fused calls: "auto", "triton" or "reference"."""
+    mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mode not in KERNEL_CHOICES:
+            raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {self.mode!r}")
+
+    def use_kernels(self, x: torch.Tensor) -> bool:
+        """Whether fused work on `x` runs in the Triton kernels (else in the PyTorch references)."""
+        if self.mode == "reference":
+            return False
+        if self.mode == "auto":
+            return x.is_cuda and not torch.is_grad_enabled()
+        if not triton_runs_on(x):
+            raise ValueError(f"kernels='triton', but Triton cannot run on {x.dtype} tensors on {x.device} in this "
+                             "process (compiled: CUDA tensors; interpreted with TRITON_INTERPRET=1: no bfloat16); "
+                             "use kernels='auto' or 'reference'")
+        return True
+
+    def pick(self, kernel: Callable, x: torch.Tensor) -> Callable:
+        """`kernel` or its reference (same signature) for inputs like `x`."""
+        if kernel not in REFERENCES:
+            raise KeyError(f"{getattr(kernel, '__name__', kernel)} is not a kernel with a registered reference")
+        use = self.use_kernels(x)
+        if use and self.mode == "auto" and kernel in _ATTENTION_KERNELS and x.shape[-1] not in SUPPORTED_HEAD_DIMS:
+            use = False
+        return kernel if use else REFERENCES[kernel]
+
+
+AUTO = KernelChoice("auto")
