@@ -1,11 +1,11 @@
-"""Atomic mp4/PNG writing and mp4 read-back."""
+"""Atomic mp4 writing and mp4 read-back."""
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from numina_engine.engine.video_io import read_mp4_info, write_mp4, write_png_atomic
+from numina_engine.engine.video_io import read_mp4_info, write_mp4
 
 
 @pytest.fixture
@@ -111,47 +111,3 @@ def test_mp4_rejects_bad_input_without_leaving_files(av, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_mp4(tmp_path / "missing" / "video.mp4", random_frames(2, 16, 16, seed=10))
     assert leftovers(tmp_path) == []
-
-
-@pytest.mark.parametrize("height,width", [(16, 16), (7, 13)])
-def test_png_round_trip_is_exact(tmp_path, height, width):
-    from PIL import Image
-
-    image = random_frames(1, height, width, seed=width)[0]
-    path = tmp_path / "frame.png"
-    write_png_atomic(path, torch.from_numpy(image))
-    with Image.open(path) as loaded:
-        assert loaded.mode == "RGB"
-        np.testing.assert_array_equal(np.asarray(loaded), image)
-    assert leftovers(tmp_path) == ["frame.png"]
-
-
-def test_png_bad_input_leaves_old_file(tmp_path):
-    path = tmp_path / "frame.png"
-    write_png_atomic(path, random_frames(1, 8, 8, seed=11)[0])
-    before = path.read_bytes()
-    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
-        write_png_atomic(path, random_frames(1, 8, 8, seed=12)[0, :, :, 0])
-    with pytest.raises(TypeError, match="uint8"):
-        write_png_atomic(path, random_frames(1, 8, 8, seed=13)[0].astype(np.int32))
-    assert path.read_bytes() == before
-    assert leftovers(tmp_path) == ["frame.png"]
-
-
-def test_png_encoder_failure_halfway_leaves_old_file(tmp_path, monkeypatch):
-    from PIL import Image
-
-    path = tmp_path / "frame.png"
-    write_png_atomic(path, random_frames(1, 8, 8, seed=14)[0])
-    before = path.read_bytes()
-
-    def failing_save(self, fp, *args, **kwargs):
-        with open(fp, "wb") as handle:
-            handle.write(b"\x89PNG half")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(Image.Image, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
-        write_png_atomic(path, random_frames(1, 8, 8, seed=15)[0])
-    assert path.read_bytes() == before
-    assert leftovers(tmp_path) == ["frame.png"]

@@ -139,10 +139,13 @@ def read_mp4_info(path: str | os.PathLike) -> tuple[int, int, int, float]:
     return num_frames, height, width, fps
 
 
-def write_png_atomic(path: str | os.PathLike, image: np.ndarray | torch.Tensor) -> None:
-    """Save a uint8 RGB image [H, W, 3] (numpy or tensor) as a PNG at `path`, atomically."""
-    from PIL import Image
-
-    pixels = _as_uint8_image(image, "image")
-    with atomic_output(path, ".png") as temp:
-        Image.fromarray(pixels).save(temp, format="PNG")
+def read_mp4_frames(path: str | os.PathLike) -> np.ndarray:
+    """The decoded frames of the first video stream in `path`: uint8 RGB [T, H, W, 3]."""
+    av = _import_av()
+    with av.open(str(path), mode="r") as container:
+        if not container.streams.video:
+            raise ValueError(f"{path} has no video stream")
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(container.streams.video[0])]
+    if not frames:
+        raise ValueError(f"{path} has no frames")
+    return np.stack(frames)
