@@ -98,7 +98,7 @@ def test_removal_takes_smallest_first_and_reaches_target():
         assert kept == [2, 4]
         assert torch.equal(refined[f] == LABEL_REMOVED, (frame == 1) | (frame == 3) | (frame == 5))
     summary = summarize_refinement(torch.stack([frame, frame]), refined, 2)
-    assert summary.reached_target
+    assert summary.plan_reaches_target
     assert [f.removed_labels for f in summary.frames] == [(1, 3, 5), (1, 3, 5)]
 
 
@@ -112,7 +112,7 @@ def test_addition_reaches_target_without_touching_existing_instances():
     added = refined >= LABEL_ADDED_BASE
     assert torch.equal(labels[added], torch.zeros_like(labels[added]))
     summary = summarize_refinement(labels, refined, 4)
-    assert summary.reached_target
+    assert summary.plan_reaches_target
     assert [f.found_count for f in summary.frames] == [instance_count(labels[f]) for f in range(4)]
 
 
@@ -138,7 +138,7 @@ def test_no_op_when_counts_match():
     refined = refine_layout(labels, 2, CONFIG)
     assert torch.equal(refined, labels)
     summary = summarize_refinement(labels, refined, 2)
-    assert summary.reached_target and all(not f.removed_labels and not f.added_labels for f in summary.frames)
+    assert summary.plan_reaches_target and all(not f.removed_labels and not f.added_labels for f in summary.frames)
     assert torch.equal(refine_layout(random_layout(2, 7, 9, 0, generator), 0, CONFIG),
                        torch.zeros(2, 7, 9, dtype=torch.int32))
 
@@ -161,7 +161,7 @@ def test_targets_beyond_free_space_degrade_gracefully():
     assert bool((crowded[refined >= LABEL_ADDED_BASE] == 0).all())
     assert not bool((refined == 0).any()), "free pixels left while the target is not reached"
     summary = summarize_refinement(crowded, refined, 30)
-    assert not summary.reached_target
+    assert not summary.plan_reaches_target
     assert 3 < summary.frames[0].refined_count < 30
     json.dumps(summary.to_dict())
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from numina_engine.engine.video_io import read_mp4_info, write_mp4
+from numina_engine.engine.video_io import read_mp4_frames, read_mp4_info, upscale_nearest, write_mp4
 
 
 @pytest.fixture
@@ -111,3 +111,31 @@ def test_mp4_rejects_bad_input_without_leaving_files(av, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_mp4(tmp_path / "missing" / "video.mp4", random_frames(2, 16, 16, seed=10))
     assert leftovers(tmp_path) == []
+
+
+def test_lossless_mp4_decodes_to_exactly_the_frames(av, tmp_path):
+    frames = random_frames(3, 32, 32, seed=21)
+    write_mp4(tmp_path / "video.mp4", frames, lossless=True)
+    np.testing.assert_array_equal(read_mp4_frames(tmp_path / "video.mp4"), frames)
+
+
+def test_same_frames_give_the_same_bytes_whatever_the_thread_setting(av, tmp_path):
+    """The encoder's thread count is fixed (MP4_THREADS), so torch's/OpenMP's settings do not leak in."""
+    frames = smooth_frames(4, 64, 96, seed=3)
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            write_mp4(tmp_path / f"t{threads}.mp4", frames)
+    finally:
+        torch.set_num_threads(previous)
+    assert (tmp_path / "t1.mp4").read_bytes() == (tmp_path / "t2.mp4").read_bytes()
+    assert b"threads=" in (tmp_path / "t1.mp4").read_bytes()
+
+
+def test_upscale_nearest_repeats_each_pixel_as_a_block():
+    frames = random_frames(2, 3, 5, seed=4)
+    big = upscale_nearest(frames, 4)
+    assert big.shape == (2, 12, 20, 3)
+    for y, x in [(0, 0), (5, 9), (11, 19)]:
+        np.testing.assert_array_equal(big[:, y, x], frames[:, y // 4, x // 4])

@@ -47,7 +47,7 @@ from .loading import WanModel
 from .offload import park_dit_on_cpu, place_for_generation
 from .prompt_clean import clean_prompt
 from .scheduler import FlowUniPCScheduler
-from .settings import MAX_COUNT, GenerationRequest, ResolvedSettings, resolve
+from .settings import MAX_COUNT, GenerationRequest, ResolvedSettings, resolve, scaled_reference_step
 
 COND, UNCOND = 0, 1          # batch rows of a CFG forward call
 LAYOUT_COLUMNS = 4           # latent frames shown in layout.png
@@ -95,13 +95,40 @@ class PhaseTimer:
 # ----------------------------------------------------------------------------------- building blocks
 
 def numina_config_for(model: WanModel, request: GenerationRequest, steps: int) -> NuminaConfig:
-    """The authors' defaults, then the checkpoint's scaled settings, then the request's overrides."""
+    """The authors' defaults, then the checkpoint's scaled settings, then the request's overrides.
+
+    Without a requested reference step, the checkpoint's is scaled to `steps` (same fraction of the run).
+    """
     overrides = {**model.defaults.numina, **request.numina_overrides, "total_steps": steps}
+    user_step = request.numina_overrides.get("reference_step")
+    if user_step is None:
+        overrides["reference_step"] = scaled_reference_step(steps, *checkpoint_reference_step(model))
+    elif not 0 <= user_step < steps:
+        model_steps, model_step = checkpoint_reference_step(model)
+        raise UserInputError(
+            f"--reference-step {user_step} is not a step of a {steps}-step run (0 to {steps - 1}): lower "
+            f"--reference-step or raise --steps, or leave --reference-step out to use "
+            f"{scaled_reference_step(steps, model_steps, model_step)} (the checkpoint's {model_step} of "
+            f"{model_steps} steps, scaled)")
     config = NuminaConfig().with_overrides(**overrides)
     if config.reference_layer >= model.dit.config.num_layers:
         raise UserInputError(f"--reference-layer {config.reference_layer} is past the model's last block "
                              f"({model.dit.config.num_layers - 1})")
     return config
+
+
+def checkpoint_reference_step(model: WanModel) -> tuple[int, int]:
+    """(the checkpoint's default steps, its reference step): the authors' 20 of 50 unless its sidecar says."""
+    return model.defaults.steps, model.defaults.numina.get("reference_step", NuminaConfig().reference_step)
+
+
+def reference_step_source(model: WanModel, request: GenerationRequest, steps: int) -> str:
+    """For report.json: where the reference step came from."""
+    if request.numina_overrides.get("reference_step") is not None:
+        return "--reference-step"
+    model_steps, model_step = checkpoint_reference_step(model)
+    return (f"the checkpoint's {model_step} of {model_steps} steps scaled to {steps} steps "
+            f"(--reference-step not given)")
 
 
 def counted_nouns(model: WanModel, request: GenerationRequest, prompt: str) -> tuple[dict[str, int], dict[str, list[int]]]:
@@ -118,6 +145,10 @@ def counted_nouns(model: WanModel, request: GenerationRequest, prompt: str) -> t
         nouns = list(counts)
     for noun, count in counts.items():
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
+            if request.counts is None:
+                raise UserInputError(
+                    f"the prompt asks for {count} {noun!r} (counted from the prompt, every mention added up); "
+                    f"NUMINA counts 1 to {MAX_COUNT} of a noun: rephrase the prompt, or pass --counts")
             raise UserInputError(f"count for {noun!r} must be a whole number from 1 to {MAX_COUNT}, got {count!r}")
     if not counts:
         return {}, {}
@@ -286,7 +317,7 @@ def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, 
                          computed_steps=cache.computed + 1, reused_steps=cache.skipped)
 
 
-def plan_layouts(model: WanModel, ref: ReferencePass, counts: dict[str, int], config: NuminaConfig):
+def plan_layouts(ref: ReferencePass, counts: dict[str, int], config: NuminaConfig):
     """Layouts from the extracted maps, refined to `counts`; returns (reference, refined, plan summaries)."""
     _, h, w = ref.extraction.grid
     labels = build_layouts(ref.extraction.self_maps, ref.extraction.noun_maps, (h, w), config)
@@ -327,11 +358,14 @@ def engine_report(graphs: StepGraphs, *, offload: bool, device: torch.device) ->
 
 @torch.inference_mode()
 def generate(model: WanModel, request: GenerationRequest, *, progress: bool = True, cuda_graphs: bool = True,
-             offload: bool = False) -> GenerationResult:
+             offload: bool = False, edit_layout=None) -> GenerationResult:
     """Make one video. Bad requests raise UserInputError before any heavy work starts.
 
     `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA). `offload`: the text
     encoder runs on the CPU and the DiT leaves the GPU while the VAE decodes (`offload.py`).
+    `edit_layout`: for tests and benchmarks, a function {noun: refined labels int32 [F, h, w]} -> the same,
+    applied to the refined layouts before the modulation plan is built (e.g. to plant an edit so that
+    phase 2 must regenerate); the refinement summaries in the report describe the unedited layouts.
     """
     prepared = prepare(model, request)
     settings, counts, positions, config = prepared.settings, prepared.counts, prepared.positions, prepared.config
@@ -366,7 +400,9 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
                              progress=progress, graphs=graphs)
     # Layout: countable instances, refined to the asked counts, and the modulation plan.
     with timer("layout"):
-        reference, refined, summaries = plan_layouts(model, ref, counts, config)
+        reference, refined, summaries = plan_layouts(ref, counts, config)
+        if edit_layout is not None:
+            refined = edit_layout(refined)
         plan = build_modulation_plan(refined, positions, model.device, model.dtype)
     with timer("preview decode"):
         shown = layout_frames_to_show(ref.preview.shape[1])
@@ -406,6 +442,7 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
         "counts_source": "--counts" if request.counts is not None else "parsed from the prompt",
         "token_positions": positions,
         "reference_step": config.reference_step,
+        "reference_step_source": reference_step_source(model, request, settings.steps),
         "reference_layer": config.reference_layer,
         "token_grid": list(ref.extraction.grid),
         "best_head_per_frame": ref.extraction.best_head.tolist(),
