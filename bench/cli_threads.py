@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--json", default="docs/results/cli_threads_cpu.json")
     args = parser.parse_args()
     runs = []
+    load_before = os.getloadavg()            # 1, 5, 15-minute load averages before the first run
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):
             for threads in args.threads:
@@ -62,7 +63,7 @@ def main() -> None:
                                                                                        len(walls) // 2 + 1]) / 2
     fastest = min(medians, key=medians.get)
     results = {"command": f'numina-engine run --prompt "{PROMPT}" --quiet', "cpu_count": os.cpu_count(),
-               "load_average_at_start": os.getloadavg(), "runs": runs, "median_wall_s": medians,
+               "load_average_before": load_before, "runs": runs, "median_wall_s": medians,
                "fastest_threads": int(fastest),
                "same_frames_for_all": len({r["frames_sha256"] for r in runs}) == 1}
     print(json.dumps(results, indent=2))

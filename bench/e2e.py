@@ -73,8 +73,8 @@ def forced_modulation():
     real modulation plan. The output video is meaningless either way (random weights)."""
     real = pipeline.plan_layouts
 
-    def with_added_disc(model, ref, counts, config):
-        reference, refined, summaries = real(model, ref, counts, config)
+    def with_added_disc(ref, counts, config):
+        reference, refined, summaries = real(ref, counts, config)
         for labels in refined.values():
             _, h, w = labels.shape
             ys, xs = torch.meshgrid(torch.arange(h, device=labels.device), torch.arange(w, device=labels.device),
@@ -202,7 +202,8 @@ def main() -> None:
     print(json.dumps(result, indent=2, default=str))
     print_table(runs)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+        from bench.results_file import write_results
+        write_results(args.json, "bench/e2e.py", result)
 
 
 if __name__ == "__main__":

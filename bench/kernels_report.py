@@ -106,7 +106,9 @@ def error_rows(batch: int) -> list[tuple[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=list(BATCHES), help="batch sizes (CFG batched = 2)")
+    parser.add_argument("--json", default=None, help="also write the timings and errors here")
     args = parser.parse_args()
+    timings, errors = [], []
     if not torch.cuda.is_available():
         raise SystemExit("kernels_report.py needs a CUDA GPU")
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}\n")
@@ -115,12 +117,18 @@ def main() -> None:
     for batch in args.batch:
         for group, name, ms, ratio, target in timing_rows(batch):
             target_text = f"<= {target:g}x" if target is not None else ""
+            timings.append({"group": group, "case": name, "batch": batch, "ms": ms, "x_plain": ratio,
+                            "target_x_plain": target})
             print(f"| {group} | {name} | {batch} | {ms:.3f} | {ratio:.2f} | {target_text} |", flush=True)
     print("\n| relative error (bf16, real shape) | B | value |")
     print("| --- | ---: | ---: |")
     for batch in args.batch:
         for what, value in error_rows(batch):
+            errors.append({"what": what, "batch": batch, "relative_error": value})
             print(f"| {what} | {batch} | {value:.2e} |", flush=True)
+    if args.json:
+        from bench.results_file import write_results
+        write_results(args.json, "bench/kernels_report.py", {"timings": timings, "relative_errors": errors})
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ class Engine:
         frames = result.frames.numpy()
         _, height, width, _ = frames.shape
         small = min(height, width) < SMALL_VIDEO_SIDE
-        names = ["video"] + (["preview"] if preview and small else []) + (["layout"] if result.layout is not None else [])
+        names = (["video"] + (["preview"] if preview and small else [])
+                 + (["layout"] if result.layout is not None else []))
         paths = {name: out_dir / OUTPUT_FILES[name] for name in [*names, "report"]}
         made = _missing_folders(out_dir)
         try:

@@ -19,7 +19,9 @@ from numina_engine.engine.vae import WanVAE
 from numina_engine.engine.weights import official_to_diffusers
 from numina_engine.errors import CheckpointError, UserInputError
 
-pytest.importorskip("diffusers")
+from full_stack import full_stack  # noqa: E402
+
+full_stack("diffusers")
 from test_text_encoder import DIM as T5_DIM, TOKENIZER_ASSET, official_t5_state  # noqa: E402
 from test_vae import WAN_LIKE as SMALL_VAE, random_official_state  # noqa: E402
 

@@ -9,7 +9,7 @@ from numina_engine import Engine, GenerationRequest
 from numina_engine.engine import pipeline
 from numina_engine.engine.forward_state import Extraction, ForwardState, Modulation
 from numina_engine.engine.scheduler import FlowUniPCScheduler
-from numina_engine.numina.config import NuminaConfig
+from numina_engine.numina.config import LABEL_ADDED_BASE, NuminaConfig
 from numina_engine.numina.modulation import build_modulation_plan, layout_bias
 from assets_paths import TINY_WAN
 
@@ -155,11 +155,43 @@ def test_modulated_route_applies_the_layout_bias_to_the_conditional_row_only(eng
     assert not torch.allclose(captured["out"][0], original(q[:1], k[:1], v[:1], layer_index=1, state=None)[0])
 
 
-def test_counts_already_right_regenerate_nothing(engine, monkeypatch):
-    """When refinement changes nothing, phase 2 is skipped and phase 1 runs on to the end."""
-    monkeypatch.setattr(pipeline, "build_modulation_plan", lambda refined, positions, device, dtype: None)
-    result = engine.generate(GenerationRequest(prompt="Three cats chasing two dogs", steps=6,
-                                               numina_overrides={"reference_step": 3}), progress=False)
+def keep_the_reference(reference, refined):
+    """A refined layout equal to the reference: nothing to add or remove."""
+    return {noun: labels.clone() for noun, labels in reference.items()}
+
+
+def plant_an_added_instance(reference, refined):
+    """The reference with a 2x2-token added instance in every frame: phase 2 must regenerate."""
+    edited = keep_the_reference(reference, refined)
+    for labels in edited.values():
+        labels[:, 1:3, 1:3] = LABEL_ADDED_BASE
+    return edited
+
+
+TWO_PHASE = GenerationRequest(prompt="Three cats chasing two dogs", steps=8, counts={"cats": 3, "dogs": 2},
+                              numina_overrides={"reference_step": 3, "modulation_center": -16.0})
+
+
+def test_a_planted_layout_edit_regenerates_with_the_modulated_steps(engine):
+    """delta(t) = 0.25 (4 - 3 tanh(t + 16)) is above its floor 0.25 while tanh(t + 16) < 1 in float64:
+    steps 0-3 of 8 (tanh(20) rounds to 1)."""
+    edited = pipeline.generate(engine.model, TWO_PHASE, progress=False, edit_layout=plant_an_added_instance)
+    numina = edited.report["numina"]
+    assert numina["regenerated"] is True and numina["message"] == "phase 2 regenerated with the layout bias"
+    assert numina["phase2_modulated_steps"] == 4
+    assert all(bool((labels[:, 1:3, 1:3] == LABEL_ADDED_BASE).all()) for labels in edited.layout.refined.values())
+    unedited = pipeline.generate(engine.model, TWO_PHASE, progress=False, edit_layout=keep_the_reference)
+    assert not torch.equal(edited.frames, unedited.frames)
+
+
+def test_counts_already_right_regenerate_nothing(engine):
+    """When the refined layout equals the reference, phase 2 is skipped and phase 1 runs on to the end:
+    the same video as a plain run of the same seed (EasyCache off: phase 1 then computes every step)."""
+    request = GenerationRequest(prompt="Three cats chasing two dogs", steps=6, counts={"cats": 3, "dogs": 2},
+                                numina_overrides={"reference_step": 3, "easycache_enabled": False})
+    result = pipeline.generate(engine.model, request, progress=False, edit_layout=keep_the_reference)
     numina = result.report["numina"]
     assert numina["regenerated"] is False and "no regeneration" in numina["message"]
-    assert result.frames.shape == (9, 128, 128, 3)
+    assert numina["phase2_modulated_steps"] == 0
+    plain = engine.generate(GenerationRequest(prompt=request.prompt, steps=6, numina=False), progress=False)
+    assert torch.equal(result.frames, plain.frames)

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from numina_engine.engine.video_io import read_mp4_frames, read_mp4_info, upscale_nearest, write_mp4
+from full_stack import full_stack
 
 
 @pytest.fixture
 def av():
-    return pytest.importorskip("av")
+    return full_stack("av")
 
 
 def random_frames(num_frames: int, height: int, width: int, seed: int) -> np.ndarray:

@@ -363,9 +363,10 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
 
     `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA). `offload`: the text
     encoder runs on the CPU and the DiT leaves the GPU while the VAE decodes (`offload.py`).
-    `edit_layout`: for tests and benchmarks, a function {noun: refined labels int32 [F, h, w]} -> the same,
-    applied to the refined layouts before the modulation plan is built (e.g. to plant an edit so that
-    phase 2 must regenerate); the refinement summaries in the report describe the unedited layouts.
+    `edit_layout`: for tests and benchmarks, a function (reference, refined) -> refined, each
+    {noun: labels int32 [F, h, w]}, whose result replaces the refined layouts before the modulation plan
+    is built (e.g. an edit planted so that phase 2 must regenerate, or the reference itself so that it
+    must not); the refinement summaries in the report describe the unedited layouts.
     """
     prepared = prepare(model, request)
     settings, counts, positions, config = prepared.settings, prepared.counts, prepared.positions, prepared.config
@@ -402,7 +403,7 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
     with timer("layout"):
         reference, refined, summaries = plan_layouts(ref, counts, config)
         if edit_layout is not None:
-            refined = edit_layout(refined)
+            refined = edit_layout(reference, refined)
         plan = build_modulation_plan(refined, positions, model.device, model.dtype)
     with timer("preview decode"):
         shown = layout_frames_to_show(ref.preview.shape[1])

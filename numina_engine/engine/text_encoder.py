@@ -161,7 +161,8 @@ def _check_sentencepiece_model(path: Path) -> None:
         sentencepiece.SentencePieceProcessor(model_file=str(path))
     except (OSError, RuntimeError) as err:
         raise CheckpointError(f"{path} is not a SentencePiece model ({err}): the file is damaged or was not "
-                              f"downloaded completely (a Git LFS pointer?). Download the tokenizer folder again.") from err
+                              f"downloaded completely (a Git LFS pointer?). Download the tokenizer folder "
+                              f"again.") from err
 
 
 def _load_tokenizer(folder: Path, layout: str):
