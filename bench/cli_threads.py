@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.results_file import write_results  # noqa: E402
+from bench.results_file import provenance, write_results  # noqa: E402
 
 PROMPT = "Three red circles and two blue squares"
 
@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", default="docs/results/cli_threads_cpu.json")
     args = parser.parse_args()
+    header = provenance("bench/cli_threads.py", device="cpu")      # the git state the runs start from
     runs = []
     load_before = os.getloadavg()            # 1, 5, 15-minute load averages before the first run
     with tempfile.TemporaryDirectory() as scratch:
@@ -67,7 +68,7 @@ def main() -> None:
                "fastest_threads": int(fastest),
                "same_frames_for_all": len({r["frames_sha256"] for r in runs}) == 1}
     print(json.dumps(results, indent=2))
-    write_results(args.json, "bench/cli_threads.py", results, device="cpu")
+    write_results(args.json, "bench/cli_threads.py", results, header=header)
 
 
 if __name__ == "__main__":

@@ -64,10 +64,14 @@ def provenance(script: str, argv: list[str] | None = None, device: str | None = 
 
 
 def write_results(path: str | os.PathLike, script: str, results: dict, *, argv: list[str] | None = None,
-                  device: str | None = None) -> Path:
-    """Write `results` under a provenance header to `path` (JSON, 2-space indent); returns the path."""
+                  device: str | None = None, header: dict | None = None) -> Path:
+    """Write `results` under a provenance header to `path` (JSON, 2-space indent); returns the path.
+
+    `header`: a `provenance(...)` taken before measuring (long runs: the git state and date are then
+    those of the start); by default it is taken now.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {**provenance(script, argv, device), "results": results}
+    payload = {**(header or provenance(script, argv, device)), "results": results}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     return path
