@@ -25,6 +25,10 @@ from numina_engine.engine.loading import EMBEDDED_DEFAULT, ModelDefaults, read_d
 from numina_engine.engine.video_io import read_mp4_frames, read_mp4_info
 from numina_engine.numina.config import NuminaConfig
 from assets_paths import TINY_WAN
+from full_stack import full_stack
+
+full_stack("av")          # video.mp4
+full_stack("spacy")       # counts parsed from the prompt
 
 PROMPT = "Three red circles and two blue squares"
 DEMO_STEPS = 20               # the demo model's default steps (its sidecar)

@@ -22,7 +22,8 @@ def engine() -> Engine:
 
 @pytest.fixture(scope="module")
 def inputs(engine):
-    settings = engine.check(GenerationRequest(prompt="Three cats chasing two dogs", steps=6)).settings
+    request = GenerationRequest(prompt="Three cats chasing two dogs", steps=6, counts={"cats": 3, "dogs": 2})
+    settings = engine.check(request).settings
     context = pipeline.encode_prompts(engine.model, settings)
     latents = torch.randn(settings.latent_shape, generator=torch.Generator().manual_seed(4))
     return settings, context, latents
