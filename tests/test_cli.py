@@ -30,7 +30,9 @@ from full_stack import full_stack
 full_stack("av")          # video.mp4
 full_stack("spacy")       # counts parsed from the prompt
 
-PROMPT = "Three red circles and two blue squares"
+# The demo world's words (README's first command): change these with the world.
+FIRST, SECOND = "circles", "squares"
+PROMPT = f"Three red {FIRST} and two blue {SECOND}"
 DEMO_STEPS = 20               # the demo model's default steps (its sidecar)
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,8 +66,8 @@ def test_console_script_writes_video_layout_and_report(tmp_path):
     assert (report["width"], report["height"], report["frames"], report["steps"]) == (32, 32, 5, DEMO_STEPS)
     assert {"text encoding", "phase 1", "layout", "phase 2", "decode"} <= set(report["timings_s"])
     numina = report["numina"]
-    assert numina["counts_asked"] == {"circles": 3, "squares": 2}
-    assert set(numina["token_positions"]) == {"circles", "squares"}
+    assert numina["counts_asked"] == {FIRST: 3, SECOND: 2}
+    assert set(numina["token_positions"]) == {FIRST, SECOND}
     found = numina["counts_found_per_frame"]
     assert all(len(v) == 5 for v in found.values())                      # 5 frames (pixel space)
     needs_edit = any(c != numina["counts_asked"][noun] for noun, counts in found.items() for c in counts)
@@ -77,26 +79,26 @@ def test_console_script_writes_video_layout_and_report(tmp_path):
 
 
 def test_a_count_phase_1_cannot_have_found_regenerates_every_step(tmp_path, capsys):
-    """20 circles: on a 16x16 token grid phase 1 finds far fewer, so the plan must add instances and
+    """20 of the first noun: on a 16x16 token grid phase 1 finds far fewer, so the plan must add instances and
     phase 2 must regenerate; the demo's modulation is above its floor at all of its 20 steps."""
-    code, _, err = run_cli(capsys, "run", "--prompt", PROMPT, "--counts", '{"circles": 20}',
+    code, _, err = run_cli(capsys, "run", "--prompt", PROMPT, "--counts", json.dumps({FIRST: 20}),
                            "--out-dir", str(tmp_path), "--quiet")
     assert code == 0, err
     numina = json.loads((tmp_path / "report.json").read_text())["numina"]
-    assert all(count < 20 for count in numina["counts_found_per_frame"]["circles"])
+    assert all(count < 20 for count in numina["counts_found_per_frame"][FIRST])
     assert numina["regenerated"] is True and numina["message"] == "phase 2 regenerated with the layout bias"
     assert numina["phase2_modulated_steps"] == DEMO_STEPS
-    summary = numina["refinement"]["circles"]
+    summary = numina["refinement"][FIRST]
     assert summary["plan_reaches_target"] in (True, False) and "reached_target" not in summary
     assert any(frame["added_labels"] for frame in summary["frames"])
 
 
 def test_counts_override_and_plain_runs(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "run", "--prompt", PROMPT, "--counts", '{"circles": 2}',
+    code, _, err = run_cli(capsys, "run", "--prompt", PROMPT, "--counts", json.dumps({FIRST: 2}),
                            "--out-dir", str(tmp_path / "a"), "--quiet", "--steps", "8", "--reference-step", "3")
     assert code == 0, err
     numina = json.loads((tmp_path / "a" / "report.json").read_text())["numina"]
-    assert numina["counts_asked"] == {"circles": 2} and numina["counts_source"] == "--counts"
+    assert numina["counts_asked"] == {FIRST: 2} and numina["counts_source"] == "--counts"
     assert numina["reference_step"] == 3 and numina["reference_step_source"] == "--reference-step"
 
     code, _, err = run_cli(capsys, "run", "--prompt", PROMPT, "--no-numina",
@@ -205,12 +207,12 @@ def test_help_shows_the_defaults_of_both_models_as_they_are():
     (["--seed", str(2 ** 70)], f"--seed {2 ** 70} must be a whole number from 0 to 2\\*\\*64-1"),
     (["--seed", "-1"], "--seed -1 must be a whole number from 0"),
     (["--counts", ""], "--counts is empty"),
-    (["--counts", '{"circles": 3, "horses": 1}'],
-     "'horses' is not a word of the prompt.*counts the nouns \\['circles', 'squares'\\]"),
-    (["--counts", '{"circles": 0}'], "from 1 to 20, got 0"),
-    (["--counts", '{"circles": 21}'], "from 1 to 20, got 21"),
-    (["--counts", '{"circles": 3,, "squares": 2}'], "not valid JSON \\(Expecting property name.* at character 15\\)"),
-    (["--counts", '["circles"]'], "must be a non-empty JSON object"),
+    (["--counts", json.dumps({FIRST: 3, "horses": 1})],
+     f"'horses' is not a word of the prompt.*counts the nouns \\['{FIRST}', '{SECOND}'\\]"),
+    (["--counts", json.dumps({FIRST: 0})], "from 1 to 20, got 0"),
+    (["--counts", json.dumps({FIRST: 21})], "from 1 to 20, got 21"),
+    (["--counts", '{"a": 3,, "b": 2}'], "not valid JSON \\(Expecting property name.* at character 9\\)"),
+    (["--counts", json.dumps([FIRST])], "must be a non-empty JSON object"),
     (["--reference-layer", "9"], "past the model's last block"),
     (["--reference-step", "40"], "--reference-step 40 is not a step of a 20-step run \\(0 to 19\\): lower "
                                  "--reference-step or raise --steps, or leave --reference-step out to use 8"),
