@@ -31,7 +31,6 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.1"],
-        "gpu": ["cupy-cuda12x>=13"],
         "test": ["pytest>=8", "pytest-benchmark>=4"],
     },
     entry_points={"console_scripts": ["numina-engine=numina_engine.cli:main"]},

@@ -17,7 +17,6 @@ Random weights (timing does not depend on values), 832x480x81 (latent 16x21x60x1
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 
 import torch
@@ -284,9 +283,8 @@ def main() -> None:
     forward = forward_section(args.batch, args.repeats)
     print_report(kernels, sweep, forward)
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "kernels": kernels,
-                       "sweep": sweep, "forward": forward}, handle, indent=2)
+        from bench.results_file import write_results
+        write_results(args.json, "bench/dit_forward.py", {"kernels": kernels, "sweep": sweep, "forward": forward})
 
 
 if __name__ == "__main__":

@@ -69,8 +69,8 @@ def main() -> None:
         result["ours_tflops"] = FLOP_PER_FORWARD_1_3B_81F / (ms_ours / 1e3) / 1e12
     print(json.dumps(result, indent=2))
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+        from bench.results_file import write_results
+        write_results(args.json, "bench/dit_vs_diffusers.py", result)
     print(f"| {result['device']} | {args.dtype} | {tokens} tokens | ours {ms_ours:.1f} ms | diffusers {ms_ref:.1f} ms "
           f"| rel. error {rel:.2e} |")
 

@@ -64,17 +64,20 @@ def random_model(device: torch.device) -> WanModel:
                     path=Path("random"), device=device, dtype=torch.bfloat16)
 
 
-def add_disc(refined: dict[str, torch.Tensor]) -> None:
-    """Layout hook (pipeline.generate's layout_hook): random weights give layouts that refinement may
+def add_disc(reference: dict[str, torch.Tensor], refined: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Layout edit (pipeline.generate's edit_layout): random weights give layouts that refinement may
     leave as they are (e.g. one instance covering the frame), so phase 2 would not run. For timing
     only: add one disc of radius 3 tokens per noun and frame to the refined layout, so that phase 2
     regenerates with a real modulation plan. The output video is meaningless either way (random weights)."""
-    for labels in refined.values():
+    edited = {}
+    for noun, labels in refined.items():
         _, h, w = labels.shape
         ys, xs = torch.meshgrid(torch.arange(h, device=labels.device), torch.arange(w, device=labels.device),
                                 indexing="ij")
         disc = (ys - h // 2) ** 2 + (xs - w // 2) ** 2 <= 9
-        labels[:, disc] = 100
+        edited[noun] = labels.clone()
+        edited[noun][:, disc] = 100
+    return edited
 
 
 def timed_run(model: WanModel, request: GenerationRequest, *, cuda_graphs: bool, force_modulation: bool = False) -> dict:
@@ -83,7 +86,7 @@ def timed_run(model: WanModel, request: GenerationRequest, *, cuda_graphs: bool,
     torch.cuda.synchronize()
     start = time.perf_counter()
     result = pipeline.generate(model, request, progress=False, cuda_graphs=cuda_graphs,
-                               layout_hook=add_disc if force_modulation else None)
+                               edit_layout=add_disc if force_modulation else None)
     torch.cuda.synchronize()
     return {"total_s": time.perf_counter() - start, "phases_s": result.timings_s,
             "peak_gpu_memory_gib": result.report.get("peak_gpu_memory_gib", {}),
@@ -189,7 +192,8 @@ def main() -> None:
     print(json.dumps(result, indent=2, default=str))
     print_table(runs)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+        from bench.results_file import write_results
+        write_results(args.json, "bench/e2e.py", result)
 
 
 if __name__ == "__main__":

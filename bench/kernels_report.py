@@ -106,7 +106,9 @@ def error_rows(batch: int) -> list[tuple[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=list(BATCHES), help="batch sizes (CFG batched = 2)")
+    parser.add_argument("--json", default=None, help="also write the timings and errors here")
     args = parser.parse_args()
+    timings, errors = [], []
     if not torch.cuda.is_available():
         raise SystemExit("kernels_report.py needs a CUDA GPU")
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}\n")
@@ -116,6 +118,8 @@ def main() -> None:
     for batch in args.batch:
         for group, name, ms, ratio, target in timing_rows(batch):
             target_text = f"<= {target:g}x" if target is not None else ""
+            timings.append({"group": group, "case": name, "batch": batch, "ms": ms, "x_plain": ratio,
+                            "target_x_plain": target})
             if target is not None and ratio > target:
                 missed.append(f"{group} | {name} | B={batch}: {ratio:.2f}x > {target:g}x")
                 target_text += " MISSED"
@@ -124,7 +128,12 @@ def main() -> None:
     print("| --- | ---: | ---: |")
     for batch in args.batch:
         for what, value in error_rows(batch):
+            errors.append({"what": what, "batch": batch, "relative_error": value})
             print(f"| {what} | {batch} | {value:.2e} |", flush=True)
+    if args.json:
+        from bench.results_file import write_results
+        write_results(args.json, "bench/kernels_report.py", {"timings": timings, "relative_errors": errors,
+                                                                  "targets_missed": missed})
     if missed:
         raise SystemExit("targets missed:\n  " + "\n  ".join(missed))
 

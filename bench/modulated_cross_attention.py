@@ -18,7 +18,6 @@ Usage (CUDA machine, repository root):  python -m bench.modulated_cross_attentio
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
@@ -106,9 +105,8 @@ def main() -> None:
         print(f"| {row['call']} | {row['modulated_share']:.1%} | {row['ms']:.3f} | {row['ms'] / plain_ms:.2f} "
               f"| {row['graph_ms']:.3f} | {row['graph_ms'] / plain_graph_ms:.2f} | {error} |")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, handle,
-                      indent=1)
+        from bench.results_file import write_results
+        write_results(args.json, "bench/modulated_cross_attention.py", {"rows": rows})
 
 
 if __name__ == "__main__":

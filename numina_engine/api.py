@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import json
+import math
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -16,10 +18,14 @@ from .engine import pipeline
 from .engine.loading import WanModel, load_model
 from .engine.offload import load_offloaded
 from .engine.settings import GenerationRequest
-from .engine.video_io import atomic_output, write_mp4
+from .engine.video_io import atomic_output, upscale_nearest, write_mp4
 from .numina.layout_image import render_layout_png
 
 VIDEO_FPS = 16
+OUTPUT_FILES = {"video": "video.mp4", "preview": "video_preview.mp4", "layout": "layout.png",
+                "report": "report.json"}
+SMALL_VIDEO_SIDE = 128     # px: videos with a shorter side below this are written lossless (no 4:2:0 smear)
+PREVIEW_SIDE = 256         # px: the upscaled preview of a small video has at least this shorter side
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -35,6 +41,22 @@ def preview_by_latent_frame(layout: pipeline.LayoutResult) -> torch.Tensor:
     frames = layout.preview_frames.new_zeros((num_frames, *layout.preview_frames.shape[1:]))
     frames[layout.shown_frames] = layout.preview_frames
     return frames
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders `folder.mkdir(parents=True)` would make, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 class Engine:
@@ -65,19 +87,44 @@ class Engine:
         return pipeline.generate(self.model, request, progress=progress, cuda_graphs=self.cuda_graphs,
                                  offload=self.offload)
 
-    def save(self, result: pipeline.GenerationResult, out_dir: str | Path) -> dict[str, Path]:
-        """Write video.mp4, layout.png (NUMINA runs) and report.json into `out_dir`, each atomically,
-        report last; returns their paths."""
+    def save(self, result: pipeline.GenerationResult, out_dir: str | Path, *, preview: bool = False) -> dict[str, Path]:
+        """Write video.mp4, layout.png (NUMINA runs) and report.json into `out_dir`; returns their paths.
+
+        All or nothing: every file is written to a temp file first and renamed into place only when all
+        are written (report.json last); on any error or Ctrl-C the temp files and the folders this call
+        made are removed. A layout.png or video_preview.mp4 of an earlier run that this one does not
+        write is removed. A video whose shorter side is below SMALL_VIDEO_SIDE px is written lossless;
+        with `preview`, also video_preview.mp4: nearest-upscaled to at least PREVIEW_SIDE px (4:2:0, any player).
+        """
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths = {"video": out_dir / "video.mp4", "report": out_dir / "report.json"}
-        write_mp4(paths["video"], result.frames.numpy(), fps=VIDEO_FPS)
-        if result.layout is not None:
-            paths["layout"] = out_dir / "layout.png"
-            layout = result.layout
-            render_layout_png(paths["layout"], preview_by_latent_frame(layout), layout.reference, layout.refined,
-                              frames_to_show=layout.shown_frames)
-        write_json_atomic(paths["report"], self.report(result, paths))
+        frames = result.frames.numpy()
+        _, height, width, _ = frames.shape
+        small = min(height, width) < SMALL_VIDEO_SIDE
+        names = (["video"] + (["preview"] if preview and small else [])
+                 + (["layout"] if result.layout is not None else []))
+        paths = {name: out_dir / OUTPUT_FILES[name] for name in [*names, "report"]}
+        made = _missing_folders(out_dir)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with ExitStack() as renames:        # exits in reverse: report.json renamed last
+                temp = {name: renames.enter_context(atomic_output(paths[name], paths[name].suffix))
+                        for name in ["report", *reversed(names)]}
+                write_mp4(temp["video"], frames, fps=VIDEO_FPS, lossless=small)
+                if "preview" in temp:
+                    factor = math.ceil(PREVIEW_SIDE / min(height, width))
+                    write_mp4(temp["preview"], upscale_nearest(frames, factor), fps=VIDEO_FPS)
+                if "layout" in temp:
+                    layout = result.layout
+                    render_layout_png(temp["layout"], preview_by_latent_frame(layout), layout.reference,
+                                      layout.refined, frames_to_show=layout.shown_frames)
+                write_json_atomic(temp["report"], self.report(result, paths))
+        except BaseException:
+            for folder in reversed(made):
+                _remove_if_empty(folder)
+            raise
+        for name in ("preview", "layout"):
+            if name not in paths:
+                (out_dir / OUTPUT_FILES[name]).unlink(missing_ok=True)     # stale, from an earlier run
         return paths
 
     def report(self, result: pipeline.GenerationResult, paths: dict[str, Path]) -> dict:

@@ -3,33 +3,66 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
 from pathlib import Path
 
+from . import __version__
 from .errors import CheckpointError, UserInputError
 from .numina.config import DEFAULT_MODE, MODES
 
+# Wan2.1's defaults (engine/loading.py ModelDefaults, numina/config.py NuminaConfig; tests/test_cli.py
+# checks that they agree), for --help without importing torch. The demo model's come from its sidecar.
+WAN21_DEFAULTS = {"size": "832*480", "frames": 81, "steps": 50, "guide_scale": 5.0, "shift": 5.0,
+                  "reference_step": 20, "reference_layer": 15}
+DEMO_SIDECAR = Path(__file__).resolve().parent / "assets" / "counting-world" / "numina_engine.json"
+OUTPUT_NAMES = ("video.mp4", "video_preview.mp4", "layout.png", "report.json")    # api.OUTPUT_FILES
+# CPU threads for tiny shapes (the demo model): 1 was fastest, docs/results/cli_threads_cpu.json
+# (bench/cli_threads.py). Used when OMP_NUM_THREADS is not set and the video is at most TINY_PIXELS.
+CPU_THREADS = 1
+TINY_PIXELS = 64 * 64
+EXIT_INTERRUPTED = 130
+
+
+def demo_defaults() -> dict:
+    """The embedded demo model's defaults, in WAN21_DEFAULTS' keys (read from its sidecar JSON)."""
+    values = json.loads(DEMO_SIDECAR.read_text(encoding="utf-8"))
+    numina = values.get("numina", {})
+    return {"size": f"{values['width']}*{values['height']}", "frames": values["frames"], "steps": values["steps"],
+            "guide_scale": values["guide_scale"], "shift": values["shift"],
+            "reference_step": numina.get("reference_step", WAN21_DEFAULTS["reference_step"]),
+            "reference_layer": numina.get("reference_layer", WAN21_DEFAULTS["reference_layer"])}
+
+
+def _defaults_text(key: str, demo: dict, extra: str = "") -> str:
+    return (f"(default: the model's own{extra}; the demo model (no --ckpt-dir) {demo[key]}, "
+            f"Wan2.1 {WAN21_DEFAULTS[key]})")
+
 
 def _add_run_arguments(run: argparse.ArgumentParser) -> None:
+    demo = demo_defaults()
     run.add_argument("--prompt", required=True, help="what the video shows, e.g. \"Three cats chasing two dogs\"")
     run.add_argument("--ckpt-dir", default=None,
                      help="Wan2.1-T2V checkpoint folder (official or diffusers layout); "
                           "default: the embedded demo model")
-    run.add_argument("--size", default=None, help="WIDTH*HEIGHT, multiples of one token, 16 px for Wan2.1 "
-                     "(default: the model's; Wan2.1 832*480, the demo model 32*32)")
+    run.add_argument("--size", default=None, help="WIDTH*HEIGHT, multiples of one token (16 px for Wan2.1, "
+                     "2 px for the demo model) " + _defaults_text("size", demo))
     run.add_argument("--frames", type=int, default=None, help="frames, 4n+1 for Wan2.1's VAE "
-                     "(default: the model's; Wan2.1 81, the demo model 5)")
-    run.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's; Wan2.1 50, the demo model 20)")
-    run.add_argument("--guide-scale", type=float, default=None, help="classifier-free guidance scale (default 5.0)")
-    run.add_argument("--shift", type=float, default=None, help="flow-matching sigma shift (default 5.0)")
-    run.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+                     + _defaults_text("frames", demo))
+    run.add_argument("--steps", type=int, default=None, help="denoising steps " + _defaults_text("steps", demo))
+    run.add_argument("--guide-scale", type=float, default=None, help="classifier-free guidance scale "
+                     + _defaults_text("guide_scale", demo))
+    run.add_argument("--shift", type=float, default=None, help="flow-matching sigma shift "
+                     + _defaults_text("shift", demo))
+    run.add_argument("--seed", type=int, default=0, help="noise seed, 0 to 2**64-1 (default 0)")
     run.add_argument("--negative-prompt", default=None, help="default: Wan2.1's own negative prompt")
-    run.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    run.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available, else cpu)")
     run.add_argument("--out-dir", default=None,
                      help="folder for video.mp4 and report.json (default: outputs/<time>-<prompt>)")
-    run.add_argument("--overwrite", action="store_true", help="replace video.mp4/report.json already in --out-dir")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the outputs of an earlier run already in --out-dir")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     gpu = run.add_argument_group("GPU memory and speed")
     gpu.add_argument("--offload", action="store_true",
@@ -43,8 +76,10 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
                         help='JSON object of nouns and counts, e.g. \'{"cats": 3, "dogs": 2}\' '
                              "(default: parsed from the prompt)")
     numina.add_argument("--no-numina", action="store_true", help="plain Wan2.1 generation, no count alignment")
-    numina.add_argument("--reference-step", type=int, default=None, help="phase-1 step to extract at (default 20)")
-    numina.add_argument("--reference-layer", type=int, default=None, help="DiT block to extract at (default 15)")
+    numina.add_argument("--reference-step", type=int, default=None, help="phase-1 step to extract at "
+                        + _defaults_text("reference_step", demo, ", scaled to --steps: the same fraction of the run"))
+    numina.add_argument("--reference-layer", type=int, default=None, help="DiT block to extract at "
+                        + _defaults_text("reference_layer", demo))
     numina.add_argument("--numina-mode", choices=MODES, default=None,
                         help="'authors': reproduce the NUMINA authors' code rule by rule; 'engine': the engine's "
                              "own rules (README, Known differences). Default: the model's, else "
@@ -53,15 +88,20 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="numina-engine", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run_arguments(commands.add_parser("run", help="generate a video"))
     counts = commands.add_parser("counts", help="print the nouns NUMINA counts in a prompt, as one JSON line")
-    counts.add_argument("prompt")
+    counts.add_argument("prompt", help='the prompt to parse, e.g. "Three cats chasing two dogs" '
+                                       '(prints {"cats": 3, "dogs": 2})')
     return parser
 
 
 def parse_counts_json(text: str) -> dict[str, int]:
     """--counts JSON -> {noun: count}; malformed JSON is an error that points at the bad character."""
+    if not text.strip():
+        raise UserInputError('--counts is empty: give a JSON object like {"cats": 3}, or leave --counts out '
+                             "to count the nouns of the prompt")
     try:
         counts = json.loads(text)
     except json.JSONDecodeError as err:
@@ -79,40 +119,78 @@ def _default_out_dir(prompt: str) -> Path:
     return Path("outputs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
 
 
-def _prepare_out_dir(args) -> Path:
-    out_dir = Path(args.out_dir) if args.out_dir else _default_out_dir(args.prompt)
-    existing = [name for name in ("video.mp4", "report.json") if (out_dir / name).exists()]
-    if existing and not args.overwrite:
+def _writable(folder: Path) -> bool:
+    """Whether files can be made in `folder`: the OS allows it and the folder is not marked read-only
+    (no write bit: refused even for root, who could write there anyway)."""
+    return os.access(folder, os.W_OK | os.X_OK) and bool(folder.stat().st_mode & 0o222)
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an --out-dir that cannot take this run's outputs. Makes nothing: the
+    folder is made when the outputs are saved (and removed again if saving fails)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserInputError(f"--out-dir {out_dir} is a file, not a folder: choose a folder path (it is made "
+                             f"if missing)")
+    existing = [name for name in OUTPUT_NAMES if (out_dir / name).exists()]
+    if existing and not overwrite:
         raise UserInputError(f"{out_dir} already holds {', '.join(existing)}; choose another --out-dir "
                              f"or pass --overwrite to replace them")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
+    folder = out_dir.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserInputError(f"--out-dir {out_dir} cannot be made: {folder} is a file, not a folder")
+    if not _writable(folder):
+        where = "is" if folder == out_dir.absolute() else f"would be made in {folder}, which is"
+        raise UserInputError(f"--out-dir {out_dir} {where} read-only: choose a folder you can write to")
 
 
-def _run(args) -> int:
-    # Imported here so that `--help` and argument errors answer at once.
-    from .api import Engine
-    from .engine.settings import GenerationRequest, parse_size
+def _build_request(args):
+    from .engine.settings import GenerationRequest, check_request_values, parse_size
 
-    width, height = parse_size(args.size) if args.size else (None, None)
+    width, height = parse_size(args.size) if args.size is not None else (None, None)
     overrides = {name: value for name, value in (("reference_step", args.reference_step),
                                                  ("reference_layer", args.reference_layer),
                                                  ("mode", args.numina_mode)) if value is not None}
     request = GenerationRequest(prompt=args.prompt, seed=args.seed, width=width, height=height,
                                 frames=args.frames, steps=args.steps, guide_scale=args.guide_scale,
                                 shift=args.shift, numina=not args.no_numina,
-                                counts=parse_counts_json(args.counts) if args.counts else None,
+                                counts=parse_counts_json(args.counts) if args.counts is not None else None,
                                 numina_overrides=overrides)
     if args.negative_prompt is not None:
         request.negative_prompt = args.negative_prompt
-    engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=not args.no_cuda_graphs,
-                         offload=args.offload)
-    engine.check(request)                       # bad sizes etc. fail before the output folder is made
-    out_dir = _prepare_out_dir(args)
+    check_request_values(request)
+    return request
+
+
+def _set_cpu_threads(device, settings) -> None:
+    """Tiny videos on the CPU run fastest on CPU_THREADS threads, unless the user chose (OMP_NUM_THREADS)."""
+    import torch
+
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ and settings.width * settings.height <= TINY_PIXELS:
+        torch.set_num_threads(CPU_THREADS)
+
+
+def _run(args) -> int:
+    # Imported here so that `--help` and argument errors answer at once.
+    from .api import Engine
+    from .engine.loading import resolve_device
+
+    # Everything that needs no model is checked before the model loads (5-25 s).
+    request = _build_request(args)
+    device = resolve_device(args.device)
+    out_dir = Path(args.out_dir) if args.out_dir else _default_out_dir(args.prompt)
+    check_out_dir(out_dir, args.overwrite)
+    engine = Engine.load(args.ckpt_dir, device=device, cuda_graphs=not args.no_cuda_graphs, offload=args.offload)
+    prepared = engine.check(request)            # sizes, nouns, NUMINA settings against this model
     if engine.model.defaults.note:
         print(f"note: {engine.model.defaults.note}", file=sys.stderr)
+    if request.numina and prepared.config is None:
+        print("note: NUMINA skipped: the prompt has no counted noun (e.g. \"three cats\"); running plain "
+              "generation. Pass --counts to name nouns to count.", file=sys.stderr)
+    _set_cpu_threads(device, prepared.settings)
     result = engine.generate(request, progress=not args.quiet)
-    paths = engine.save(result, out_dir)
+    paths = engine.save(result, out_dir, preview=True)
     print(json.dumps({name: str(path) for name, path in paths.items()}))
     return 0
 
@@ -134,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UserInputError, CheckpointError) as err:
         print(f"numina-engine: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Outputs are written all at once at the end (Engine.save), and removed if that is interrupted.
+        print("numina-engine: interrupted, nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 1
 
 

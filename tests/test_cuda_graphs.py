@@ -3,7 +3,8 @@
 On a GPU: graphs on and off give bit-identical latents and frames, plain and NUMINA (phase 2 forced
 to run, with modulated and unmodulated steps), and the graphs are really captured and replayed. At
 256x256x17 the self-attention has 1,280 keys: past 1,024, where cuDNN attention has had CUDA-graph
-bugs in some versions. On the CPU: the switch is accepted and ignored.
+bugs in some versions. On the CPU, where graphs are never used: every step runs the forward eagerly
+with the switch on or off, and the report says why graphs were not used (GPU-only otherwise).
 """
 from __future__ import annotations
 
@@ -19,12 +20,16 @@ PROMPT = "Three cats chasing two dogs"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def test_the_graph_switch_is_ignored_on_the_cpu():
+def test_on_the_cpu_every_step_runs_the_forward_eagerly(monkeypatch):
     engine = Engine.load(TINY_WAN, device="cpu")
+    calls = []
+    real_forward = engine.model.dit.forward
+    monkeypatch.setattr(engine.model.dit, "forward", lambda *a, **k: calls.append(1) or real_forward(*a, **k))
     request = GenerationRequest(prompt=PROMPT, width=64, height=64, steps=3, numina=False)
     on = pipeline.generate(engine.model, request, progress=False, cuda_graphs=True)
+    assert len(calls) == 3
     off = pipeline.generate(engine.model, request, progress=False, cuda_graphs=False)
-    assert torch.equal(on.frames, off.frames)
+    assert len(calls) == 6
     assert on.report["cuda_graphs"] == {"enabled": False, "reason": "no CUDA device (cpu)"}
     assert off.report["cuda_graphs"] == {"enabled": False, "reason": "turned off (--no-cuda-graphs)"}
 
@@ -35,13 +40,14 @@ def gpu_engine() -> Engine:
     return Engine.load(TINY_WAN, device="cuda")
 
 
-def add_instance(refined: dict[str, torch.Tensor]) -> None:
-    """Layout hook: add a 2x2-token instance to every noun's refined layout in every frame, so phase 2 regenerates."""
+def add_instance(reference: dict[str, torch.Tensor], refined: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Plant a 2x2-token added instance in every noun's refined layout in every frame: phase 2 must regenerate."""
     for labels in refined.values():
         labels[:, 1:3, 1:3] = LABEL_ADDED_BASE
+    return refined
 
 
-def generate_recording_latents(engine: Engine, request: GenerationRequest, *, cuda_graphs: bool, layout_hook=None):
+def generate_recording_latents(engine: Engine, request: GenerationRequest, *, cuda_graphs: bool, edit_layout=None):
     """(result, the latents of its final VAE decode) of one generation."""
     decoded = []
     vae = engine.model.vae
@@ -49,7 +55,7 @@ def generate_recording_latents(engine: Engine, request: GenerationRequest, *, cu
     vae.decode = lambda latents: decoded.append(latents.clone()) or real_decode(latents)
     try:
         result = pipeline.generate(engine.model, request, progress=False, cuda_graphs=cuda_graphs,
-                                   layout_hook=layout_hook)
+                                   edit_layout=edit_layout)
     finally:
         del vae.decode                                   # the class's method again
     return result, decoded[-1]
@@ -73,9 +79,9 @@ def test_numina_run_with_graphs_equals_the_eager_run_bit_for_bit(gpu_engine):
     request = GenerationRequest(prompt=PROMPT, width=256, height=256, frames=17, steps=8,
                                 counts={"cats": 2, "dogs": 3}, numina_overrides=overrides)
     graphed, graphed_latents = generate_recording_latents(gpu_engine, request, cuda_graphs=True,
-                                                          layout_hook=add_instance)
+                                                          edit_layout=add_instance)
     eager, eager_latents = generate_recording_latents(gpu_engine, request, cuda_graphs=False,
-                                                      layout_hook=add_instance)
+                                                      edit_layout=add_instance)
     numina = graphed.report["numina"]
     assert numina["regenerated"] and numina["phase2_modulated_steps"] == 4
     # phase 1: steps 0-2 (capture + 2 replays); phase 2: step 0 runs the conditional row alone (phase 1's

@@ -172,7 +172,6 @@ def test_backends_agree_on_random_attention():
     noun_maps = torch.softmax(torch.randn(2, frames, h * w, generator=g) * 2.0, dim=-1)
     for config in (CONFIG, CONFIG.with_overrides(meanshift_bandwidth=0.35)):
         ours = build_layouts(self_maps, noun_maps, (h, w), config, backend="torch")
-        assert torch.equal(ours, build_layouts(self_maps, noun_maps, (h, w), config, backend="auto"))  # auto = torch
         assert torch.equal(ours, build_layouts(self_maps, noun_maps, (h, w), config, backend="sklearn"))
 
 

@@ -17,9 +17,11 @@ from numina_engine.engine.model import WanDiT
 from numina_engine.engine.text_encoder import TextEncoder
 from numina_engine.engine.vae import WanVAE
 from numina_engine.engine.weights import official_to_diffusers
-from numina_engine.errors import CheckpointError
+from numina_engine.errors import CheckpointError, UserInputError
 
-pytest.importorskip("diffusers")
+from full_stack import full_stack  # noqa: E402
+
+full_stack("diffusers")
 from test_text_encoder import DIM as T5_DIM, TOKENIZER_ASSET, official_t5_state  # noqa: E402
 from test_vae import WAN_LIKE as SMALL_VAE, random_official_state  # noqa: E402
 
@@ -119,5 +121,12 @@ def test_malformed_config_is_reported(checkpoints, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised when no GPU is present")
 def test_cuda_without_gpu_is_a_clear_error():
-    with pytest.raises(CheckpointError, match="no CUDA GPU"):
+    expected = "is a CPU-only build" if torch.version.cuda is None else "sees no GPU"
+    with pytest.raises(UserInputError, match=expected):
         load_model(None, device="cuda")
+
+
+@pytest.mark.parametrize("name", ["tpu", "meta", "mps", "cuda:x", "potato"])
+def test_devices_the_engine_does_not_run_on_are_refused(name):
+    with pytest.raises(UserInputError, match=f"--device {name} is not a device this engine runs on"):
+        load_model(None, device=name)

@@ -10,7 +10,7 @@ from numina_engine.engine import pipeline
 from numina_engine.engine.extraction import frame_maps_bytes
 from numina_engine.engine.forward_state import Extraction, ForwardState, Modulation
 from numina_engine.engine.scheduler import FlowUniPCScheduler
-from numina_engine.numina.config import NuminaConfig
+from numina_engine.numina.config import LABEL_ADDED_BASE, NuminaConfig
 from numina_engine.numina.modulation import build_modulation_plan, layout_bias
 from assets_paths import TINY_WAN
 
@@ -23,7 +23,8 @@ def engine() -> Engine:
 
 @pytest.fixture(scope="module")
 def inputs(engine):
-    settings = engine.check(GenerationRequest(prompt="Three cats chasing two dogs", steps=6)).settings
+    request = GenerationRequest(prompt="Three cats chasing two dogs", steps=6, counts={"cats": 3, "dogs": 2})
+    settings = engine.check(request).settings
     context = pipeline.encode_prompts(engine.model, settings)
     latents = torch.randn(settings.latent_shape, generator=torch.Generator().manual_seed(4))
     return settings, context, latents
@@ -234,3 +235,49 @@ def test_report_message_for_targets_that_cannot_be_planned():
     assert "already match" not in message and "no_instance" not in message
     assert "no instance found" in message and "[0, 1]" in message and message.endswith("phase 1 ran on to the end")
     assert pipeline.not_reached_frames(summaries)["cats"][0]["status"] == "no_instance_found"
+
+
+def keep_the_reference(reference, refined):
+    """A refined layout equal to the reference: nothing to add or remove."""
+    return {noun: labels.clone() for noun, labels in reference.items()}
+
+
+def plant_an_added_instance(reference, refined):
+    """The reference with a 2x2-token added instance in every frame: phase 2 must regenerate."""
+    edited = keep_the_reference(reference, refined)
+    for labels in edited.values():
+        labels[:, 1:3, 1:3] = LABEL_ADDED_BASE
+    return edited
+
+
+TWO_PHASE = GenerationRequest(prompt="Three cats chasing two dogs", steps=8, counts={"cats": 3, "dogs": 2},
+                              numina_overrides={"reference_step": 3, "modulation_center": -16.0})
+
+
+def test_a_planted_layout_edit_regenerates_with_the_modulated_steps(engine):
+    """delta(t) = 0.25 (4 - 3 tanh(t + 16)) is above its floor 0.25 while tanh(t + 16) < 1 in float64:
+    steps 0-3 of 8 (tanh(20) rounds to 1)."""
+    edited = pipeline.generate(engine.model, TWO_PHASE, progress=False, edit_layout=plant_an_added_instance)
+    numina = edited.report["numina"]
+    assert numina["regenerated"] is True and numina["message"] == "phase 2 regenerated with the layout bias"
+    assert numina["phase2_modulated_steps"] == 4
+    assert all(bool((labels[:, 1:3, 1:3] == LABEL_ADDED_BASE).all()) for labels in edited.layout.refined.values())
+    unedited = pipeline.generate(engine.model, TWO_PHASE, progress=False, edit_layout=keep_the_reference)
+    assert not torch.equal(edited.frames, unedited.frames)
+
+
+def test_counts_already_right_regenerate_nothing(engine):
+    """When the edited refined layout equals the reference, nothing is modulated and (engine mode)
+    phase 1 runs on to the end: the same video as a plain run of the same seed and mode (EasyCache
+    off: phase 1 then computes every step)."""
+    request = GenerationRequest(prompt="Three cats chasing two dogs", steps=6, counts={"cats": 3, "dogs": 2},
+                                numina_overrides={"reference_step": 3, "easycache_enabled": False, "mode": "engine"})
+    result = pipeline.generate(engine.model, request, progress=False, edit_layout=keep_the_reference)
+    numina = result.report["numina"]
+    assert numina["regenerated"] is False and numina["phase2"] == "phase1_continued"
+    assert numina["layout_edited"] is True
+    assert numina["message"] == "the edited layouts have nothing to modulate: phase 1 ran on to the end"
+    assert numina["phase2_modulated_steps"] == 0
+    plain = engine.generate(GenerationRequest(prompt=request.prompt, steps=6, numina=False,
+                                              numina_overrides={"mode": "engine"}), progress=False)
+    assert torch.equal(result.frames, plain.frames)

@@ -1,6 +1,12 @@
-"""--offload: the text encoder on the CPU, the DiT off the GPU while the VAE decodes."""
+"""--offload: the text encoder on the CPU, the DiT off the GPU while the VAE decodes.
+
+On the CPU the placement functions are checked with `meta` standing in for the accelerator (a device
+that is not the CPU: where each module's parameters end up can differ), and the order in which a
+generation calls them; the GPU test checks the real moves during a generation.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -8,24 +14,57 @@ import torch
 
 from numina_engine import Engine, GenerationRequest
 from numina_engine.cli import main
+from numina_engine.engine import pipeline
+from numina_engine.engine.loading import load_model
+from numina_engine.engine.offload import load_offloaded, park_dit_on_cpu, place_for_generation
 from assets_paths import TINY_WAN
+from full_stack import full_stack
+
+FAKE_ACCELERATOR = torch.device("meta")
 
 
-def test_offload_on_the_cpu_is_accepted_reported_and_changes_nothing():
-    """On the CPU nothing moves, so this checks the plumbing (flags, report, timings); the GPU test
-    below checks that the DiT really leaves the GPU during the decode."""
-    request = GenerationRequest(prompt="Three cats chasing two dogs", numina=False, width=64, height=64, steps=3)
-    resident = Engine.load(TINY_WAN, device="cpu").generate(request, progress=False)
-    engine = Engine.load(TINY_WAN, device="cpu", offload=True)
-    offloaded = engine.generate(request, progress=False)
-    assert torch.equal(offloaded.frames, resident.frames)
-    assert offloaded.report["offload"] is True and resident.report["offload"] is False
-    assert "offload" in offloaded.timings_s and "offload" not in resident.timings_s
-    assert engine.model.text_encoder.device.type == "cpu"
+def devices(module: torch.nn.Module) -> set[str]:
+    return {p.device.type for p in module.parameters()}
+
+
+def test_offloaded_load_puts_the_text_encoder_on_the_cpu_and_the_rest_on_the_device():
+    model = load_offloaded(TINY_WAN, device=FAKE_ACCELERATOR)
+    assert model.device == FAKE_ACCELERATOR
+    assert devices(model.text_encoder.model) == {"cpu"}
+    assert devices(model.dit) == {"meta"} and devices(model.vae.model) == {"meta"}
+
+
+def test_placement_moves_the_dit_to_the_device_and_the_text_encoder_to_the_cpu():
+    model = dataclasses.replace(load_model(TINY_WAN, device="cpu"), device=FAKE_ACCELERATOR)
+    place_for_generation(model)
+    assert devices(model.dit) == {"meta"} and devices(model.text_encoder.model) == {"cpu"}
+    parked = load_model(TINY_WAN, device="cpu")
+    parked.dit.to(FAKE_ACCELERATOR)
+    parked.dit.to_empty(device="cpu")       # meta has no data to copy back: what park_dit_on_cpu does to it
+    park_dit_on_cpu(parked)
+    assert devices(parked.dit) == {"cpu"}
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_a_generation_places_before_encoding_and_parks_the_dit_before_the_decode(monkeypatch, offload):
+    events = []
+    engine = Engine.load(TINY_WAN, device="cpu", offload=offload)
+    model = engine.model
+    real_place, real_park, real_decode = pipeline.place_for_generation, pipeline.park_dit_on_cpu, model.vae.decode
+    real_encode = model.text_encoder.encode
+    monkeypatch.setattr(pipeline, "place_for_generation", lambda m: events.append("place") or real_place(m))
+    monkeypatch.setattr(pipeline, "park_dit_on_cpu", lambda m: events.append("park") or real_park(m))
+    monkeypatch.setattr(model.vae, "decode", lambda latents: events.append("decode") or real_decode(latents))
+    monkeypatch.setattr(model.text_encoder, "encode", lambda prompts: events.append("encode") or real_encode(prompts))
+    request = GenerationRequest(prompt="Three cats chasing two dogs", numina=False, width=64, height=64, steps=2)
+    result = engine.generate(request, progress=False)
+    assert events == (["place", "encode", "park", "decode"] if offload else ["encode", "decode"])
+    assert result.report["offload"] is offload and ("offload" in result.timings_s) is offload
+    assert devices(model.text_encoder.model) == {"cpu"}
 
 
 def test_cli_passes_offload_and_the_graph_switch_to_the_engine(tmp_path, capsys):
-    pytest.importorskip("av", reason="writing video.mp4 needs PyAV")
+    full_stack("av")
     code = main(["run", "--prompt", "Three cats chasing two dogs", "--no-numina", "--steps", "2", "--size", "64*64",
                  "--quiet",
                  "--offload", "--no-cuda-graphs", "--out-dir", str(tmp_path)])

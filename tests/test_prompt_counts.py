@@ -7,14 +7,18 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("spacy", reason="prompt parsing needs spaCy (not installed on this machine)")
+from full_stack import full_stack  # noqa: E402
+
+full_stack("spacy")            # its English pipeline is loaded by load_nlp(), which raises if it is missing
 
 from numina_engine.demo.world import captions, sample_scenes, scene_counts  # noqa: E402
 from numina_engine.numina.prompt_counts import (  # noqa: E402
     CountedNoun, load_nlp, parse_counted_nouns, parse_counts)
 
 COUNTBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "countbench"
-REQUIRED_AGREEMENT = 0.90
+# README, "Prompt parsing": 148 of the 150 prompts agree with the gold; one regression is tolerated.
+COUNTBENCH_PROMPTS = 150
+REQUIRED_MATCHES = 148 - 1
 
 
 def _countbench():
@@ -31,10 +35,11 @@ def test_countbench_agreement_rate():
     prompts, gold = _countbench()
     misses = [(p, g, parse_counts(p)) for p, g in zip(prompts, gold)]
     misses = [m for m in misses if m[1] != m[2]]
-    rate = 1 - len(misses) / len(prompts)
-    print(f"\nCountBench: parsed counts equal the gold on {rate:.1%} of {len(prompts)} prompts")
+    matches = len(prompts) - len(misses)
+    print(f"\nCountBench: parsed counts equal the gold on {matches}/{len(prompts)} prompts")
     detail = "\n".join(f"  {p!r}: gold {g}, parsed {r}" for p, g, r in misses)
-    assert rate >= REQUIRED_AGREEMENT, f"agreement {rate:.1%} < {REQUIRED_AGREEMENT:.0%}:\n{detail}"
+    assert len(prompts) == COUNTBENCH_PROMPTS
+    assert matches >= REQUIRED_MATCHES, f"{matches}/{len(prompts)} < {REQUIRED_MATCHES} (README):\n{detail}"
 
 
 @pytest.mark.parametrize("prompt, expected", [
@@ -146,7 +151,7 @@ def _generated_prompt(rng: random.Random):
 
 
 def test_generated_prompts():
-    rng = random.Random()
+    rng = random.Random(13)
     cases = [_generated_prompt(rng) for _ in range(40)]
     wrong = [(p, e, parse_counts(p)) for p, e in cases]
     wrong = [w for w in wrong if w[1] != w[2]]
@@ -162,8 +167,7 @@ def test_counting_world_captions():
     assert not wrong, "\n".join(f"{c!r}: expected {e}, parsed {r}" for c, e, r in wrong[:20])
 
 
-def test_load_nlp_is_loaded_once():
-    assert load_nlp() is load_nlp()
+def test_load_nlp_has_the_components_the_parser_reads():
     assert {"tagger", "parser", "lemmatizer"} <= set(load_nlp().pipe_names)
 
 

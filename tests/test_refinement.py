@@ -123,7 +123,7 @@ def test_removal_takes_smallest_first_and_reaches_target():
         assert kept == [2, 4]
         assert torch.equal(refined[f] == LABEL_REMOVED, (frame == 1) | (frame == 3) | (frame == 5))
     summary = summarize_refinement(torch.stack([frame, frame]), refined, 2)
-    assert summary.reached_target
+    assert summary.plan_reaches_target
     assert [f.removed_labels for f in summary.frames] == [(1, 3, 5), (1, 3, 5)]
 
 
@@ -137,7 +137,7 @@ def test_addition_reaches_target_without_touching_existing_instances():
     added = refined >= LABEL_ADDED_BASE
     assert torch.equal(labels[added], torch.zeros_like(labels[added]))
     summary = summarize_refinement(labels, refined, 4)
-    assert summary.reached_target
+    assert summary.plan_reaches_target
     assert [f.found_count for f in summary.frames] == [instance_count(labels[f]) for f in range(4)]
 
 
@@ -163,7 +163,7 @@ def test_no_op_when_counts_match():
     refined = refine_layout(labels, 2, CONFIG)
     assert torch.equal(refined, labels)
     summary = summarize_refinement(labels, refined, 2)
-    assert summary.reached_target and all(not f.removed_labels and not f.added_labels for f in summary.frames)
+    assert summary.plan_reaches_target and all(not f.removed_labels and not f.added_labels for f in summary.frames)
     assert torch.equal(refine_layout(random_layout(2, 7, 9, 0, generator), 0, CONFIG),
                        torch.zeros(2, 7, 9, dtype=torch.int32))
 
@@ -196,7 +196,7 @@ def test_targets_beyond_free_space_degrade_gracefully():
     assert bool((crowded[refined >= LABEL_ADDED_BASE] == 0).all())
     assert not bool((refined == 0).any()), "free pixels left while the target is not reached"
     summary = summarize_refinement(crowded, refined, 30)
-    assert not summary.reached_target
+    assert not summary.plan_reaches_target
     assert 3 < summary.frames[0].refined_count < 30
     json.dumps(summary.to_dict())
 
@@ -223,7 +223,7 @@ def test_whole_frame_instance_gets_additions_issue_17():
     labels = torch.ones(5, 16, 16, dtype=torch.int32)
     refined = refine_layout(labels, 5, config)
     summary = summarize_refinement(labels, refined, 5)
-    assert summary.reached_target and summary.changed and not summary.already_matched
+    assert summary.plan_reaches_target and summary.changed and not summary.already_matched
     assert all(f.status == REFINED and f.added_labels == tuple(range(LABEL_ADDED_BASE, LABEL_ADDED_BASE + 4))
                for f in summary.frames)
     assert bool((refined == 1).any(dim=(1, 2)).all()), "the existing instance must survive"
@@ -307,7 +307,7 @@ def test_paint_over_whole_frame_instance_is_reported_truthfully():
     refined = refine_layout(labels, 5, AUTHORS.with_overrides(circle_radius=2, placement_grid_step=1))
     assert torch.equal(refined, authors_refine_oracle(labels, 5, AUTHORS.with_overrides(placement_grid_step=1)))
     summary = summarize_refinement(labels, refined, 5)
-    assert not summary.reached_target and summary.changed
+    assert not summary.plan_reaches_target and summary.changed
     assert all(f.status == ERASED and f.refined_count == 1 and "[1, 100, 101, 102]" in f.reason
                for f in summary.frames)
 
@@ -332,5 +332,5 @@ def test_statuses_of_matched_refined_and_short_frames():
     refined = refine_layout(labels, 1, CONFIG)
     summary = summarize_refinement(labels, refined, 1)
     assert [f.status for f in summary.frames] == [MATCHED, REFINED, MATCHED]
-    assert summary.changed and not summary.already_matched and summary.reached_target
+    assert summary.changed and not summary.already_matched and summary.plan_reaches_target
     assert summarize_refinement(labels[:1], refined[:1], 1).already_matched

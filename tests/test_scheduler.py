@@ -5,13 +5,14 @@ import pytest
 import torch
 
 from numina_engine.engine.scheduler import FlowUniPCScheduler, predictor_orders
+from full_stack import full_stack
 
 RTOL = 1e-6
 
 
 def wan_reference_scheduler(num_steps: int, shift: float):
     """diffusers' UniPC with the scheduler_config.json the Wan2.1 diffusers checkpoints ship."""
-    diffusers = pytest.importorskip("diffusers")
+    diffusers = full_stack("diffusers")
     scheduler = diffusers.UniPCMultistepScheduler(
         num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
         solver_order=2, prediction_type="flow_prediction", thresholding=False, predict_x0=True,

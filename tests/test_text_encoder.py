@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from numina_engine.engine.prompt_clean import clean_prompt
 from numina_engine.engine.text_encoder import TextEncoder
 from numina_engine.errors import CheckpointError
+from full_stack import full_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_ASSET = ROOT / "tests" / "assets" / "tiny-wan" / "tokenizer"
@@ -231,7 +232,7 @@ def test_tokenizer_larger_than_embedding_is_rejected(tmp_path):
 
 
 def test_clean_prompt_matches_diffusers_wan_pipeline():
-    pipeline_wan = pytest.importorskip("diffusers.pipelines.wan.pipeline_wan")
+    pipeline_wan = full_stack("diffusers.pipelines.wan.pipeline_wan")
     samples = ["  Three\tdogs\n\n play  ", "cats &amp;amp; dogs &lt;3", "\u201ccurly\u201d quotes \u2018x\u2019",
                "mojibake: cafÃ©", "full\u3000width\uff21\uff22", "ﬁne ligature", "", "\u00a0nbsp\u2003em\u2009",
                "中文提示词，色调艳丽"]

@@ -10,7 +10,9 @@ import torch
 from numina_engine.engine.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WanVAE, official_vae_to_diffusers
 from numina_engine.errors import CheckpointError
 
-diffusers = pytest.importorskip("diffusers")
+from full_stack import full_stack  # noqa: E402
+
+diffusers = full_stack("diffusers")
 from diffusers import AutoencoderKLWan  # noqa: E402
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers  # noqa: E402
 

@@ -1,16 +1,17 @@
-"""Atomic mp4/PNG writing and mp4 read-back."""
+"""Atomic mp4 writing and mp4 read-back."""
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from numina_engine.engine.video_io import read_mp4_info, write_mp4, write_png_atomic
+from numina_engine.engine.video_io import read_mp4_frames, read_mp4_info, upscale_nearest, write_mp4
+from full_stack import full_stack
 
 
 @pytest.fixture
 def av():
-    return pytest.importorskip("av")
+    return full_stack("av")
 
 
 def random_frames(num_frames: int, height: int, width: int, seed: int) -> np.ndarray:
@@ -113,45 +114,29 @@ def test_mp4_rejects_bad_input_without_leaving_files(av, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("height,width", [(16, 16), (7, 13)])
-def test_png_round_trip_is_exact(tmp_path, height, width):
-    from PIL import Image
-
-    image = random_frames(1, height, width, seed=width)[0]
-    path = tmp_path / "frame.png"
-    write_png_atomic(path, torch.from_numpy(image))
-    with Image.open(path) as loaded:
-        assert loaded.mode == "RGB"
-        np.testing.assert_array_equal(np.asarray(loaded), image)
-    assert leftovers(tmp_path) == ["frame.png"]
+def test_lossless_mp4_decodes_to_exactly_the_frames(av, tmp_path):
+    frames = random_frames(3, 32, 32, seed=21)
+    write_mp4(tmp_path / "video.mp4", frames, lossless=True)
+    np.testing.assert_array_equal(read_mp4_frames(tmp_path / "video.mp4"), frames)
 
 
-def test_png_bad_input_leaves_old_file(tmp_path):
-    path = tmp_path / "frame.png"
-    write_png_atomic(path, random_frames(1, 8, 8, seed=11)[0])
-    before = path.read_bytes()
-    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
-        write_png_atomic(path, random_frames(1, 8, 8, seed=12)[0, :, :, 0])
-    with pytest.raises(TypeError, match="uint8"):
-        write_png_atomic(path, random_frames(1, 8, 8, seed=13)[0].astype(np.int32))
-    assert path.read_bytes() == before
-    assert leftovers(tmp_path) == ["frame.png"]
+def test_same_frames_give_the_same_bytes_whatever_the_thread_setting(av, tmp_path):
+    """The encoder's thread count is fixed (MP4_THREADS), so torch's/OpenMP's settings do not leak in."""
+    frames = smooth_frames(4, 64, 96, seed=3)
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            write_mp4(tmp_path / f"t{threads}.mp4", frames)
+    finally:
+        torch.set_num_threads(previous)
+    assert (tmp_path / "t1.mp4").read_bytes() == (tmp_path / "t2.mp4").read_bytes()
+    assert b"threads=" in (tmp_path / "t1.mp4").read_bytes()
 
 
-def test_png_encoder_failure_halfway_leaves_old_file(tmp_path, monkeypatch):
-    from PIL import Image
-
-    path = tmp_path / "frame.png"
-    write_png_atomic(path, random_frames(1, 8, 8, seed=14)[0])
-    before = path.read_bytes()
-
-    def failing_save(self, fp, *args, **kwargs):
-        with open(fp, "wb") as handle:
-            handle.write(b"\x89PNG half")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(Image.Image, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
-        write_png_atomic(path, random_frames(1, 8, 8, seed=15)[0])
-    assert path.read_bytes() == before
-    assert leftovers(tmp_path) == ["frame.png"]
+def test_upscale_nearest_repeats_each_pixel_as_a_block():
+    frames = random_frames(2, 3, 5, seed=4)
+    big = upscale_nearest(frames, 4)
+    assert big.shape == (2, 12, 20, 3)
+    for y, x in [(0, 0), (5, 9), (11, 19)]:
+        np.testing.assert_array_equal(big[:, y, x], frames[:, y // 4, x // 4])

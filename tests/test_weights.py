@@ -9,6 +9,7 @@ from numina_engine.engine.config import WAN_TINY, WanConfig
 from numina_engine.engine.model import WanDiT
 from numina_engine.engine.weights import diffusers_to_official, load_safetensors_state_dict, official_to_diffusers
 from numina_engine.errors import CheckpointError
+from full_stack import full_stack
 
 NO_NORMS = WanConfig(dim=48, ffn_dim=80, num_heads=2, num_layers=2, text_dim=24, qk_norm=False,
                      cross_attn_norm=False)
@@ -32,7 +33,7 @@ def test_round_trip_is_identity(config):
 
 
 def test_diffusers_names_are_wan_transformer_names():
-    diffusers = pytest.importorskip("diffusers")
+    diffusers = full_stack("diffusers")
     kwargs = {k: v for k, v in WAN_TINY.to_diffusers_json().items() if not k.startswith("_")}
     reference = diffusers.WanTransformer3DModel(**kwargs).state_dict()
     official = official_state_dict(WAN_TINY, seed=1)

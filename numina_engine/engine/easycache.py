@@ -25,9 +25,9 @@ class EasyCache:
         self._last_cond: torch.Tensor | None = None
         self._delta: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def must_compute(self, step_index: int, force: bool = False) -> bool:
+    def must_compute(self, step_index: int) -> bool:
         """Whether step `step_index` runs the transformer (True) or reuses the cache (False)."""
-        return (force or not self.enabled or step_index < self.warmup or self._delta is None
+        return (not self.enabled or step_index < self.warmup or self._delta is None
                 or self._error >= self.tau)
 
     def record(self, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor) -> None:

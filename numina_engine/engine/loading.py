@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UserInputError
 from .config import WanConfig
 from .model import WanDiT
 from .pixel_space import CLASS_NAME as PIXEL_SPACE, PixelSpace
@@ -100,6 +100,10 @@ class WanModel:
 
 def detect_layout(ckpt_dir: Path) -> str:
     """Return "official" or "diffusers"; raise CheckpointError saying what is missing otherwise."""
+    if ckpt_dir.exists() and not ckpt_dir.is_dir():
+        raise CheckpointError(
+            f"--ckpt-dir {ckpt_dir} is a file, not a folder. Point --ckpt-dir at the top folder of a Wan2.1-T2V "
+            f"checkpoint (official release or diffusers layout), or leave it out to use the embedded demo model.")
     if not ckpt_dir.is_dir():
         raise CheckpointError(
             f"checkpoint folder {ckpt_dir} does not exist. Point --ckpt-dir at a Wan2.1-T2V folder "
@@ -169,14 +173,31 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """`None`/"auto" picks CUDA when available; asking for CUDA without one is a clear error."""
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """`None`/"auto" picks CUDA when available; otherwise "cpu", "cuda" or "cuda:N". Any other device,
+    or CUDA where PyTorch sees none, is a UserInputError that says why and what to do."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError(f"--device {name} was asked for, but PyTorch sees no CUDA GPU here "
-                              f"(torch {torch.__version__}). Use --device cpu, or install a CUDA build of torch.")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UserInputError(f"--device {name} is not a device this engine runs on: use cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            raise UserInputError(
+                f"--device {name}: this PyTorch ({torch.__version__}) is a CPU-only build. Use --device cpu, or "
+                f"install a CUDA build of torch (README, Set up) to run on an NVIDIA GPU.")
+        raise UserInputError(
+            f"--device {name}: this PyTorch has CUDA {torch.version.cuda} but sees no GPU (no driver, no GPU, or "
+            f"CUDA_VISIBLE_DEVICES hides them; `nvidia-smi` shows what the driver sees). Use --device cpu, or "
+            f"run where a GPU is visible.")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserInputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 

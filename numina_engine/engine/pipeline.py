@@ -50,7 +50,7 @@ from .loading import WanModel
 from .offload import park_dit_on_cpu, place_for_generation
 from .prompt_clean import clean_prompt
 from .scheduler import FlowUniPCScheduler
-from .settings import MAX_COUNT, GenerationRequest, ResolvedSettings, resolve
+from .settings import MAX_COUNT, GenerationRequest, ResolvedSettings, resolve, scaled_reference_step
 
 COND, UNCOND = 0, 1          # batch rows of a CFG forward call
 LAYOUT_COLUMNS = 4           # latent frames shown in layout.png
@@ -98,14 +98,41 @@ class PhaseTimer:
 # ----------------------------------------------------------------------------------- building blocks
 
 def numina_config_for(model: WanModel, request: GenerationRequest, steps: int) -> NuminaConfig:
-    """The authors' defaults, then the checkpoint's scaled settings, then the request's overrides."""
+    """The authors' defaults, then the checkpoint's scaled settings, then the request's overrides.
+
+    Without a requested reference step, the checkpoint's is scaled to `steps` (same fraction of the run).
+    """
     overrides = {**model.defaults.numina, **request.numina_overrides, "total_steps": steps,
                  "pca_seed": request.seed}
+    user_step = request.numina_overrides.get("reference_step")
+    if user_step is None:
+        overrides["reference_step"] = scaled_reference_step(steps, *checkpoint_reference_step(model))
+    elif not 0 <= user_step < steps:
+        model_steps, model_step = checkpoint_reference_step(model)
+        raise UserInputError(
+            f"--reference-step {user_step} is not a step of a {steps}-step run (0 to {steps - 1}): lower "
+            f"--reference-step or raise --steps, or leave --reference-step out to use "
+            f"{scaled_reference_step(steps, model_steps, model_step)} (the checkpoint's {model_step} of "
+            f"{model_steps} steps, scaled)")
     config = NuminaConfig().with_overrides(**overrides)
     if config.reference_layer >= model.dit.config.num_layers:
         raise UserInputError(f"--reference-layer {config.reference_layer} is past the model's last block "
                              f"({model.dit.config.num_layers - 1})")
     return config
+
+
+def checkpoint_reference_step(model: WanModel) -> tuple[int, int]:
+    """(the checkpoint's default steps, its reference step): the authors' 20 of 50 unless its sidecar says."""
+    return model.defaults.steps, model.defaults.numina.get("reference_step", NuminaConfig().reference_step)
+
+
+def reference_step_source(model: WanModel, request: GenerationRequest, steps: int) -> str:
+    """For report.json: where the reference step came from."""
+    if request.numina_overrides.get("reference_step") is not None:
+        return "--reference-step"
+    model_steps, model_step = checkpoint_reference_step(model)
+    return (f"the checkpoint's {model_step} of {model_steps} steps scaled to {steps} steps "
+            f"(--reference-step not given)")
 
 
 def behaviour_config(model: WanModel, request: GenerationRequest) -> NuminaConfig:
@@ -135,6 +162,10 @@ def counted_nouns(model: WanModel, request: GenerationRequest, prompt: str, toke
         nouns = [replace(parsed[noun.lower()], noun=noun) if noun.lower() in parsed else noun for noun in counts]
     for noun, count in counts.items():
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
+            if request.counts is None:
+                raise UserInputError(
+                    f"the prompt asks for {count} {noun!r} (counted from the prompt, every mention added up); "
+                    f"NUMINA counts 1 to {MAX_COUNT} of a noun: rephrase the prompt, or pass --counts")
             raise UserInputError(f"count for {noun!r} must be a whole number from 1 to {MAX_COUNT}, got {count!r}")
     if not counts:
         return {}, {}
@@ -305,7 +336,7 @@ def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, 
                          computed_steps=cache.computed + 1, reused_steps=cache.skipped)
 
 
-def plan_layouts(model: WanModel, ref: ReferencePass, counts: dict[str, int], config: NuminaConfig):
+def plan_layouts(ref: ReferencePass, counts: dict[str, int], config: NuminaConfig):
     """Layouts from the extracted maps, refined to `counts`; returns (reference, refined, RefinementSummary
     per noun)."""
     _, h, w = ref.extraction.grid
@@ -352,20 +383,24 @@ def not_reached_frames(summaries: dict) -> dict[str, list[dict]]:
     return {noun: [{"frame": index, "status": frame.status, "reason": frame.reason}
                    for index, frame in enumerate(summary.frames) if frame.refined_count != summary.target_count]
             for noun, summary in summaries.items()
-            if not summary.reached_target}
+            if not summary.plan_reaches_target}
 
 
-def outcome_message(summaries: dict, regenerated: bool, when_nothing_to_modulate: str) -> str:
+def outcome_message(summaries: dict, regenerated: bool, when_nothing_to_modulate: str,
+                    layout_edited: bool = False) -> str:
     """report.json's one-line account of phase 2. It says the counts already match only when every
-    frame's reference count equals the target."""
+    frame's reference count equals the target. With `layout_edited` (generate's edit_layout) the plan
+    came from the edited layouts, so the refinement summaries' shortfalls are not repeated."""
     short = not_reached_frames(summaries)
     why = "; ".join(f"{noun}: frame(s) {[item['frame'] for item in items]} "
                     f"({'; '.join(sorted({item['reason'] for item in items}))})" for noun, items in short.items())
     if regenerated:
         return "phase 2 regenerated with the layout bias" + (
-            f"; the target could not be planned everywhere: {why}" if short else "")
+            f"; the target could not be planned everywhere: {why}" if short and not layout_edited else "")
     after = ("plain Wan2.1 regenerated from the noise" if when_nothing_to_modulate == "regenerate_plain"
              else "phase 1 ran on to the end")
+    if layout_edited:
+        return f"the edited layouts have nothing to modulate: {after}"
     if all(summary.already_matched for summary in summaries.values()):
         return f"counts already match in every frame: no modulation, {after}"
     return f"the target could not be planned in any frame, nothing to modulate ({why}): {after}"
@@ -373,14 +408,18 @@ def outcome_message(summaries: dict, regenerated: bool, when_nothing_to_modulate
 
 @torch.inference_mode()
 def generate(model: WanModel, request: GenerationRequest, *, progress: bool = True, cuda_graphs: bool = True,
-             offload: bool = False, layout_hook: Callable[[dict[str, torch.Tensor]], None] | None = None
-             ) -> GenerationResult:
+             offload: bool = False,
+             edit_layout: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+             | None = None) -> GenerationResult:
     """Make one video. Bad requests raise UserInputError before any heavy work starts.
 
     `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA). `offload`: the text
     encoder runs on the CPU and the DiT leaves the GPU while the VAE decodes (`offload.py`).
-    `layout_hook`: called with the refined layouts (noun -> int32 [f, h, w], edited in place) before
-    the modulation plan is built, e.g. by a benchmark that needs phase 2 to run on random weights.
+    `edit_layout`: for tests and benchmarks, a function (reference, refined) -> refined, each
+    {noun: labels int32 [F, h, w]}, whose result replaces the refined layouts before the modulation plan
+    is built (e.g. an edit planted so that phase 2 must regenerate, or the reference itself so that it
+    must not); whether phase 2 regenerates is then decided from the edited layouts (some refined layout
+    differs from its reference), and the refinement summaries in the report describe the unedited layouts.
     """
     prepared = prepare(model, request)
     settings, counts, positions, config = prepared.settings, prepared.counts, prepared.positions, prepared.config
@@ -418,10 +457,12 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
                              progress=progress, graphs=graphs)
     # Layout: countable instances, refined to the asked counts, and the modulation plan.
     with timer("layout"):
-        reference, refined, summaries = plan_layouts(model, ref, counts, config)
-        if layout_hook is not None:
-            layout_hook(refined)
-        changed = layout_hook is not None or any(summary.changed for summary in summaries.values())
+        reference, refined, summaries = plan_layouts(ref, counts, config)
+        if edit_layout is None:
+            changed = any(summary.changed for summary in summaries.values())
+        else:
+            refined = edit_layout(reference, refined)
+            changed = any(not torch.equal(refined[noun], reference[noun]) for noun in reference)
         plan = build_modulation_plan(refined, positions, model.device, model.dtype) if changed else None
     with timer("preview decode"):
         shown = layout_frames_to_show(ref.preview.shape[1])
@@ -469,19 +510,22 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
         "counts_source": "--counts" if request.counts is not None else "parsed from the prompt",
         "token_positions": positions,
         "reference_step": config.reference_step,
+        "reference_step_source": reference_step_source(model, request, settings.steps),
         "reference_layer": config.reference_layer,
         "token_grid": list(ref.extraction.grid),
         "best_head_per_frame": ref.extraction.best_head.tolist(),
         "counts_found_per_frame": found,
         "behaviours": config.behaviours(),
         "refinement": {noun: summary.to_dict() for noun, summary in summaries.items()},
+        "layout_edited": edit_layout is not None,
         "regenerated": plan is not None,
         "phase2": ("modulated" if plan is not None else
                    "plain_regenerated" if config.when_nothing_to_modulate == "regenerate_plain" else
                    "phase1_continued"),
         "counts_matched": all(summary.already_matched for summary in summaries.values()),
         "not_reached": not_reached_frames(summaries),
-        "message": outcome_message(summaries, plan is not None, config.when_nothing_to_modulate),
+        "message": outcome_message(summaries, plan is not None, config.when_nothing_to_modulate,
+                                   layout_edited=edit_layout is not None),
         "phase1_steps_computed": ref.computed_steps,
         "phase1_steps_reused": ref.reused_steps,
         "phase2_modulated_steps": modulated_steps,

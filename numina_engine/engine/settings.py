@@ -1,6 +1,7 @@
 """What one generation is asked to do, checked before any work starts."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..errors import UserInputError
@@ -13,6 +14,7 @@ WAN_NEGATIVE_PROMPT = (
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
 
 MAX_COUNT = 20
+MAX_SEED = 2 ** 64 - 1          # torch.Generator.manual_seed takes seeds up to 2**64 - 1
 
 
 @dataclass
@@ -68,16 +70,44 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def check_request_values(request: GenerationRequest) -> None:
+    """The checks that need no model (run before one is loaded): prompt, seed, numbers' ranges and
+    finiteness. Raises UserInputError naming the flag."""
+    prompt = request.prompt.strip() if request.prompt else ""
+    if not prompt:
+        raise UserInputError("the prompt is empty: say what the video should show, e.g. --prompt \"three cats\"")
+    if isinstance(request.seed, bool) or not isinstance(request.seed, int) or not 0 <= request.seed <= MAX_SEED:
+        raise UserInputError(f"--seed {request.seed} must be a whole number from 0 to 2**64-1 ({MAX_SEED})")
+    for flag, value in (("--size width", request.width), ("--size height", request.height),
+                        ("--frames", request.frames), ("--steps", request.steps)):
+        if value is not None and value < 1:
+            raise UserInputError(f"{flag} {value} must be at least 1")
+    for flag, value in (("--guide-scale", request.guide_scale), ("--shift", request.shift)):
+        if value is not None and not math.isfinite(value):
+            raise UserInputError(f"{flag} {value} must be a finite number, e.g. {flag} 5.0")
+    if request.shift is not None and request.shift <= 0:
+        raise UserInputError(f"--shift {request.shift} must be positive")
+    if request.counts is not None and not request.counts:
+        raise UserInputError('--counts is empty: give a JSON object like {"cats": 3}, or leave it out to '
+                             "count the nouns of the prompt")
+
+
+def scaled_reference_step(steps: int, model_steps: int, model_reference_step: int) -> int:
+    """The reference step for a `steps`-step run: the same fraction of the run as the checkpoint's own
+    (`model_reference_step` of `model_steps`; the authors' 20 of 50 = 40% for Wan2.1), rounded, at most
+    steps - 1."""
+    return min(steps - 1, round(model_reference_step * steps / model_steps))
+
+
 def resolve(request: GenerationRequest, defaults: ModelDefaults,
             geometry: LatentGeometry = LatentGeometry()) -> ResolvedSettings:
     """Fill defaults and check every value against the model's `geometry`; raise UserInputError naming
     the bad one."""
-    prompt = request.prompt.strip() if request.prompt else ""
-    if not prompt:
-        raise UserInputError("the prompt is empty: say what the video should show, e.g. --prompt \"three cats\"")
-    width = request.width or defaults.width
-    height = request.height or defaults.height
-    frames = request.frames or defaults.frames
+    check_request_values(request)
+    prompt = request.prompt.strip()
+    width = defaults.width if request.width is None else request.width
+    height = defaults.height if request.height is None else request.height
+    frames = defaults.frames if request.frames is None else request.frames
     steps = defaults.steps if request.steps is None else request.steps
     multiple = geometry.size_multiple
     for name, value in (("width", width), ("height", height)):

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
@@ -123,7 +124,7 @@ def _read_transformers_weights(folder: Path) -> dict[str, torch.Tensor]:
                 state.update(load_file(folder / shard))
             return state
         return load_file(folder / "model.safetensors")
-    except (OSError, KeyError, ValueError) as err:
+    except (OSError, KeyError, ValueError, SafetensorError) as err:
         raise CheckpointError(
             f"cannot read the text encoder weights in {folder} ({err}): a diffusers text_encoder/ folder holds "
             f"config.json and model.safetensors (or model-*-of-*.safetensors shards with "
@@ -151,10 +152,26 @@ def _build_umt5(config: UMT5Config, state: dict[str, torch.Tensor], source: Path
     return model.to(device=device).eval().requires_grad_(False)     # weights are already in `dtype`
 
 
+def _check_sentencepiece_model(path: Path) -> None:
+    """Raise CheckpointError unless `path` is a SentencePiece model (transformers would otherwise fall
+    back to other formats and suggest installing tiktoken)."""
+    import sentencepiece
+
+    try:
+        sentencepiece.SentencePieceProcessor(model_file=str(path))
+    except (OSError, RuntimeError) as err:
+        raise CheckpointError(f"{path} is not a SentencePiece model ({err}): the file is damaged or was not "
+                              f"downloaded completely (a Git LFS pointer?). Download the tokenizer folder "
+                              f"again.") from err
+
+
 def _load_tokenizer(folder: Path, layout: str):
     if not folder.is_dir():
         raise CheckpointError(f"missing tokenizer folder {folder} (the {layout} layout keeps the umT5 tokenizer "
                               f"there). Download the complete checkpoint, or pass tokenizer_dir=.")
+    spiece = folder / "spiece.model"
+    if spiece.is_file() and not (folder / "tokenizer.json").is_file():
+        _check_sentencepiece_model(spiece)
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as err:

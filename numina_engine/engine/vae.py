@@ -23,7 +23,6 @@ from .text_encoder import load_pth_state_dict
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan
 
-OFFICIAL_VAE_FILE = "Wan2.1_VAE.pth"
 DIFFUSERS_VAE_WEIGHTS = "diffusion_pytorch_model.safetensors"
 # Wan2.1's per-channel latent statistics (wan/modules/vae.py; diffusers keeps them in the vae config).
 WAN21_LATENTS_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,

@@ -6,7 +6,11 @@ Ctrl-C) the temp file is deleted and the error re-raised.
 
 mp4 encoding uses PyAV (`pip install av`, imported on first use): H.264 via libx264 at CRF 18. Even sizes use
 yuv420p, which every player decodes; 4:2:0 needs even sizes, so odd sizes use yuv444p (H.264 High 4:4:4), which
-keeps the exact size instead of padding it.
+keeps the exact size instead of padding it. `lossless=True` writes RGB H.264 at QP 0 instead (libx264rgb): the
+decoded frames equal the written ones exactly; for tiny videos (the demo model's 32x32), where 4:2:0 chroma would
+smear neighbouring objects together. ffmpeg-based players (VLC, mpv, ffplay) play it; browsers may not, so the
+engine writes an upscaled 4:2:0 preview beside it. The encoder runs with a fixed thread count, so the same
+frames give the same bytes on every machine.
 """
 from __future__ import annotations
 
@@ -22,8 +26,10 @@ import numpy as np
 import torch
 
 MP4_CODEC = "libx264"
+MP4_LOSSLESS_CODEC = "libx264rgb"
 MP4_CRF = 18
 MP4_PRESET = "medium"
+MP4_THREADS = 4          # fixed: x264's output depends on its thread count, which otherwise follows the CPU count
 
 FramesLike = np.ndarray | torch.Tensor | Iterable[np.ndarray | torch.Tensor]
 
@@ -85,8 +91,15 @@ def _frame_sequence(frames: FramesLike) -> Iterable[np.ndarray | torch.Tensor]:
     return frames
 
 
-def write_mp4(path: str | os.PathLike, frames: FramesLike, fps: float = 16) -> None:
-    """Encode RGB frames to an H.264 mp4 at `path`, atomically.
+def upscale_nearest(frames: np.ndarray, factor: int) -> np.ndarray:
+    """uint8 [T, H, W, 3] -> [T, factor H, factor W, 3], each pixel a factor x factor block."""
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor}")
+    return np.repeat(np.repeat(frames, factor, axis=1), factor, axis=2)
+
+
+def write_mp4(path: str | os.PathLike, frames: FramesLike, fps: float = 16, *, lossless: bool = False) -> None:
+    """Encode RGB frames to an H.264 mp4 at `path`, atomically (`lossless`: RGB at QP 0, exact).
 
     Args:
         path: the .mp4 to create or replace; its folder must exist.
@@ -108,10 +121,15 @@ def write_mp4(path: str | os.PathLike, frames: FramesLike, fps: float = 16) -> N
                 image = _as_uint8_image(frame, f"frame {count}")
                 if stream is None:
                     height, width = image.shape[:2]
-                    stream = container.add_stream(MP4_CODEC, rate=rate,
-                                                  options={"crf": str(MP4_CRF), "preset": MP4_PRESET})
+                    quality = {"qp": "0"} if lossless else {"crf": str(MP4_CRF)}
+                    stream = container.add_stream(MP4_LOSSLESS_CODEC if lossless else MP4_CODEC, rate=rate,
+                                                  options={**quality, "preset": MP4_PRESET,
+                                                           "threads": str(MP4_THREADS)})
                     stream.width, stream.height = width, height
-                    stream.pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
+                    if lossless:
+                        stream.pix_fmt = "rgb24"
+                    else:
+                        stream.pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
                 elif image.shape[:2] != (stream.height, stream.width):
                     raise ValueError(f"frame {count} is {image.shape[1]}x{image.shape[0]} but the video is "
                                      f"{stream.width}x{stream.height}")
@@ -139,10 +157,13 @@ def read_mp4_info(path: str | os.PathLike) -> tuple[int, int, int, float]:
     return num_frames, height, width, fps
 
 
-def write_png_atomic(path: str | os.PathLike, image: np.ndarray | torch.Tensor) -> None:
-    """Save a uint8 RGB image [H, W, 3] (numpy or tensor) as a PNG at `path`, atomically."""
-    from PIL import Image
-
-    pixels = _as_uint8_image(image, "image")
-    with atomic_output(path, ".png") as temp:
-        Image.fromarray(pixels).save(temp, format="PNG")
+def read_mp4_frames(path: str | os.PathLike) -> np.ndarray:
+    """The decoded frames of the first video stream in `path`: uint8 RGB [T, H, W, 3]."""
+    av = _import_av()
+    with av.open(str(path), mode="r") as container:
+        if not container.streams.video:
+            raise ValueError(f"{path} has no video stream")
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(container.streams.video[0])]
+    if not frames:
+        raise ValueError(f"{path} has no frames")
+    return np.stack(frames)

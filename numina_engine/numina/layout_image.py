@@ -1,13 +1,21 @@
 """layout.png: the reference and refined layouts of each noun over preview frames (Pillow only).
 
-Grid: for every noun two rows, its reference layout then its refined layout; one column per
-shown frame. Each cell is a title strip ("noun ref|refined f<frame> n=<count>") above the
-preview frame with the labels (nearest-upscaled from the token grid) blended over it:
-existing instances in distinct colours (no reds or greens), removed regions red with opaque
-diagonal hatching, added instances in shades of green. Background labels leave the frame as is.
+Readable at a glance whatever the model's size:
+
+    header   what the image shows (one line per sentence)
+    grid     for every noun two rows, labelled at the left: "<noun> / reference (phase 1)", the layout
+             phase 1 found, then "<noun> / refined plan", what phase 2 was asked to produce; one column
+             per shown latent frame, titled "frame <f>: n=<count>"
+    legend   one swatch per colour: instances found (distinct colours, no reds or greens), instances the
+             plan adds (greens), regions the plan removes (red, hatched), background (the preview as is)
+
+Each cell is the preview frame, nearest-upscaled by a whole factor to at least MIN_FRAME_SIDE pixels on
+its shorter side (the demo model's 32x32 frames become 128x128), with the labels (nearest-upscaled from
+the token grid) blended over it.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 
@@ -17,10 +25,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .config import LABEL_ADDED_BASE, LABEL_BACKGROUND, LABEL_REMOVED
 
-__all__ = ["render_layout_png", "layout_png_size", "TITLE_HEIGHT", "CELL_PADDING"]
+__all__ = ["render_layout_png", "layout_png_size", "frame_scale", "frame_origin"]
 
-TITLE_HEIGHT = 14     # pixels of the title strip above each frame
-CELL_PADDING = 4      # pixels between cells and around the grid
+MIN_FRAME_SIDE = 128  # pixels: frames are upscaled by a whole factor until their shorter side reaches this
+LINE_HEIGHT = 14      # pixels per line of text (Pillow's default 11-px font)
+CHAR_WIDTH = 6        # pixels per character of that font (for sizing the canvas)
+CELL_PADDING = 6      # pixels between cells and around the grid
+ROW_LABEL_WIDTH = 19 * CHAR_WIDTH   # the row labels' column at the left
 OVERLAY_ALPHA = 0.5   # weight of a label colour over the preview pixel
 HATCH_PERIOD = 6      # removed regions: an opaque diagonal line, 2 px wide, every HATCH_PERIOD pixels
 
@@ -33,18 +44,57 @@ _REMOVED_COLOUR = np.array((235, 20, 20), dtype=np.float32)
 _BACKDROP = (24, 24, 24)
 _TEXT_COLOUR = (240, 240, 240)
 
+HEADER = ("NUMINA layout: for each noun, the layout phase 1 found (reference)",
+          "and the refined plan phase 2 was asked to produce; columns: latent frames.")
+LEGEND = (("instance found (one colour each)", tuple(_INSTANCE_COLOURS[0].astype(int))),
+          ("instance the plan adds", tuple(_ADDED_COLOURS[0].astype(int))),
+          ("region the plan removes (hatched)", tuple(_REMOVED_COLOUR.astype(int))),
+          ("background: the preview as is", None))
+SWATCH = 10           # pixels, legend swatches
+
+
+def frame_scale(frame_height: int, frame_width: int) -> int:
+    """The whole factor frames are upscaled by in layout.png."""
+    return max(1, math.ceil(MIN_FRAME_SIDE / min(frame_height, frame_width)))
+
+
+def _header_height() -> int:
+    return len(HEADER) * LINE_HEIGHT + CELL_PADDING
+
+
+def _legend_height() -> int:
+    return len(LEGEND) * LINE_HEIGHT + CELL_PADDING
+
+
+def _text_width(lines) -> int:
+    return max(len(line) for line in lines) * CHAR_WIDTH + 2 * CELL_PADDING
+
+
+def frame_origin(row: int, column: int, frame_height: int, frame_width: int) -> tuple[int, int]:
+    """(left, top) pixel of the (upscaled) preview frame in grid row `row` (2 per noun: reference, refined)
+    and column `column`."""
+    scale = frame_scale(frame_height, frame_width)
+    cell_width, cell_height = frame_width * scale, LINE_HEIGHT + frame_height * scale
+    left = CELL_PADDING + ROW_LABEL_WIDTH + column * (cell_width + CELL_PADDING)
+    top = CELL_PADDING + _header_height() + row * (cell_height + CELL_PADDING) + LINE_HEIGHT
+    return left, top
+
 
 def layout_png_size(num_nouns: int, num_shown_frames: int, frame_height: int, frame_width: int) -> tuple[int, int]:
     """(width, height) in pixels of the image render_layout_png writes for these sizes."""
-    width = num_shown_frames * frame_width + (num_shown_frames + 1) * CELL_PADDING
+    scale = frame_scale(frame_height, frame_width)
+    cell_width, cell_height = frame_width * scale, LINE_HEIGHT + frame_height * scale
+    grid_width = ROW_LABEL_WIDTH + num_shown_frames * cell_width + (num_shown_frames + 1) * CELL_PADDING
+    legend_width = _text_width([label for label, _ in LEGEND]) + SWATCH + CELL_PADDING
+    width = max(grid_width, _text_width(HEADER), legend_width)
     rows = 2 * num_nouns
-    height = rows * (TITLE_HEIGHT + frame_height) + (rows + 1) * CELL_PADDING
+    height = (_header_height() + rows * cell_height + (rows + 1) * CELL_PADDING + _legend_height())
     return width, height
 
 
 def render_layout_png(path: str | os.PathLike, preview_frames: torch.Tensor, reference: dict[str, torch.Tensor],
                       refined: dict[str, torch.Tensor], frames_to_show: list[int]) -> None:
-    """Write the layout grid to `path` as PNG, atomically (temporary file, then os.replace).
+    """Write the layout image to `path` as PNG, atomically (temporary file, then os.replace).
 
     preview_frames: uint8 [F, H, W, 3] RGB frames (any H, W).
     reference, refined: noun -> int32 [F, h, w] labels on the token grid (same nouns, same
@@ -52,21 +102,41 @@ def render_layout_png(path: str | os.PathLike, preview_frames: torch.Tensor, ref
     frames_to_show: frame indices in [0, F), one grid column each.
     """
     frames = _check_inputs(preview_frames, reference, refined, frames_to_show)
-    num_frames, frame_height, frame_width, _ = frames.shape
+    _, frame_height, frame_width, _ = frames.shape
+    scale = frame_scale(frame_height, frame_width)
     width, height = layout_png_size(len(reference), len(frames_to_show), frame_height, frame_width)
-    grid = Image.new("RGB", (width, height), _BACKDROP)
+    image = Image.new("RGB", (width, height), _BACKDROP)
+    draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
+    for index, line in enumerate(HEADER):
+        draw.text((CELL_PADDING, CELL_PADDING + index * LINE_HEIGHT), line, fill=_TEXT_COLOUR, font=font)
     row = 0
     for noun in reference:
-        for kind, layouts in (("ref", reference[noun]), ("refined", refined[noun])):
+        for kind, layouts in (("reference (phase 1)", reference[noun]), ("refined plan", refined[noun])):
             labels = layouts.cpu().numpy()
-            top = CELL_PADDING + row * (TITLE_HEIGHT + frame_height + CELL_PADDING)
+            _, frame_top = frame_origin(row, 0, frame_height, frame_width)
+            draw.text((CELL_PADDING, frame_top), _fit(noun), fill=_TEXT_COLOUR, font=font)
+            draw.text((CELL_PADDING, frame_top + LINE_HEIGHT), kind, fill=_TEXT_COLOUR, font=font)
             for column, f in enumerate(frames_to_show):
-                left = CELL_PADDING + column * (frame_width + CELL_PADDING)
-                title = f"{noun} {kind} f{f} n={_instance_count(labels[f])}"
-                grid.paste(_cell(frames[f], labels[f], title, font), (left, top))
+                left, top = frame_origin(row, column, frame_height, frame_width)
+                draw.text((left, top - LINE_HEIGHT), f"frame {f}: n={_instance_count(labels[f])}",
+                          fill=_TEXT_COLOUR, font=font)
+                upscaled = frames[f].repeat(scale, axis=0).repeat(scale, axis=1)
+                image.paste(Image.fromarray(_overlay(upscaled, labels[f])), (left, top))
             row += 1
-    _save_atomically(grid, os.fspath(path))
+    legend_top = height - _legend_height()
+    for index, (label, colour) in enumerate(LEGEND):
+        top = legend_top + index * LINE_HEIGHT
+        box = (CELL_PADDING, top + 1, CELL_PADDING + SWATCH, top + 1 + SWATCH)
+        draw.rectangle(box, fill=colour, outline=_TEXT_COLOUR)          # no fill: background
+        draw.text((2 * CELL_PADDING + SWATCH, top), label, fill=_TEXT_COLOUR, font=font)
+    _save_atomically(image, os.fspath(path))
+
+
+def _fit(noun: str) -> str:
+    """The noun, cut to the row-label column's width."""
+    limit = ROW_LABEL_WIDTH // CHAR_WIDTH - 1
+    return noun if len(noun) <= limit else noun[:limit - 1] + "~"
 
 
 def _check_inputs(preview_frames: torch.Tensor, reference: dict[str, torch.Tensor],
@@ -93,15 +163,6 @@ def _check_inputs(preview_frames: torch.Tensor, reference: dict[str, torch.Tenso
 def _instance_count(labels: np.ndarray) -> int:
     """Number of instances (labels > 0) in one frame's label map [h, w]."""
     return int(np.unique(labels[labels > 0]).size)
-
-
-def _cell(frame: np.ndarray, labels: np.ndarray, title: str, font: ImageFont.ImageFont) -> Image.Image:
-    """One grid cell: title strip above `frame` (uint8 [H, W, 3]) with `labels` ([h, w]) over it."""
-    frame_height, frame_width, _ = frame.shape
-    cell = Image.new("RGB", (frame_width, TITLE_HEIGHT + frame_height), _BACKDROP)
-    cell.paste(Image.fromarray(_overlay(frame, labels)), (0, TITLE_HEIGHT))
-    ImageDraw.Draw(cell).text((2, 1), title, fill=_TEXT_COLOUR, font=font)
-    return cell
 
 
 def _overlay(frame: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -277,8 +277,8 @@ class RefinementSummary:
     frames: tuple[FrameRefinement, ...]
 
     @property
-    def reached_target(self) -> bool:
-        """True when every frame ends with exactly `target_count` instances."""
+    def plan_reaches_target(self) -> bool:
+        """True when the refined plan (not the video) has exactly `target_count` instances in every frame."""
         return all(frame.refined_count == self.target_count for frame in self.frames)
 
     @property
@@ -292,10 +292,10 @@ class RefinementSummary:
         return any(frame.removed_labels or frame.added_labels for frame in self.frames)
 
     def to_dict(self) -> dict:
-        """JSON-ready form: {"target_count", "reached_target", "frames": [{found_count, ..., status, reason}]}."""
+        """JSON-ready form: {"target_count", "plan_reaches_target", "frames": [{found_count, ..., status, reason}]}."""
         return {
             "target_count": self.target_count,
-            "reached_target": self.reached_target,
+            "plan_reaches_target": self.plan_reaches_target,
             "frames": [
                 {"found_count": f.found_count, "refined_count": f.refined_count,
                  "removed_labels": list(f.removed_labels), "added_labels": list(f.added_labels),

@@ -1,0 +1,183 @@
+"""README's results tables, rendered from the committed results files under docs/results/.
+
+README marks each table with a pair of HTML comments; this script replaces what lies between them:
+
+    <!-- results:e2e -->
+    ... (rendered: never edit by hand)
+    <!-- /results:e2e -->
+
+Each table names the file it comes from and the device, date and commit inside it. A table whose
+results file is not committed yet renders as the command that makes it.
+
+    python tools/render_readme_tables.py            # rewrite README.md's tables
+    python tools/render_readme_tables.py --check    # exit 1 if README.md differs (CI: tests/test_readme_tables.py)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "docs" / "results"
+README = REPO / "README.md"
+BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+
+
+def _load(pattern: str) -> list[tuple[str, dict]]:
+    """(path relative to the repository, content) of every results file matching `pattern`, newest date first."""
+    files = [(str(path.relative_to(REPO)), json.loads(path.read_text(encoding="utf-8")))
+             for path in sorted(RESULTS.glob(pattern))]
+    return sorted(files, key=lambda item: item[1].get("date") or "", reverse=True)
+
+
+def _source(path: str, data: dict) -> str:
+    commit = (data.get("git_commit") or "")[:10] or "not recorded"
+    date = data.get("date") or "not recorded"
+    line = f"Source: `{path}` (`{data['script']}`), {data['device']}, date {date}, commit {commit}"
+    if data.get("git_dirty"):
+        line += " (with uncommitted changes)"
+    if data.get("provenance_note"):
+        line += f". Note: {data['provenance_note'].rstrip('.')}"
+    return line + "."
+
+
+def _missing(command: str) -> str:
+    return f"Not measured on the current code yet: `{command}`, then `python tools/render_readme_tables.py`."
+
+
+def render_cli_threads() -> str:
+    files = _load("cli_threads_*.json")
+    if not files:
+        return _missing("python bench/cli_threads.py --json docs/results/cli_threads_cpu.json")
+    path, data = files[0]
+    results = data["results"]
+    lines = ["| OMP_NUM_THREADS | wall time of each run | median |", "| ---: | --- | ---: |"]
+    for threads, median in results["median_wall_s"].items():
+        walls = ", ".join(f"{r['wall_s']:.1f} s" for r in results["runs"] if str(r["threads"]) == threads)
+        lines.append(f"| {threads} | {walls} | {median:.1f} s |")
+    same = "the same frames" if results["same_frames_for_all"] else "DIFFERENT frames"
+    load = (f"; 1-minute load average before the first run {results['load_average_before'][0]:.1f}"
+            if "load_average_before" in results else "")
+    return "\n".join(lines + ["", f"Runs alternated ({results['command']}), {same} at every thread count, "
+                              f"{results['cpu_count']} cores{load}.", _source(path, data)])
+
+
+def render_e2e() -> str:
+    files = _load("e2e_*.json")
+    if not files:
+        return _missing("python -m bench.e2e --steps 50 --force-modulation --json docs/results/e2e_<gpu>.json")
+    blocks = []
+    for path, data in files:
+        results = data["results"]
+        lines = ["| run | text | phase 1 | layout | preview | phase 2 / denoising | decode | total | "
+                 "peak allocated |", "| --- |" + " ---: |" * 8]
+        for name, run in results["runs"].items():
+            p = run["phases_s"]
+            cells = [p.get("text encoding", 0), p.get("phase 1", 0), p.get("layout", 0), p.get("preview decode", 0),
+                     p.get("phase 2", p.get("denoising", 0)), p.get("decode", 0), run["total_s"]]
+            lines.append(f"| {name} | " + " | ".join(f"{c:.2f} s" for c in cells)
+                         + f" | {run['peak_gpu_memory_gib']['allocated']:.1f} GiB |")
+        numina = results["runs"]["NUMINA"]["numina"]
+        authors = results["authors_estimate_over_numina_50_steps"]
+        lines += ["", f"{results['steps']} steps, {results['size']}, {results['frames']} frames, forced modulation "
+                      f"{'on' if results['forced_modulation'] else 'off'}: **NUMINA / plain = "
+                      f"{results['numina_over_plain']:.3f}** (target <= 1.3); phase 1 computed "
+                      f"{numina['phase1_steps_computed']} passes and reused {numina['phase1_steps_reused']}, phase 2 "
+                      f"modulated {numina['phase2_modulated_steps']} steps; CUDA graphs off / on per plain step "
+                      f"{results['graphs_off_over_on_step']:.3f}; the authors' ~{authors['authors_estimate_s']:.0f} s "
+                      f"estimate / this NUMINA run ({authors['numina_s_is']}) = {authors['ratio']:.2f}.",
+                  _source(path, data)]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def render_modulated_cross_attention() -> str:
+    files = _load("modulated_cross_attention_*.json")
+    if not files:
+        return _missing("python -m bench.modulated_cross_attention --json "
+                        "docs/results/modulated_cross_attention_<gpu>.json")
+    blocks = []
+    for path, data in files:
+        rows = data["results"]["rows"]
+        plain = next(row for row in rows if row["call"] == "plain SDPA")
+        lines = ["| call | modulated share of the queries | CUDA-graph median | x plain SDPA | relative error |",
+                 "| --- | ---: | ---: | ---: | ---: |"]
+        for row in rows:
+            error = f"{row['relative_error']:.1e}" if "relative_error" in row else ""
+            lines.append(f"| {row['call']} | {row['modulated_share']:.1%} | {row['graph_ms']:.3f} ms | "
+                         f"{row['graph_ms'] / plain['graph_ms']:.2f} | {error} |")
+        blocks.append("\n".join(lines + ["", _source(path, data)]))
+    return "\n\n".join(blocks)
+
+
+def render_kernels() -> str:
+    files = _load("kernels_*.json")
+    if not files:
+        return _missing("python -m bench.kernels_report --json docs/results/kernels_<gpu>.json")
+    blocks = []
+    for path, data in files:
+        results = data["results"]
+        lines = ["| group | case | B | median | x plain SDPA | target |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for row in results["timings"]:
+            target = f"<= {row['target_x_plain']:g}x" if row["target_x_plain"] is not None else ""
+            lines.append(f"| {row['group']} | {row['case']} | {row['batch']} | {row['ms']:.3f} ms | "
+                         f"{row['x_plain']:.2f} | {target} |")
+        lines += ["", "| relative error (bf16, real shape) | B | value |", "| --- | ---: | ---: |"]
+        lines += [f"| {row['what']} | {row['batch']} | {row['relative_error']:.1e} |"
+                  for row in results["relative_errors"]]
+        blocks.append("\n".join(lines + ["", _source(path, data)]))
+    return "\n\n".join(blocks)
+
+
+def render_dit_forward() -> str:
+    files = _load("dit_forward_*.json")
+    if not files:
+        return _missing("python -m bench.dit_forward --json docs/results/dit_forward_<gpu>.json")
+    blocks = []
+    for path, data in files:
+        forward = data["results"]["forward"]
+        lines = ["| quantity | value |", "| --- | ---: |"]
+        for key, value in forward.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                lines.append(f"| {key} | {value:.4g} |")
+        blocks.append("\n".join(lines + ["", _source(path, data)]))
+    return "\n\n".join(blocks)
+
+
+RENDERERS = {"cli_threads": render_cli_threads, "e2e": render_e2e,
+             "modulated_cross_attention": render_modulated_cross_attention, "kernels": render_kernels,
+             "dit_forward": render_dit_forward}
+
+
+def render(text: str) -> str:
+    """`text` (README) with every marked table re-rendered; unknown table names are an error."""
+    def replace(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in RENDERERS:
+            raise SystemExit(f"README names an unknown results table {name!r}; known: {sorted(RENDERERS)}")
+        return f"{match.group(1)}{RENDERERS[name]()}\n{match.group(4)}"
+
+    return BLOCK.sub(replace, text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if README.md differs")
+    args = parser.parse_args()
+    current = README.read_text(encoding="utf-8")
+    rendered = render(current)
+    if args.check:
+        if rendered != current:
+            print("README.md's results tables differ from docs/results/: run python tools/render_readme_tables.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(rendered, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
