@@ -1,129 +1,191 @@
 """Does NUMINA fix counts? Plain vs NUMINA generation on the demo model, counted exactly.
 
-Prompts are counting-world captions sampled with BENCH_SEED, a seed the model was not trained on
-(tools/train_demo_model.py uses another), so the scenes and their wording are unseen. Each prompt is
-generated with several noise seeds, plain and with NUMINA (same noise, same settings; NUMINA counts
-what the engine parses from the prompt, as `numina-engine run` does). Every frame of every video is
-counted by colour (numina_engine.demo.counter) and scored as CountBench does: a frame scores the
-fraction of nouns whose count is right, a video the mean over its frames, the benchmark the mean over
-videos. Reported per noise seed, then mean and spread (sample standard deviation) over seeds.
+Prompts are counting-world captions of scenes sampled with BENCH_SEED, a seed used neither in training
+(tools/train_demo_model.py: seed 1) nor for choosing NUMINA's settings (bench/numina_stages.py:
+VALIDATION_SEED), so scenes and wording are unseen. Each prompt is generated with several noise seeds in
+every mode (same noise, same settings; NUMINA is given each scene's counts, as --counts does):
 
-    python bench/countbench_demo.py [--prompts 100] [--seeds 0 1 2] [--device cuda] [--out results/]
+    plain                 plain Wan (no NUMINA)
+    numina                NUMINA as the checkpoint ships it (its mode and token scope; not run by default:
+                          the demo model ships authors mode with noun scope, the numina-noun row)
+    numina-noun           authors mode, token scope "noun" (the authors' rule)
+    numina-phrase         authors mode, token scope "phrase"
+    engine-noun / engine-phrase   engine mode, either scope
+    oracle-noun / oracle-phrase   NUMINA with oracle layouts: the refined plan is built from the true
+                          objects of the plain video of the same prompt and seed (numina_engine.demo.oracle)
+                          instead of the attention maps: what NUMINA would do with a perfect layout stage
 
-Writes results.json (every video's counts) and results.md (the table) into --out, and layout.png of
-the first few NUMINA runs, so that what NUMINA planned can be looked at.
+Every frame of every video is counted by colour (numina_engine.demo.counter) and scored as CountBench
+does: a frame scores the fraction of nouns whose count is right, a video the mean over its frames, a
+mode the mean over videos. Reported per noise seed, then mean and spread (sample sd over seeds), and the
+paired per-prompt difference to plain (mean over seeds; prompts better / worse).
+
+    python bench/countbench_demo.py --seeds 0 --out DIR        # writes DIR/results_seed0.json
+    python bench/countbench_demo.py --summarise DIR            # all DIR/results_seed*.json -> table
+
+Seeds can run in parallel processes (one --seeds each, same --out); --summarise writes
+DIR/results.json and DIR/results.md.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from numina_engine import Engine, GenerationRequest
-from numina_engine.demo.counter import count_nouns, video_accuracy
-from numina_engine.demo.world import WorldConfig, captions, sample_scenes, scene_colour_of_noun, scene_counts
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-BENCH_SEED = 20261125        # the training script uses seed 1
+from bench.results_file import provenance  # noqa: E402
+from numina_engine import Engine, GenerationRequest  # noqa: E402
+from numina_engine.demo.counter import count_world_nouns, video_accuracy  # noqa: E402
+from numina_engine.demo.oracle import component_layout  # noqa: E402
+from numina_engine.demo.world import WorldConfig, captions, sample_scenes, scene_counts  # noqa: E402
+from numina_engine.engine.pipeline import numina_config_for  # noqa: E402
+from numina_engine.numina.refinement import refine_layout  # noqa: E402
 
-
-def benchmark_prompts(num_prompts: int) -> list[dict]:
-    """[{prompt, target {noun: count}, colour {noun: colour name}}] for unseen scenes."""
-    scenes = sample_scenes(num_prompts, seed=BENCH_SEED, config=WorldConfig())
-    texts = captions(scenes, seed=BENCH_SEED)
-    targets = scene_counts(scenes)
-    colours = scene_colour_of_noun(scenes)
-    return [{"prompt": p, "target": t, "colour": c} for p, t, c in zip(texts, targets, colours)]
-
-
-def score(frames: torch.Tensor, item: dict) -> tuple[float, dict[str, list[int]]]:
-    """(video accuracy, counts per noun per frame) of uint8 frames [T, H, W, 3]."""
-    counts = count_nouns(frames.numpy(), item["colour"])
-    return video_accuracy(counts, item["target"]), counts
-
-
-def summarise(per_seed: dict[int, list[float]]) -> dict:
-    means = [statistics.fmean(scores) for scores in per_seed.values()]
-    return {"per_seed": {str(seed): round(m, 4) for seed, m in zip(per_seed, means)},
-            "mean": round(statistics.fmean(means), 4),
-            "spread": round(statistics.stdev(means), 4) if len(means) > 1 else 0.0}
+BENCH_SEED = 20261125        # the training script uses seed 1, bench/numina_stages.py 20261201
+MODES = {
+    "plain": None,
+    "numina": {},
+    "numina-noun": {"mode": "authors", "token_scope": "noun"},
+    "numina-phrase": {"mode": "authors", "token_scope": "phrase"},
+    "engine-noun": {"mode": "engine", "token_scope": "noun"},
+    "engine-phrase": {"mode": "engine", "token_scope": "phrase"},
+    "oracle-noun": {"token_scope": "noun"},
+    "oracle-phrase": {"token_scope": "phrase"},
+}
 
 
-def write_results(args, engine: Engine, items: list[dict], scores: dict, videos: list[dict], started: float) -> None:
-    """results.json and results.md over the seeds finished so far (rewritten after each seed)."""
-    summary = {mode: summarise(per_seed) for mode, per_seed in scores.items()}
-    regenerated = sum(bool(v["numina"].get("regenerated")) for v in videos)
-    parsed_right = sum(v["numina"].get("parsed_counts") == v["target"] for v in videos)
-    payload = {
-        "device": torch.cuda.get_device_name() if engine.model.device.type == "cuda" else "cpu",
-        "checkpoint": str(engine.model.path), "bench_seed": BENCH_SEED, "prompts": len(items),
-        "noise_seeds": list(scores["plain"]), "seconds": round(time.perf_counter() - started, 1),
-        "summary": summary,
-        "numina_regenerated_videos": regenerated, "numina_counts_parsed_right": parsed_right,
-        "videos": videos,
-    }
-    (args.out / "results.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    lines = [f"Counting-world benchmark: {len(items)} unseen prompts x {len(scores['plain'])} noise seeds "
-             f"({payload['device']}, {payload['seconds']:.0f} s)", "",
-             "| | " + " | ".join(f"seed {s}" for s in scores["plain"]) + " | mean | spread (sd over seeds) |",
-             "| --- |" + " ---: |" * (len(scores["plain"]) + 2)]
-    for mode, label in (("plain", "plain Wan"), ("numina", "NUMINA")):
-        s = summary[mode]
-        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in s["per_seed"].values())
-                     + f" | {s['mean']:.3f} | {s['spread']:.3f} |")
-    lines += ["", f"NUMINA regenerated {regenerated} of {len(videos)} videos (the others already matched in "
-                  f"every frame of the reference layout); prompt parsing gave the right counts in "
-                  f"{parsed_right} of {len(videos)}."]
-    (args.out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+def benchmark_prompts(num_prompts: int, seed: int = BENCH_SEED) -> list[dict]:
+    """[{prompt, target {noun: count}}] for scenes of `seed`."""
+    scenes = sample_scenes(num_prompts, seed=seed, config=WorldConfig())
+    return [{"prompt": p, "target": t} for p, t in zip(captions(scenes, seed=seed), scene_counts(scenes))]
+
+
+def oracle_editor(engine: Engine, request: GenerationRequest, plain_frames: torch.Tensor):
+    """edit_layout for pipeline.generate: the plain video's true objects refined to the request's counts."""
+    model = engine.model
+    patch = tuple(model.dit.config.patch_size[1:])
+    config = numina_config_for(model, request, model.defaults.steps if request.steps is None else request.steps)
+    truth = {noun: component_layout(plain_frames, noun, patch) for noun in request.counts}
+
+    def edit(reference: dict, refined: dict) -> dict:
+        return {noun: refine_layout(truth[noun].to(reference[noun].device), request.counts[noun], config)
+                for noun in reference}
+    return edit
+
+
+def run_seed(engine: Engine, items: list[dict], seed: int, modes: list[str], out: Path, examples: int,
+             written=lambda videos: None) -> list[dict]:
+    """Every prompt in every mode with noise `seed`: one record per prompt; `written(videos)` after each."""
+    videos = []
+    for number, item in enumerate(tqdm(items, desc=f"seed {seed}")):
+        record = {"index": number, "prompt": item["prompt"], "target": item["target"], "seed": seed}
+        plain_frames = None
+        for mode in ["plain"] + [m for m in modes if m != "plain"]:
+            overrides = MODES[mode]
+            request = GenerationRequest(prompt=item["prompt"], seed=seed, numina=overrides is not None,
+                                        counts=item["target"] if overrides is not None else None,
+                                        numina_overrides=dict(overrides or {}))
+            edit = oracle_editor(engine, request, plain_frames) if mode.startswith("oracle") else None
+            result = engine.generate(request, progress=False, edit_layout=edit)
+            if mode == "plain":
+                plain_frames = result.frames
+            counts = count_world_nouns(result.frames, list(item["target"]))
+            entry = {"accuracy": round(video_accuracy(counts, item["target"]), 4), "counts": counts}
+            numina = result.report.get("numina", {})
+            if numina.get("enabled"):
+                entry["regenerated"] = numina.get("regenerated")
+                entry["reference_counts"] = numina.get("counts_found_per_frame")
+            record[mode] = entry
+            if mode == "numina-phrase" and number < examples:
+                engine.save(result, out / f"example_seed{seed}_{number:02d}", preview=True)
+        videos.append(record)
+        written(videos)
+    return videos
+
+
+def summarise(out: Path) -> dict:
+    """Merge out/results_seed*.json into out/results.json and the table out/results.md."""
+    parts = [json.loads(p.read_text()) for p in sorted(out.glob("results_seed*.json"))]
+    if not parts:
+        raise SystemExit(f"no results_seed*.json in {out}")
+    # prompts finished in every seed's run (a run stopped early covers fewer)
+    done = set.intersection(*({v["index"] for v in part["videos"]} for part in parts))
+    videos = [v for part in parts for v in part["videos"] if v["index"] in done]
+    seeds = sorted({v["seed"] for v in videos})
+    modes = [m for m in MODES if all(m in v for v in videos)]
+    summary = {}
+    for mode in modes:
+        per_seed = {s: statistics.fmean(v[mode]["accuracy"] for v in videos if v["seed"] == s) for s in seeds}
+        means = list(per_seed.values())
+        entry = {"per_seed": {str(s): round(m, 4) for s, m in per_seed.items()},
+                 "mean": round(statistics.fmean(means), 4),
+                 "spread": round(statistics.stdev(means), 4) if len(means) > 1 else 0.0}
+        if mode != "plain":
+            by_prompt: dict[int, list[float]] = {}
+            for v in videos:
+                by_prompt.setdefault(v["index"], []).append(v[mode]["accuracy"] - v["plain"]["accuracy"])
+            diffs = [statistics.fmean(d) for d in by_prompt.values()]
+            entry.update(paired_difference=round(statistics.fmean(diffs), 4),
+                         prompts_better=sum(d > 0 for d in diffs), prompts_worse=sum(d < 0 for d in diffs),
+                         regenerated=sum(bool(v[mode].get("regenerated")) for v in videos))
+        summary[mode] = entry
+    payload = {**parts[0]["meta"], "bench_seed": BENCH_SEED, "prompts": len({v["index"] for v in videos}),
+               "noise_seeds": seeds, "seconds_per_seed": {str(p["seed"]): p["seconds"] for p in parts},
+               "summary": summary, "videos": videos}
+    (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    lines = [f"Counting-world benchmark: {payload['prompts']} unseen prompts x {len(seeds)} noise seeds "
+             f"({payload['device']}, commit {payload['git_commit']}, {payload['date']})", "",
+             "| mode | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | mean | spread (sd) | paired diff. to plain | prompts better / worse |",
+             "| --- |" + " ---: |" * (len(seeds) + 4)]
+    for mode, s in summary.items():
+        paired = (f"{s['paired_difference']:+.3f} | {s['prompts_better']} / {s['prompts_worse']}"
+                  if mode != "plain" else "| ")
+        lines.append(f"| {mode} | " + " | ".join(f"{v:.3f}" for v in s["per_seed"].values())
+                     + f" | {s['mean']:.3f} | {s['spread']:.3f} | {paired} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
+    return payload
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--modes", nargs="+", default=[m for m in MODES if m != "numina"], choices=list(MODES))
     parser.add_argument("--ckpt-dir", default=None, help="default: the embedded demo model")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=Path("countbench_demo_results"))
-    parser.add_argument("--layouts", type=int, default=6, help="write layout.png of the first N NUMINA runs")
-    parser.add_argument("--no-cuda-graphs", action="store_true", help="run every step eagerly")
-    parser.add_argument("--given-counts", action="store_true",
-                        help="give NUMINA each scene's counts (as --counts does) instead of parsing the prompt: "
-                             "for machines without spaCy; tests/test_prompt_counts.py checks that parsing the "
-                             "world's captions gives exactly these counts")
+    parser.add_argument("--examples", type=int, default=3,
+                        help="save video, layout.png and report of the first N numina-phrase runs of each seed")
+    parser.add_argument("--summarise", type=Path, default=None, metavar="DIR",
+                        help="only merge DIR/results_seed*.json into DIR/results.json and results.md")
     args = parser.parse_args()
-
-    engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=not args.no_cuda_graphs)
+    if args.summarise is not None:
+        summarise(args.summarise)
+        return
+    engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=False)
     items = benchmark_prompts(args.prompts)
     args.out.mkdir(parents=True, exist_ok=True)
-    scores: dict[str, dict[int, list[float]]] = {"plain": {}, "numina": {}}
-    videos, started = [], time.perf_counter()
+    meta = provenance("bench/countbench_demo.py", device=str(engine.model.device))
+    meta["checkpoint"] = str(engine.model.path)
     for seed in args.seeds:
-        for mode in scores:
-            scores[mode][seed] = []
-        for number, item in enumerate(tqdm(items, desc=f"seed {seed}")):
-            record = {"prompt": item["prompt"], "target": item["target"], "seed": seed}
-            for mode in ("plain", "numina"):
-                request = GenerationRequest(prompt=item["prompt"], seed=seed, numina=mode == "numina",
-                                            counts=item["target"] if args.given_counts else None)
-                result = engine.generate(request, progress=False)
-                accuracy, counts = score(result.frames, item)
-                scores[mode][seed].append(accuracy)
-                record[mode] = {"accuracy": round(accuracy, 4), "counts": counts}
-                if mode == "numina":
-                    numina = result.report.get("numina", {})
-                    record[mode]["parsed_counts"] = numina.get("counts_asked")
-                    record[mode]["regenerated"] = numina.get("regenerated")
-                    record[mode]["counts_found_per_frame"] = numina.get("counts_found_per_frame")
-                    if seed == args.seeds[0] and number < args.layouts and result.layout is not None:
-                        engine.save(result, args.out / f"example_{number:02d}")
-            videos.append(record)
+        started = time.perf_counter()
 
-        write_results(args, engine, items, scores, videos, started)
+        def written(videos: list[dict], seed: int = seed, started: float = started) -> None:
+            """results_seed<k>.json rewritten after every prompt: a run stopped early keeps what it did."""
+            part = {"meta": meta, "seed": seed, "seconds": round(time.perf_counter() - started, 1), "videos": videos}
+            path = args.out / f"results_seed{seed}.json"
+            path.with_suffix(".tmp").write_text(json.dumps(part, indent=1) + "\n", encoding="utf-8")
+            path.with_suffix(".tmp").replace(path)
+        run_seed(engine, items, seed, args.modes, args.out, args.examples, written)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ def provenance(script: str, argv: list[str] | None = None, device: str | None = 
         "argv": list(sys.argv[1:] if argv is None else argv),
         "device": device_name(device),
         "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
-        "git_commit": _git("rev-parse", "HEAD"),
+        # a copy of the tree without .git (the GPU machine's) names its commit in NUMINA_GIT_COMMIT
+        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("NUMINA_GIT_COMMIT"),
         "git_dirty": bool(status) if status is not None else None,
         "versions": _versions(),
     }

@@ -83,9 +83,11 @@ class Engine:
         """Validate a request (sizes, counts, nouns, NUMINA settings) without generating; raises UserInputError."""
         return pipeline.prepare(self.model, request)
 
-    def generate(self, request: GenerationRequest, *, progress: bool = True) -> pipeline.GenerationResult:
+    def generate(self, request: GenerationRequest, *, progress: bool = True,
+                 edit_layout=None) -> pipeline.GenerationResult:
+        """One video; `edit_layout` as in pipeline.generate (tests and benchmarks: a planted layout)."""
         return pipeline.generate(self.model, request, progress=progress, cuda_graphs=self.cuda_graphs,
-                                 offload=self.offload)
+                                 offload=self.offload, edit_layout=edit_layout)
 
     def save(self, result: pipeline.GenerationResult, out_dir: str | Path, *, preview: bool = False) -> dict[str, Path]:
         """Write video.mp4, layout.png (NUMINA runs) and report.json into `out_dir`; returns their paths.

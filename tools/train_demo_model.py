@@ -58,8 +58,8 @@ NOTE = ("embedded demo model: a tiny Wan2.1-architecture model trained on a synt
 # step, and the cross-attention peak ratio, are provisional here: bench/numina_stages.py measures them on
 # scenes of a validation seed and tools/numina_settings.py writes the chosen values into the checkpoint.
 SIDECAR = dict(width=WORLD.size, height=WORLD.size, frames=WORLD.frames, steps=STEPS_DEFAULT, guide_scale=5.0,
-               shift=SHIFT, note=NOTE,
-               numina=dict(reference_step=8, reference_layer=5, cross_attn_peak_ratio=0.3, dbscan_eps=1.5,
+               shift=SHIFT, note=NOTE, counter="counting-world",
+               numina=dict(reference_step=8, reference_layer=6, cross_attn_peak_ratio=0.3, dbscan_eps=1.5,
                            dbscan_min_samples=3, circle_radius=2, placement_grid_step=1, modulation_center=10.0,
                            easycache_warmup=4))
 SCHEDULER = {"_class_name": "UniPCMultistepScheduler", "num_train_timesteps": 1000, "solver_order": 2,

@@ -93,6 +93,24 @@ def scene_colour_of_noun(scenes: Scenes) -> list[dict[str, str]]:
     return [{kind_noun(kind, count): kind.colour for kind, count in kinds} for kinds in scenes.kinds]
 
 
+def count_phrases(text: str) -> dict[str, str]:
+    """{noun: its count phrase} of a caption, read with the world's own grammar (count words, an
+    optional attribute, the noun), as prompt_counts.parse_counted_nouns reads them: the bare article
+    left out ("an apple" -> "apple"), "a" of "a pair of"/"a single" too ("pair of boxes")."""
+    nouns = "|".join(sorted({k.noun for k in KINDS} | {k.plural for k in KINDS}, key=len, reverse=True))
+    counts = "|".join(("a pair of", "a single", *NUMBER_WORDS, "an", "a"))
+    pattern = rf"\b({counts}) ((?:(?:{'|'.join(ATTRIBUTES)}) )?({nouns}))\b"
+    phrases = {}
+    for match in re.finditer(pattern, text, flags=re.IGNORECASE):
+        count_word, rest, noun = match.groups()
+        lead = count_word.lower()
+        if lead in ("a", "an"):
+            phrases[noun] = rest
+        else:
+            phrases[noun] = (count_word[2:] if lead.startswith("a ") else count_word) + " " + rest
+    return phrases
+
+
 def caption_vocabulary() -> frozenset[str]:
     """Every lower-case word a caption can use."""
     words = {"a", "an", "single", "pair", "of", "and", "there", "is", "are"}

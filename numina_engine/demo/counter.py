@@ -102,6 +102,10 @@ def count_world_nouns(video, nouns, min_area: int | None = None,
     return count_nouns(video, colours, min_area, max_distance)
 
 
+# Counters a checkpoint's sidecar can name ("counter": ...): name -> f(video, nouns) -> {noun: [count per frame]}.
+COUNTERS = {"counting-world": count_world_nouns}
+
+
 def frame_accuracy(counts_per_frame: dict[str, list[int]], target: dict[str, int]) -> list[float]:
     """Per frame, the fraction of target's nouns whose count in that frame equals the target.
 

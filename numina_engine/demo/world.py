@@ -7,7 +7,7 @@ Captions (captions.py): caption, captions, vocabulary_sentences, scene_counts,
 scene_colour_of_noun.
 """
 from .captions import (  # noqa: F401
-    ATTRIBUTES, NUMBER_WORDS, caption, caption_vocabulary, caption_words, captions, kind_noun,
+    ATTRIBUTES, NUMBER_WORDS, caption, caption_vocabulary, caption_words, captions, count_phrases, kind_noun,
     motion_direction, scene_colour_of_noun, scene_counts, vocabulary_sentences)
 from .rendering import object_centres, object_masks, render, render_uint8  # noqa: F401
 from .scenes import (  # noqa: F401

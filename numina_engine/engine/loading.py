@@ -77,6 +77,9 @@ class ModelDefaults:
     shift: float = 5.0
     note: str = ""
     numina: dict = field(default_factory=dict)   # NuminaConfig overrides scaled to this model
+    # an exact object counter for this model's world (numina_engine/demo/counter.py COUNTERS), or None:
+    # with one, report.json also says how many of each counted noun the finished video shows
+    counter: str | None = None
 
 
 @dataclass

@@ -32,6 +32,9 @@ class GenerationRequest:
     numina: bool = True
     counts: dict[str, int] | None = None       # None: parsed from the prompt
     numina_overrides: dict = field(default_factory=dict)
+    # with `counts`: each noun's count phrase as written in the prompt ({"apples": "three shiny apples"}),
+    # for token_scope "phrase" without a parse (machines without spaCy); None: found by the parser
+    count_phrases: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -247,6 +247,28 @@ def parse_counted_nouns(prompt: str) -> list[CountedNoun]:
     return [_counted_noun(prompt, c) for c in counted]
 
 
+def counted_nouns_from_phrases(prompt: str, counts: dict[str, int], phrases: dict[str, str]) -> list[CountedNoun]:
+    """CountedNouns for given counts and count phrases, without a parse (for machines without spaCy).
+
+    phrases: {noun: its count phrase as written in the prompt, ending with the noun}, e.g.
+    {"apples": "three shiny apples", "boxes": "pair of boxes"}; the first whole-phrase occurrence (any
+    case) is the counted one. Raises ValueError naming a phrase that is not in the prompt or does not
+    end with its noun.
+    """
+    counted = []
+    for noun, count in counts.items():
+        phrase = phrases[noun]
+        if not phrase.lower().endswith(noun.lower()):
+            raise ValueError(f"the count phrase {phrase!r} does not end with its noun {noun!r}")
+        found = whole_word_matches(prompt, phrase)
+        if not found:
+            raise ValueError(f"the count phrase {phrase!r} is not in the prompt {prompt!r}")
+        start, end = found[0].end() - len(noun), found[0].end()
+        starts = [m.start() for m in whole_word_matches(prompt, noun)]
+        counted.append(CountedNoun(prompt[start:end], count, start, end, starts.index(start), found[0].start()))
+    return counted
+
+
 def whole_word_matches(text: str, word: str) -> list[re.Match]:
     """Case-insensitive matches of `word` in `text` not inside a longer word (letters/digits)."""
     pattern = r"(?<![^\W_])" + re.escape(word) + r"(?![^\W_])"
