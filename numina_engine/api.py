@@ -65,15 +65,17 @@ class Engine:
         return pipeline.generate(self.model, request, progress=progress, cuda_graphs=self.cuda_graphs,
                                  offload=self.offload)
 
-    def save(self, result: pipeline.GenerationResult, out_dir: str | Path) -> dict[str, Path]:
+    def save(self, result: pipeline.GenerationResult, out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:
         """Write video.mp4, layout.png (NUMINA runs) and report.json into `out_dir`, each atomically,
-        report last; returns their paths."""
+        report last; returns their paths. With `stem` the names are <stem>.mp4, <stem>.layout.png, <stem>.json."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        paths = {"video": out_dir / "video.mp4", "report": out_dir / "report.json"}
+        names = ((f"{stem}.mp4", f"{stem}.json", f"{stem}.layout.png") if stem
+                 else ("video.mp4", "report.json", "layout.png"))
+        paths = {"video": out_dir / names[0], "report": out_dir / names[1]}
         write_mp4(paths["video"], result.frames.numpy(), fps=VIDEO_FPS)
         if result.layout is not None:
-            paths["layout"] = out_dir / "layout.png"
+            paths["layout"] = out_dir / names[2]
             layout = result.layout
             render_layout_png(paths["layout"], preview_by_latent_frame(layout), layout.reference, layout.refined,
                               frames_to_show=layout.shown_frames)
