@@ -115,7 +115,10 @@ def write_mp4(path: str | os.PathLike, frames: FramesLike, fps: float = 16) -> N
                 elif image.shape[:2] != (stream.height, stream.width):
                     raise ValueError(f"frame {count} is {image.shape[1]}x{image.shape[0]} but the video is "
                                      f"{stream.width}x{stream.height}")
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+                # Converted to the stream's pixel format here: left to stream.encode, the conversion gives
+                # different bytes from run to run for the same frames (PyAV 18, seen at 32x32).
+                frame_yuv = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format=stream.pix_fmt)
+                container.mux(stream.encode(frame_yuv))
                 count += 1
             if stream is None:
                 raise ValueError("frames is empty: a video needs at least one frame")
