@@ -136,14 +136,16 @@ class BatchSummary:
 
 
 def run_batch(engine, jobs: list[Job], out_dir: Path, options: dict, ranks: Ranks = Ranks(), *,
-              progress: bool = True, log=sys.stderr) -> BatchSummary:
+              progress: bool = True, log=None) -> BatchSummary:
     """Make this rank's share of `jobs` that is not finished yet; rank 0 then writes the index of all.
+    `log`: where the progress bar and messages go (default sys.stderr).
 
     `engine`: an Engine (check/generate/save). `options`: GenerationRequest fields shared by the batch.
     Single process: the index is rewritten after every video, so a killed run keeps an index of what is done.
     Several ranks: each writes its own videos and reports; after a barrier rank 0 merges every finished job
     into one index (the same as one process would write, timings aside).
     """
+    log = sys.stderr if log is None else log
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mine = ranks.share(jobs)

@@ -82,8 +82,10 @@ class FolderEvaluation:
 
 
 def evaluate_folder(video_dir: Path, items: list[BenchmarkPrompt], counter: ObjectCounter, *,
-                    log=sys.stderr) -> FolderEvaluation:
-    """Count and score the video of every item found in `video_dir`. Items need counts."""
+                    log=None) -> FolderEvaluation:
+    """Count and score the video of every item found in `video_dir`. Items need counts. `log`: where the
+    skipped videos are reported (default sys.stderr)."""
+    log = sys.stderr if log is None else log
     evaluation = FolderEvaluation(video_dir, {})
     per_prompt, accuracies = [], []
     for item in items:
@@ -154,11 +156,13 @@ def video_folders(videos: Path) -> dict[str, Path]:
 
 
 def evaluate_videos(videos: str | Path, items: list[BenchmarkPrompt], counter: ObjectCounter, *,
-                    log=sys.stderr) -> dict:
+                    log=None) -> dict:
     """Evaluate every folder of video_folders(videos): write eval_results.json and eval_breakdown.json in each,
     and eval_summary.json and accuracy_by_count.png (one line per mode, seeds pooled) in `videos`.
-    Returns the summary."""
+    Returns the summary. `log`: where progress is reported (default sys.stderr)."""
     from .plot import write_line_plot
+
+    log = sys.stderr if log is None else log
 
     missing_counts = [item.index for item in items if not item.counts]
     if missing_counts:
