@@ -85,6 +85,22 @@ def _frame_sequence(frames: FramesLike) -> Iterable[np.ndarray | torch.Tensor]:
     return frames
 
 
+def _encoder_frame(av, image: np.ndarray, pix_fmt: str):
+    """An av.VideoFrame of uint8 RGB [H, W, 3] in `pix_fmt`, with the row padding of every plane zeroed.
+
+    libx264 reads some of the padding past each row's end, which PyAV leaves uninitialised: without zeroing it the
+    same frames encode to different bytes from run to run (seen at 32x32, PyAV 18).
+    """
+    converted = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format=pix_fmt)
+    frame = av.VideoFrame(converted.width, converted.height, pix_fmt)
+    for source, target in zip(converted.planes, frame.planes):
+        rows = np.frombuffer(source, np.uint8).reshape(source.height, source.line_size)[:, :source.width]
+        padded = np.zeros((target.height, target.line_size), np.uint8)
+        padded[:, :target.width] = rows
+        target.update(padded.tobytes())
+    return frame
+
+
 def write_mp4(path: str | os.PathLike, frames: FramesLike, fps: float = 16) -> None:
     """Encode RGB frames to an H.264 mp4 at `path`, atomically.
 
@@ -115,10 +131,7 @@ def write_mp4(path: str | os.PathLike, frames: FramesLike, fps: float = 16) -> N
                 elif image.shape[:2] != (stream.height, stream.width):
                     raise ValueError(f"frame {count} is {image.shape[1]}x{image.shape[0]} but the video is "
                                      f"{stream.width}x{stream.height}")
-                # Converted to the stream's pixel format here: left to stream.encode, the conversion gives
-                # different bytes from run to run for the same frames (PyAV 18, seen at 32x32).
-                frame_yuv = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format=stream.pix_fmt)
-                container.mux(stream.encode(frame_yuv))
+                container.mux(stream.encode(_encoder_frame(av, image, stream.pix_fmt)))
                 count += 1
             if stream is None:
                 raise ValueError("frames is empty: a video needs at least one frame")
