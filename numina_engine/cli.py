@@ -71,7 +71,8 @@ def _add_workflow_commands(commands) -> None:
                        help="counts file, one JSON object a line matching the prompts (CountBench's "
                             "noun_counts.jsonl); default: counts parsed from each prompt")
     batch.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise seeds (default 0)")
-    batch.add_argument("--modes", nargs="+", default=["numina", "plain"], help="numina and/or plain (default both)")
+    batch.add_argument("--modes", nargs="+", choices=("numina", "plain"), default=["numina", "plain"],
+                       help="numina and/or plain (default both)")
     batch.add_argument("--out-dir", required=True, help="writes <mode>/seed<k>/<NNN>_<slug>.mp4, a report "
                        "per video and index.jsonl; a second run skips the videos already finished")
     template = argparse.ArgumentParser(add_help=False)

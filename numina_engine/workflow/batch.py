@@ -148,7 +148,8 @@ def run_batch(engine, jobs: list[Job], out_dir: Path, options: dict, ranks: Rank
     log = sys.stderr if log is None else log
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    mine = ranks.share(jobs)
+    modes_per_prompt = len({job.mode for job in jobs}) or 1
+    mine = ranks.share(jobs, group=modes_per_prompt)      # a rank makes every mode of its prompts: balanced work
     finished_before = [job for job in jobs if job.is_finished(out_dir)]
     todo = [job for job in mine if not job.is_finished(out_dir)]
     for job in todo:

@@ -27,10 +27,11 @@ class Ranks:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def share(self, jobs: list) -> list:
-        """This rank's jobs: every world_size-th, starting at rank (the same split on every rank, whatever is
-        already finished, so two ranks never make the same video)."""
-        return jobs[self.rank::self.world_size]
+    def share(self, jobs: list, group: int = 1) -> list:
+        """This rank's jobs: the list cut into runs of `group` consecutive jobs, every world_size-th run starting
+        at run `rank` (the same split on every rank, whatever is already finished, so two ranks never make the
+        same video)."""
+        return [job for position, job in enumerate(jobs) if (position // group) % self.world_size == self.rank]
 
     def barrier(self) -> None:
         if self.world_size > 1:

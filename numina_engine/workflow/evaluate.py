@@ -8,6 +8,7 @@ or whose video has no frame, is reported and skipped (not scored, not in num_pro
 their JSON format (`eval_results.json`: overall_accuracy, num_prompts, box_threshold, text_threshold,
 per_prompt[{index, prompt, video, targets, num_frames, per_noun, prompt_accuracy}]); what they do not write
 (breakdowns, missing videos, speed) goes to a separate `eval_breakdown.json`, so their file stays as theirs.
+With the demo counter, which has no detector thresholds, box_threshold and text_threshold are null.
 
 One deviation: their last fallback takes the (k-1)-th mp4 of the folder when no name matches, which scores the
 wrong video against prompt k as soon as one video is missing. Here that positional fallback is used only for a
