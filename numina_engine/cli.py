@@ -101,7 +101,8 @@ def _add_workflow_commands(commands) -> None:
     compare = commands.add_parser("compare", help="plain vs NUMINA: per seed, mean and spread, paired per prompt")
     compare.add_argument("a", help="evaluated videos of one side, e.g. OUT/plain (seed<k>/eval_results.json)")
     compare.add_argument("b", help="the other side, e.g. OUT/numina; differences are B - A")
-    compare.add_argument("--names", nargs=2, default=None, metavar=("A", "B"), help="column names (default: folder names)")
+    compare.add_argument("--names", nargs=2, default=None, metavar=("A", "B"),
+                         help="column names (default: folder names)")
     compare.add_argument("--out", default=None, help="also write the comparison as JSON to this file")
 
 

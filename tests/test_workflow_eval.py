@@ -79,6 +79,12 @@ def test_results_json_is_the_authors_format_and_missing_videos_are_skipped(tmp_p
                                         "3": {"accuracy": 0.75, "nouns": 1}}
     assert parts["by_num_nouns"] == {"1": {"accuracy": 0.75, "prompts": 1}, "2": {"accuracy": 0.625, "prompts": 1}}
 
+    summary = evaluate_videos(tmp_path, items, counter)
+    assert summary["folders"][tmp_path.name]["missing_videos"] == [2]
+    assert json.loads((tmp_path / "eval_breakdown.json").read_text())["missing_videos"] == [2]
+    assert json.loads((tmp_path / "eval_results.json").read_text()) == json.loads(json.dumps(results))
+    assert summary["by_target_count"][tmp_path.name]["2"]["nouns"] == 2
+
 
 def test_video_lookup_follows_the_authors_names(tmp_path):
     for name in ("002_b.mp4", "video_003.mp4", "001_a.mp4", "notes.txt"):

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..api import write_json_atomic
 from ..engine.settings import GenerationRequest
 from ..engine.video_io import atomic_output
 from ..errors import UserInputError
@@ -109,14 +108,18 @@ def index_entry(job: Job, out_dir: Path) -> dict:
             "timings_s": report.get("timings_s", {}), "device": report.get("device")}
 
 
-def write_index(jobs: list[Job], out_dir: Path) -> int:
-    """Rewrite DIR/index.jsonl atomically from the reports of the finished jobs, in job order; returns how
-    many lines it has."""
-    lines = [json.dumps(index_entry(job, out_dir), ensure_ascii=False) for job in jobs if job.is_finished(out_dir)]
-    with_newlines = "".join(line + "\n" for line in lines)
+def write_index(jobs: list[Job], out_dir: Path, known: dict[int, str] | None = None) -> int:
+    """Rewrite DIR/index.jsonl atomically with the finished jobs, in job order; returns how many lines it has.
+
+    known: {position in jobs: index line} already read; the reports of the other finished jobs are read and
+    added to it (so a caller that keeps it reads each report once)."""
+    known = {} if known is None else known
+    for position, job in enumerate(jobs):
+        if position not in known and job.is_finished(out_dir):
+            known[position] = json.dumps(index_entry(job, out_dir), ensure_ascii=False)
     with atomic_output(out_dir / INDEX_NAME, ".jsonl") as temp:
-        temp.write_text(with_newlines, encoding="utf-8")
-    return len(lines)
+        temp.write_text("".join(known[position] + "\n" for position in sorted(known)), encoding="utf-8")
+    return len(known)
 
 
 def remove_leftover_temp_files(job: Job, out_dir: Path) -> None:
@@ -159,6 +162,7 @@ def run_batch(engine, jobs: list[Job], out_dir: Path, options: dict, ranks: Rank
         print(f"batch: {len(jobs)} videos, {len(finished_before)} already finished (skipped), "
               f"{len(jobs) - len(finished_before)} to make" +
               (f" on {ranks.world_size} ranks" if ranks.world_size > 1 else ""), file=log)
+    index_lines: dict[int, str] = {}
     started = time.perf_counter()
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="video", disable=not (progress and ranks.is_main),
                desc="videos" if ranks.world_size == 1 else f"rank 0 of {ranks.world_size}", file=log)
@@ -170,7 +174,7 @@ def run_batch(engine, jobs: list[Job], out_dir: Path, options: dict, ranks: Rank
             engine.save(result, folder, stem=job.stem)
             bar.update(1)
             if ranks.world_size == 1:
-                write_index(jobs, out_dir)
+                write_index(jobs, out_dir, index_lines)
     finally:
         bar.close()
     ranks.barrier()
