@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .engine import pipeline
@@ -65,15 +66,23 @@ class Engine:
         return pipeline.generate(self.model, request, progress=progress, cuda_graphs=self.cuda_graphs,
                                  offload=self.offload)
 
-    def save(self, result: pipeline.GenerationResult, out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:
+    def save(self, result: pipeline.GenerationResult, out_dir: str | Path, stem: str | None = None,
+             video_format: str = "mp4") -> dict[str, Path]:
         """Write video.mp4, layout.png (NUMINA runs) and report.json into `out_dir`, each atomically,
-        report last; returns their paths. With `stem` the names are <stem>.mp4, <stem>.layout.png, <stem>.json."""
+        report last; returns their paths. With `stem` the names are <stem>.mp4, <stem>.layout.png, <stem>.json.
+        video_format "npy": the frames as a .npy file (uint8 [T, H, W, 3], lossless, no PyAV) instead of mp4."""
+        if video_format not in ("mp4", "npy"):
+            raise ValueError(f"video_format must be 'mp4' or 'npy', got {video_format!r}")
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        names = ((f"{stem}.mp4", f"{stem}.json", f"{stem}.layout.png") if stem
-                 else ("video.mp4", "report.json", "layout.png"))
+        names = ((f"{stem}.{video_format}", f"{stem}.json", f"{stem}.layout.png") if stem
+                 else (f"video.{video_format}", "report.json", "layout.png"))
         paths = {"video": out_dir / names[0], "report": out_dir / names[1]}
-        write_mp4(paths["video"], result.frames.numpy(), fps=VIDEO_FPS)
+        if video_format == "npy":
+            with atomic_output(paths["video"], ".npy") as tmp:
+                np.save(tmp, result.frames.numpy())
+        else:
+            write_mp4(paths["video"], result.frames.numpy(), fps=VIDEO_FPS)
         if result.layout is not None:
             paths["layout"] = out_dir / names[2]
             layout = result.layout

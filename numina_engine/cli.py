@@ -73,6 +73,9 @@ def _add_workflow_commands(commands) -> None:
     batch.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise seeds (default 0)")
     batch.add_argument("--modes", nargs="+", choices=("numina", "plain"), default=["numina", "plain"],
                        help="numina and/or plain (default both)")
+    batch.add_argument("--video-format", choices=("mp4", "npy"), default="mp4",
+                       help="mp4 (default), or npy: the frames as uint8 [T, H, W, 3] .npy files, lossless, for "
+                            "machines without PyAV; `eval` reads both")
     batch.add_argument("--out-dir", required=True, help="writes <mode>/seed<k>/<NNN>_<slug>.mp4, a report "
                        "per video and index.jsonl; a second run skips the videos already finished")
     template = argparse.ArgumentParser(add_help=False)
@@ -197,7 +200,7 @@ def _batch(args) -> int:
                              offload=args.offload)
         if engine.model.defaults.note and ranks.is_main:
             print(f"note: {engine.model.defaults.note}", file=sys.stderr)
-        jobs = plan_jobs(engine, items, args.modes, args.seeds, options)
+        jobs = plan_jobs(engine, items, args.modes, args.seeds, options, video_format=args.video_format)
         summary = run_batch(engine, jobs, Path(args.out_dir), options, ranks, progress=not args.quiet)
     finally:
         distributed.stop(ranks)

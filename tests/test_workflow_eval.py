@@ -242,3 +242,25 @@ def test_bad_detector_folders_and_videos_are_user_errors(tmp_path, capsys):
     assert main(["eval", "--videos", str(tmp_path / "none"), "--prompts", str(prompts), "--counts", str(counts),
                  "--detector", "demo-counter"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_npy_videos_without_pyav_are_lossless_and_evaluated(tmp_path, capsys):
+    """`batch --video-format npy` (for the GPU image, which has no PyAV): the frames exactly as generated, and
+    eval scores them as bench/countbench_demo.py scores the generated frames."""
+    from numina_engine import GenerationRequest
+
+    bench = _bench_module()
+    prompts, counts = write_demo_benchmark(tmp_path / "bench", 2)
+    out = tmp_path / "out"
+    assert main(["batch", "--prompts", str(prompts), "--counts", str(counts), "--modes", "plain",
+                 "--video-format", "npy", "--out-dir", str(out), "--steps", "2", "--device", "cpu", "--quiet"]) == 0
+    assert not list(out.rglob("*.mp4")) and len(list(out.glob("plain/seed0/*.npy"))) == 2
+    assert main(["eval", "--videos", str(out), "--prompts", str(prompts), "--counts", str(counts),
+                 "--detector", "demo-counter"]) == 0
+    results = json.loads((out / "plain" / "seed0" / "eval_results.json").read_text())
+    engine = Engine.load(device="cpu")
+    for entry, item in zip(results["per_prompt"], bench.benchmark_prompts(2)):
+        frames = engine.generate(GenerationRequest(prompt=item["prompt"], seed=0, steps=2, numina=False),
+                                 progress=False).frames
+        assert np.array_equal(np.load(out / "plain" / "seed0" / entry["video"]), frames.numpy())
+        assert entry["prompt_accuracy"] == pytest.approx(bench.score(frames, item)[0], abs=1e-12)

@@ -2,7 +2,8 @@
 
 Layout under the output folder (the NUMINA authors' evaluator finds `NNN_*.mp4` in a folder):
 
-    DIR/<mode>/seed<k>/<NNN>_<slug>.mp4     the video (NNN: the 1-based prompt number)
+    DIR/<mode>/seed<k>/<NNN>_<slug>.mp4     the video (NNN: the 1-based prompt number; .npy frames with
+                                            video_format "npy", for machines without PyAV)
     DIR/<mode>/seed<k>/<NNN>_<slug>.json    its report (Engine.report), written last
     DIR/<mode>/seed<k>/<NNN>_<slug>.layout.png   NUMINA's layout (numina mode)
     DIR/index.jsonl                         one line per finished video, in job order
@@ -28,6 +29,7 @@ from .distributed import Ranks
 from .prompt_files import BenchmarkPrompt, format_problems
 
 MODES = ("numina", "plain")
+VIDEO_FORMATS = ("mp4", "npy")
 INDEX_NAME = "index.jsonl"
 
 
@@ -44,6 +46,7 @@ class Job:
     mode: str
     seed: int
     counts: dict[str, int] | None
+    video_format: str = "mp4"
 
     @property
     def stem(self) -> str:
@@ -53,7 +56,7 @@ class Job:
         return out_dir / self.mode / f"seed{self.seed}"
 
     def video_path(self, out_dir: Path) -> Path:
-        return self.folder(out_dir) / f"{self.stem}.mp4"
+        return self.folder(out_dir) / f"{self.stem}.{self.video_format}"
 
     def report_path(self, out_dir: Path) -> Path:
         return self.folder(out_dir) / f"{self.stem}.json"
@@ -68,8 +71,9 @@ class Job:
 
 
 def plan_jobs(engine, items: list[BenchmarkPrompt], modes: list[str], seeds: list[int],
-              options: dict) -> list[Job]:
+              options: dict, video_format: str = "mp4") -> list[Job]:
     """All jobs, ordered seed, prompt, mode; every prompt checked by `engine.check` first.
+    video_format: "mp4", or "npy" (the frames, lossless, written without PyAV).
 
     Raises UserInputError listing each prompt the engine refuses (with its file line numbers), before anything
     is generated: a noun the tokenizer cannot find in the prompt, counts out of range, sizes, NUMINA settings.
@@ -77,6 +81,8 @@ def plan_jobs(engine, items: list[BenchmarkPrompt], modes: list[str], seeds: lis
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise UserInputError(f"--modes {' '.join(unknown) or '(none)'}: choose from {' '.join(MODES)}")
+    if video_format not in VIDEO_FORMATS:
+        raise UserInputError(f"--video-format {video_format}: choose from {' '.join(VIDEO_FORMATS)}")
     if not seeds:
         raise UserInputError("--seeds names no seed: give at least one, e.g. --seeds 0 1 2")
     problems, counted = [], []
@@ -93,7 +99,7 @@ def plan_jobs(engine, items: list[BenchmarkPrompt], modes: list[str], seeds: lis
                                (dict(prepared.counts) if prepared.counts else None)))
     if problems:
         raise UserInputError(format_problems(problems))
-    return [Job(item, mode, seed, item.counts) for seed in dict.fromkeys(seeds) for item in counted
+    return [Job(item, mode, seed, item.counts, video_format) for seed in dict.fromkeys(seeds) for item in counted
             for mode in dict.fromkeys(modes)]
 
 
@@ -171,7 +177,7 @@ def run_batch(engine, jobs: list[Job], out_dir: Path, options: dict, ranks: Rank
             folder = job.folder(out_dir)
             folder.mkdir(parents=True, exist_ok=True)
             result = engine.generate(job.request(options), progress=False)
-            engine.save(result, folder, stem=job.stem)
+            engine.save(result, folder, stem=job.stem, video_format=job.video_format)
             bar.update(1)
             if ranks.world_size == 1:
                 write_index(jobs, out_dir, index_lines)

@@ -3,7 +3,8 @@
 github.com/H-EmbodVis/NUMINA evaluation/eval_counting.py: every frame of a prompt's video is counted per noun;
 a frame scores the fraction of the prompt's nouns whose count equals the target; a prompt scores the mean over
 its frames; the benchmark scores the mean over the prompts evaluated (0.0 when none). The video of prompt k
-(1-based) is the first `kkk_*.mp4` of the folder in name order, else `video_kkk.mp4`. A prompt without a video,
+(1-based) is the first `kkk_*.mp4` of the folder in name order, else `video_kkk.mp4` (else, an addition for
+`batch --video-format npy` on machines without PyAV, the first `kkk_*.npy` of frames). A prompt without a video,
 or whose video has no frame, is reported and skipped (not scored, not in num_prompts). Results are written in
 their JSON format (`eval_results.json`: overall_accuracy, num_prompts, box_threshold, text_threshold,
 per_prompt[{index, prompt, video, targets, num_frames, per_noun, prompt_accuracy}]); what they do not write
@@ -49,6 +50,9 @@ def find_video_for_prompt(video_dir: Path, index: int) -> Path | None:
             return video_dir / name
     if f"video_{index:03d}.mp4" in names:
         return video_dir / f"video_{index:03d}.mp4"
+    frames = sorted(p.name for p in video_dir.glob(f"{prefix}*.npy") if p.is_file())
+    if frames:
+        return video_dir / frames[0]
     if not any(_NAMED.match(name) for name in names) and 0 <= index - 1 < len(names):
         return video_dir / names[index - 1]
     return None
@@ -146,10 +150,13 @@ def video_folders(videos: Path) -> dict[str, Path]:
     batch layout), labelled "<mode>/seed<k>"."""
     if not videos.is_dir():
         raise UserInputError(f"--videos {videos} does not exist (or is not a folder)")
-    if any(videos.glob("*.mp4")):
+    def has_videos(folder: Path) -> bool:
+        return any(folder.glob("*.mp4")) or any(folder.glob("[0-9][0-9][0-9]*_*.npy"))
+
+    if has_videos(videos):
         return {videos.name: videos}
     found = {f"{seed.parent.name}/{seed.name}": seed for seed in sorted(videos.glob("*/seed*"))
-             if seed.is_dir() and any(seed.glob("*.mp4"))}
+             if seed.is_dir() and has_videos(seed)}
     if not found:
         raise UserInputError(f"--videos {videos} holds no .mp4, nor <mode>/seed<k>/ folders with videos "
                              f"(what `numina-engine batch` writes)")
