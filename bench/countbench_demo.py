@@ -3,7 +3,9 @@
 Prompts are counting-world captions of scenes sampled with BENCH_SEED, a seed used neither in training
 (tools/train_demo_model.py: seed 1) nor for choosing NUMINA's settings (bench/numina_stages.py:
 VALIDATION_SEED), so scenes and wording are unseen. Each prompt is generated with several noise seeds in
-every mode (same noise, same settings; NUMINA is given each scene's counts, as --counts does):
+every mode (same noise, same settings; NUMINA is given each scene's counts, as --counts does, and the
+count phrases as the world's grammar writes them, captions.count_phrases, so that no spaCy is needed:
+tests/test_prompt_counts.py checks that the parser finds exactly these counts and phrases):
 
     plain                 plain Wan (no NUMINA)
     numina                NUMINA as the checkpoint ships it (its mode and token scope; not run by default:
@@ -44,7 +46,7 @@ from bench.results_file import provenance  # noqa: E402
 from numina_engine import Engine, GenerationRequest  # noqa: E402
 from numina_engine.demo.counter import count_world_nouns, video_accuracy  # noqa: E402
 from numina_engine.demo.oracle import component_layout  # noqa: E402
-from numina_engine.demo.world import WorldConfig, captions, sample_scenes, scene_counts  # noqa: E402
+from numina_engine.demo.world import WorldConfig, captions, count_phrases, sample_scenes, scene_counts  # noqa: E402
 from numina_engine.engine.pipeline import numina_config_for  # noqa: E402
 from numina_engine.numina.refinement import refine_layout  # noqa: E402
 
@@ -91,6 +93,7 @@ def run_seed(engine: Engine, items: list[dict], seed: int, modes: list[str], out
             overrides = MODES[mode]
             request = GenerationRequest(prompt=item["prompt"], seed=seed, numina=overrides is not None,
                                         counts=item["target"] if overrides is not None else None,
+                                        count_phrases=count_phrases(item["prompt"]) if overrides is not None else None,
                                         numina_overrides=dict(overrides or {}))
             edit = oracle_editor(engine, request, plain_frames) if mode.startswith("oracle") else None
             result = engine.generate(request, progress=False, edit_layout=edit)

@@ -40,6 +40,7 @@ from bench.countbench_demo import benchmark_prompts  # noqa: E402
 from bench.results_file import provenance  # noqa: E402
 from numina_engine import Engine, GenerationRequest  # noqa: E402
 from numina_engine.demo.counter import count_world_nouns  # noqa: E402
+from numina_engine.demo.world import count_phrases  # noqa: E402
 from numina_engine.demo.oracle import component_layout, noun_pixel_masks, token_masks  # noqa: E402
 from numina_engine.engine import pipeline  # noqa: E402
 from numina_engine.engine.extraction import Extraction  # noqa: E402
@@ -98,7 +99,8 @@ def scope_tables(model, request: GenerationRequest, settings, counts) -> dict[st
 def probe_prompt(engine: Engine, item: dict) -> dict:
     """Stages 1-3 for one prompt: the plain trajectory, probed at PROBED_STEPS x every layer."""
     model = engine.model
-    request = GenerationRequest(prompt=item["prompt"], seed=NOISE_SEED, counts=item["target"])
+    request = GenerationRequest(prompt=item["prompt"], seed=NOISE_SEED, counts=item["target"],
+                                count_phrases=count_phrases(item["prompt"]))
     prepared = pipeline.prepare(model, request)
     settings, config, counts = prepared.settings, prepared.config, prepared.counts
     tables = scope_tables(model, request, settings, counts)
@@ -184,6 +186,7 @@ def controllability(engine: Engine, item: dict, frames: torch.Tensor, plain_coun
         for scope in ("noun", "phrase"):
             counts = {**item["target"], noun: wanted}
             request = GenerationRequest(prompt=item["prompt"], seed=NOISE_SEED, counts=counts,
+                                        count_phrases=count_phrases(item["prompt"]),
                                         numina_overrides={"token_scope": scope})
             config = pipeline.numina_config_for(model, request, model.defaults.steps)
             planned = {n: (refine_layout(truth[n], wanted, config) if n == noun else truth[n]) for n in counts}
@@ -282,8 +285,8 @@ def main() -> None:
             del record["frames"]
             records.append(record)
     summary = summarise(records, trials)
-    config = pipeline.prepare(engine.model, GenerationRequest(prompt=items[0]["prompt"],
-                                                              counts=items[0]["target"])).config
+    config = pipeline.prepare(engine.model, GenerationRequest(
+        prompt=items[0]["prompt"], counts=items[0]["target"], count_phrases=count_phrases(items[0]["prompt"]))).config
     print_tables(summary, config)
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {**header, "validation_seed": VALIDATION_SEED, "noise_seed": NOISE_SEED, "prompts": len(items),

@@ -12,6 +12,7 @@ import math
 from contextlib import ExitStack
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .engine import pipeline
@@ -89,7 +90,8 @@ class Engine:
         return pipeline.generate(self.model, request, progress=progress, cuda_graphs=self.cuda_graphs,
                                  offload=self.offload, edit_layout=edit_layout)
 
-    def save(self, result: pipeline.GenerationResult, out_dir: str | Path, *, preview: bool = False) -> dict[str, Path]:
+    def save(self, result: pipeline.GenerationResult, out_dir: str | Path, *, preview: bool = False,
+             stem: str | None = None, video_format: str = "mp4") -> dict[str, Path]:
         """Write video.mp4, layout.png (NUMINA runs) and report.json into `out_dir`; returns their paths.
 
         All or nothing: every file is written to a temp file first and renamed into place only when all
@@ -97,21 +99,32 @@ class Engine:
         made are removed. A layout.png or video_preview.mp4 of an earlier run that this one does not
         write is removed. A video whose shorter side is below SMALL_VIDEO_SIDE px is written lossless;
         with `preview`, also video_preview.mp4: nearest-upscaled to at least PREVIEW_SIDE px (4:2:0, any player).
+        With `stem` the names are <stem>.mp4, <stem>.preview.mp4, <stem>.layout.png and <stem>.json
+        (batch runs). video_format "npy": the frames as a .npy file (uint8 [T, H, W, 3], lossless, no
+        PyAV needed) instead of mp4, and no preview.
         """
+        if video_format not in ("mp4", "npy"):
+            raise ValueError(f"video_format must be 'mp4' or 'npy', got {video_format!r}")
         out_dir = Path(out_dir)
         frames = result.frames.numpy()
         _, height, width, _ = frames.shape
         small = min(height, width) < SMALL_VIDEO_SIDE
-        names = (["video"] + (["preview"] if preview and small else [])
+        names = (["video"] + (["preview"] if preview and small and video_format == "mp4" else [])
                  + (["layout"] if result.layout is not None else []))
-        paths = {name: out_dir / OUTPUT_FILES[name] for name in [*names, "report"]}
+        files = (dict(OUTPUT_FILES, video=f"video.{video_format}") if stem is None else
+                 {"video": f"{stem}.{video_format}", "preview": f"{stem}.preview.mp4",
+                  "layout": f"{stem}.layout.png", "report": f"{stem}.json"})
+        paths = {name: out_dir / files[name] for name in [*names, "report"]}
         made = _missing_folders(out_dir)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             with ExitStack() as renames:        # exits in reverse: report.json renamed last
                 temp = {name: renames.enter_context(atomic_output(paths[name], paths[name].suffix))
                         for name in ["report", *reversed(names)]}
-                write_mp4(temp["video"], frames, fps=VIDEO_FPS, lossless=small)
+                if video_format == "npy":
+                    np.save(temp["video"], frames)
+                else:
+                    write_mp4(temp["video"], frames, fps=VIDEO_FPS, lossless=small)
                 if "preview" in temp:
                     factor = math.ceil(PREVIEW_SIDE / min(height, width))
                     write_mp4(temp["preview"], upscale_nearest(frames, factor), fps=VIDEO_FPS)
@@ -126,7 +139,7 @@ class Engine:
             raise
         for name in ("preview", "layout"):
             if name not in paths:
-                (out_dir / OUTPUT_FILES[name]).unlink(missing_ok=True)     # stale, from an earlier run
+                (out_dir / files[name]).unlink(missing_ok=True)     # stale, from an earlier run
         return paths
 
     def report(self, result: pipeline.GenerationResult, paths: dict[str, Path]) -> dict:

@@ -1,4 +1,5 @@
-"""`numina-engine` command line: `run` makes a video, `counts` shows what NUMINA would count."""
+"""`numina-engine` command line: `run` makes a video, `counts` shows what NUMINA would count; `batch`, `eval` and
+`compare` reproduce a CountBench table (numina_engine/workflow)."""
 from __future__ import annotations
 
 import argparse
@@ -94,7 +95,60 @@ def build_parser() -> argparse.ArgumentParser:
     counts = commands.add_parser("counts", help="print the nouns NUMINA counts in a prompt, as one JSON line")
     counts.add_argument("prompt", help='the prompt to parse, e.g. "Three cats chasing two dogs" '
                                        '(prints {"cats": 3, "dogs": 2})')
+    _add_workflow_commands(commands)
     return parser
+
+
+# `run` options that `batch` shares, by dest; the others are per video (prompt, seed, counts, mode, out-dir).
+BATCH_SHARED_OPTIONS = ("ckpt_dir", "size", "frames", "steps", "guide_scale", "shift", "negative_prompt", "device",
+                        "quiet", "offload", "no_cuda_graphs", "reference_step", "reference_layer")
+
+
+def _add_workflow_commands(commands) -> None:
+    """`batch`, `eval` and `compare` (numina_engine/workflow)."""
+    batch = commands.add_parser("batch", help="generate a benchmark: every prompt x seed x mode, resumable; "
+                                "several GPUs with torchrun --nproc-per-node N -m numina_engine batch ...")
+    batch.add_argument("--prompts", required=True, help="prompt file, one prompt a line (CountBench's prompts.txt)")
+    batch.add_argument("--counts", default=None,
+                       help="counts file, one JSON object a line matching the prompts (CountBench's "
+                            "noun_counts.jsonl); default: counts parsed from each prompt")
+    batch.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise seeds (default 0)")
+    batch.add_argument("--modes", nargs="+", choices=("numina", "plain"), default=["numina", "plain"],
+                       help="numina and/or plain (default both)")
+    batch.add_argument("--video-format", choices=("mp4", "npy"), default="mp4",
+                       help="mp4 (default), or npy: the frames as uint8 [T, H, W, 3] .npy files, lossless, for "
+                            "machines without PyAV; `eval` reads both")
+    batch.add_argument("--out-dir", required=True, help="writes <mode>/seed<k>/<NNN>_<slug>.mp4, a report "
+                       "per video and index.jsonl; a second run skips the videos already finished")
+    template = argparse.ArgumentParser(add_help=False)
+    _add_run_arguments(template)
+    for group in template._action_groups:
+        actions = [action for action in group._group_actions if action.dest in BATCH_SHARED_OPTIONS]
+        target = batch.add_argument_group(group.title) if group.title not in ("options", "optional arguments",
+                                                                              "positional arguments") else batch
+        for action in actions:
+            target._add_action(action)
+
+    evaluate = commands.add_parser("eval", help="count the objects in every frame and score the videos as the "
+                                   "NUMINA authors' evaluator does")
+    evaluate.add_argument("--videos", required=True,
+                          help="a folder of NNN_*.mp4, or a `batch` --out-dir (every <mode>/seed<k> in it)")
+    evaluate.add_argument("--prompts", required=True, help="the prompt file the videos were made from")
+    evaluate.add_argument("--counts", required=True, help="the counts file (noun_counts.jsonl)")
+    evaluate.add_argument("--detector", choices=("grounding-dino", "demo-counter"), default="grounding-dino",
+                          help="grounding-dino (the authors' detector, from --detector-dir) or demo-counter (the "
+                               "demo model's world, counted exactly); default grounding-dino")
+    evaluate.add_argument("--detector-dir", default=None,
+                          help="local transformers GroundingDINO checkpoint, e.g. IDEA-Research/grounding-dino-tiny")
+    evaluate.add_argument("--device", default=None, help="where the detector runs (default: cuda when available)")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="frames per detector call (default 8)")
+
+    compare = commands.add_parser("compare", help="plain vs NUMINA: per seed, mean and spread, paired per prompt")
+    compare.add_argument("a", help="evaluated videos of one side, e.g. OUT/plain (seed<k>/eval_results.json)")
+    compare.add_argument("b", help="the other side, e.g. OUT/numina; differences are B - A")
+    compare.add_argument("--names", nargs=2, default=None, metavar=("A", "B"),
+                         help="column names (default: folder names)")
+    compare.add_argument("--out", default=None, help="also write the comparison as JSON to this file")
 
 
 def parse_counts_json(text: str) -> dict[str, int]:
@@ -202,6 +256,72 @@ def _counts(args) -> int:
     return 0
 
 
+def _batch_request_options(args) -> dict:
+    """GenerationRequest fields that every video of a batch shares."""
+    from .engine.settings import parse_size
+
+    width, height = parse_size(args.size) if args.size else (None, None)
+    overrides = {name: value for name, value in (("reference_step", args.reference_step),
+                                                 ("reference_layer", args.reference_layer)) if value is not None}
+    options = {"width": width, "height": height, "frames": args.frames, "steps": args.steps,
+               "guide_scale": args.guide_scale, "shift": args.shift, "numina_overrides": overrides}
+    if args.negative_prompt is not None:
+        options["negative_prompt"] = args.negative_prompt
+    return options
+
+
+def _batch(args) -> int:
+    from .api import Engine
+    from .workflow import distributed
+    from .workflow.batch import plan_jobs, run_batch
+    from .workflow.prompt_files import read_benchmark
+
+    items = read_benchmark(args.prompts, args.counts)       # bad lines fail before the model loads
+    options = _batch_request_options(args)
+    ranks = distributed.start(args.device)
+    try:
+        engine = Engine.load(args.ckpt_dir, device=ranks.device, cuda_graphs=not args.no_cuda_graphs,
+                             offload=args.offload)
+        if engine.model.defaults.note and ranks.is_main:
+            print(f"note: {engine.model.defaults.note}", file=sys.stderr)
+        jobs = plan_jobs(engine, items, args.modes, args.seeds, options, video_format=args.video_format)
+        summary = run_batch(engine, jobs, Path(args.out_dir), options, ranks, progress=not args.quiet)
+    finally:
+        distributed.stop(ranks)
+    if ranks.is_main:
+        print(json.dumps({"videos": summary.total, "skipped": summary.skipped, "made_by_rank_0": summary.made,
+                          "seconds": round(summary.seconds, 1), "index": str(Path(args.out_dir) / "index.jsonl")}))
+    return 0
+
+
+def _eval(args) -> int:
+    from .workflow.detectors import DemoWorldCounter, GroundingDinoCounter, check_grounding_dino_dir
+    from .workflow.evaluate import evaluate_videos
+    from .workflow.prompt_files import read_benchmark
+
+    items = read_benchmark(args.prompts, args.counts)
+    if args.detector == "grounding-dino":
+        check_grounding_dino_dir(args.detector_dir)             # before the transformers import
+        counter = GroundingDinoCounter(args.detector_dir, device=args.device, batch_size=args.batch_size)
+    else:
+        counter = DemoWorldCounter()
+    summary = evaluate_videos(args.videos, items, counter)
+    print(json.dumps({label: round(folder["overall_accuracy"], 4) for label, folder in summary["folders"].items()}))
+    return 0
+
+
+def _compare(args) -> int:
+    from .api import write_json_atomic
+    from .workflow.compare import compare_results, format_table, load_results
+
+    names = args.names or [Path(args.a).name, Path(args.b).name]
+    comparison = compare_results(load_results(args.a), load_results(args.b))
+    print(format_table(comparison, *names))
+    if args.out:
+        write_json_atomic(Path(args.out), {"a": str(args.a), "b": str(args.b), "names": names, **comparison})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -209,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "counts":
             return _counts(args)
+        workflow = {"batch": _batch, "eval": _eval, "compare": _compare}
+        if args.command in workflow:
+            return workflow[args.command](args)
     except (UserInputError, CheckpointError) as err:
         print(f"numina-engine: error: {err}", file=sys.stderr)
         return 2

@@ -11,9 +11,9 @@ from full_stack import full_stack  # noqa: E402
 
 full_stack("spacy")            # its English pipeline is loaded by load_nlp(), which raises if it is missing
 
-from numina_engine.demo.world import captions, sample_scenes, scene_counts  # noqa: E402
+from numina_engine.demo.world import captions, count_phrases, sample_scenes, scene_counts  # noqa: E402
 from numina_engine.numina.prompt_counts import (  # noqa: E402
-    CountedNoun, load_nlp, parse_counted_nouns, parse_counts)
+    CountedNoun, counted_nouns_from_phrases, load_nlp, parse_counted_nouns, parse_counts)
 
 COUNTBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "countbench"
 # README, "Prompt parsing": 148 of the 150 prompts agree with the gold; one regression is tolerated.
@@ -165,6 +165,23 @@ def test_counting_world_captions():
     wrong = [(caption, expected, parse_counts(caption)) for caption, expected in cases]
     wrong = [w for w in wrong if w[1] != w[2]]
     assert not wrong, "\n".join(f"{c!r}: expected {e}, parsed {r}" for c, e, r in wrong[:20])
+
+
+def test_counting_world_phrases_without_a_parse_equal_the_parse():
+    """bench/countbench_demo.py gives the world's count phrases (no spaCy on the GPU machine): they
+    must be exactly the parser's counted nouns, spans and phrases."""
+    scenes = sample_scenes(1000, seed=8)
+    for caption, counts in zip(captions(scenes, seed=8), scene_counts(scenes)):
+        parsed = sorted(parse_counted_nouns(caption), key=lambda c: c.start_char)
+        given = sorted(counted_nouns_from_phrases(caption, counts, count_phrases(caption)), key=lambda c: c.start_char)
+        assert given == parsed, caption
+
+
+def test_counted_nouns_from_phrases_refuses_a_phrase_not_in_the_prompt():
+    with pytest.raises(ValueError, match="not in the prompt"):
+        counted_nouns_from_phrases("Three apples.", {"apples": 3}, {"apples": "four apples"})
+    with pytest.raises(ValueError, match="does not end with its noun"):
+        counted_nouns_from_phrases("Three apples.", {"apples": 3}, {"apples": "three"})
 
 
 def test_load_nlp_has_the_components_the_parser_reads():

@@ -36,11 +36,11 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import UserInputError
+from ..errors import CheckpointError, UserInputError
 from ..numina.config import BEHAVIOURS, NuminaConfig
 from ..numina.layout import build_layouts, count_instances
 from ..numina.modulation import build_modulation_plan
-from ..numina.prompt_counts import parse_counted_nouns
+from ..numina.prompt_counts import counted_nouns_from_phrases, parse_counted_nouns
 from ..numina.refinement import refine_layout, summarize_refinement
 from ..numina.token_mapping import map_noun_tokens
 from .cuda_graphs import StepGraphs
@@ -146,8 +146,8 @@ def counted_nouns(model: WanModel, request: GenerationRequest, prompt: str, toke
                   ) -> tuple[dict[str, int], dict[str, list[int]]]:
     """({noun: count}, {noun: token positions}) for the prompt; ({}, {}) when nothing is counted.
 
-    token_scope "phrase" maps each noun's count phrase (with --counts, the phrase the parser finds
-    for that noun, when it finds one)."""
+    token_scope "phrase" maps each noun's count phrase: with --counts, the request's count_phrases when
+    given, else the phrase the parser finds for that noun, when it finds one."""
     cleaned = clean_prompt(prompt)
     if request.counts is None:
         found = parse_counted_nouns(cleaned)
@@ -155,6 +155,15 @@ def counted_nouns(model: WanModel, request: GenerationRequest, prompt: str, toke
         counts: dict[str, int] = {}
         for item in found:
             counts[item.noun] = counts.get(item.noun, 0) + item.count
+    elif request.count_phrases is not None:
+        counts = dict(request.counts)
+        missing = sorted(set(counts) - set(request.count_phrases))
+        if missing:
+            raise UserInputError(f"count_phrases gives no phrase for {missing}; give one per counted noun")
+        try:
+            nouns = counted_nouns_from_phrases(cleaned, counts, request.count_phrases)
+        except ValueError as err:
+            raise UserInputError(str(err)) from None
     else:
         counts = dict(request.counts)
         parsed = {item.noun.lower(): item for item in parse_counted_nouns(cleaned)} if token_scope == "phrase" else {}
@@ -173,6 +182,20 @@ def counted_nouns(model: WanModel, request: GenerationRequest, prompt: str, toke
     positions = map_noun_tokens(tokenizer, model.text_encoder.token_ids(prompt), nouns, scope=token_scope,
                                 prompt=cleaned, match=behaviour_config(model, request).token_match)
     return counts, positions
+
+
+def final_counts(model: WanModel, frames: torch.Tensor, counts: dict[str, int]) -> dict[str, list[int]] | None:
+    """{noun: [objects in each frame]} of the finished video (uint8 [T, H, W, 3]), by the exact counter
+    the checkpoint names (ModelDefaults.counter); None when it names none or does not know a noun."""
+    if model.defaults.counter is None:
+        return None
+    from ..demo.counter import COUNTERS
+    if model.defaults.counter not in COUNTERS:
+        raise CheckpointError(f"{model.path}: unknown counter {model.defaults.counter!r}; known: {sorted(COUNTERS)}")
+    try:
+        return COUNTERS[model.defaults.counter](frames, list(counts))
+    except ValueError:
+        return None
 
 
 def noun_token_table(positions: dict[str, list[int]], device: torch.device) -> torch.Tensor:
@@ -504,6 +527,7 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
     frames = decode_video(model, latents, timer, offload=offload)
 
     found = {noun: count_instances(reference[noun]).tolist() for noun in counts}
+    video_counts = final_counts(model, frames, counts)
     report["numina"] = {
         "enabled": True,
         "counts_asked": counts,
@@ -515,6 +539,8 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
         "token_grid": list(ref.extraction.grid),
         "best_head_per_frame": ref.extraction.best_head.tolist(),
         "counts_found_per_frame": found,
+        # what the finished video shows, by the checkpoint's exact counter (None: it has none)
+        "final_counts_per_frame": video_counts,
         "behaviours": config.behaviours(),
         "refinement": {noun: summary.to_dict() for noun, summary in summaries.items()},
         "layout_edited": edit_layout is not None,

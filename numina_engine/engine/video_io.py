@@ -4,7 +4,7 @@ Every writer encodes into a temp file in the target's folder and renames it into
 reader sees either the old file, the complete new one, or none; on any error (a bad frame halfway, a full disk,
 Ctrl-C) the temp file is deleted and the error re-raised.
 
-mp4 encoding uses PyAV (`pip install av`, imported on first use): H.264 via libx264 at CRF 18. Even sizes use
+mp4 encoding uses PyAV (`pip install av`, imported on first use): H.264 via libx264 at CRF 18, mb-tree off. Even sizes use
 yuv420p, which every player decodes; 4:2:0 needs even sizes, so odd sizes use yuv444p (H.264 High 4:4:4), which
 keeps the exact size instead of padding it. `lossless=True` writes RGB H.264 at QP 0 instead (libx264rgb): the
 decoded frames equal the written ones exactly; for tiny videos (the demo model's 32x32), where 4:2:0 chroma would
@@ -30,6 +30,10 @@ MP4_LOSSLESS_CODEC = "libx264rgb"
 MP4_CRF = 18
 MP4_PRESET = "medium"
 MP4_THREADS = 4          # fixed: x264's output depends on its thread count, which otherwise follows the CPU count
+# mb-tree off: with libx264's mb-tree rate control on, the same frames encoded to different bytes (decoding to
+# different pixels) in about one run of five (PyAV 18, 32x32 and 64x64 clips), so videos of two identical runs
+# differed; with it off every run gave the same bytes.
+MP4_X264_PARAMS = "mbtree=0"
 
 FramesLike = np.ndarray | torch.Tensor | Iterable[np.ndarray | torch.Tensor]
 
@@ -124,7 +128,8 @@ def write_mp4(path: str | os.PathLike, frames: FramesLike, fps: float = 16, *, l
                     quality = {"qp": "0"} if lossless else {"crf": str(MP4_CRF)}
                     stream = container.add_stream(MP4_LOSSLESS_CODEC if lossless else MP4_CODEC, rate=rate,
                                                   options={**quality, "preset": MP4_PRESET,
-                                                           "threads": str(MP4_THREADS)})
+                                                           "threads": str(MP4_THREADS),
+                                                           "x264-params": MP4_X264_PARAMS})
                     stream.width, stream.height = width, height
                     if lossless:
                         stream.pix_fmt = "rgb24"
