@@ -129,34 +129,37 @@ def _write(path, lines):
 
 
 def test_bad_counts_lines_are_reported_with_their_line_numbers(tmp_path):
-    prompts = _write(tmp_path / "prompts.txt", ["Three red circles.", "", "Two blue squares.", "A green triangle.",
-                                                "One cyan circle."])
-    counts = _write(tmp_path / "counts.jsonl", ['{"circles": 3}', "", '{"squares": 2', '{"dogs": 1}', '["circle"]'])
+    prompts = _write(tmp_path / "prompts.txt", ["Three apples.", "", "Two boxes drifting left.", "A single tree.",
+                                                "One shiny gem."])
+    counts = _write(tmp_path / "counts.jsonl", ['{"apples": 3}', "", '{"boxes": 2', '{"gems": 1}', '["gem"]'])
     with pytest.raises(UserInputError) as error:
         read_benchmark(prompts, counts)
     message = str(error.value)
     assert "3 problem(s)" in message
     assert f"{counts}:3 (prompt 2, {prompts}:3): not valid JSON" in message
-    assert f"{counts}:4 (prompt 3, {prompts}:4): unknown noun 'dogs'" in message
+    assert f"{counts}:4 (prompt 3, {prompts}:4): unknown noun 'gems'" in message
     assert f"{counts}:5 (prompt 4, {prompts}:5): must be a non-empty JSON object" in message
 
 
 def test_counts_out_of_range_and_mismatched_files(tmp_path):
-    prompts = _write(tmp_path / "prompts.txt", ["Three red circles.", "Two blue squares."])
-    counts = _write(tmp_path / "counts.jsonl", ['{"circles": 0}'])
+    prompts = _write(tmp_path / "prompts.txt", ["Three apples.", "Two boxes."])
+    counts = _write(tmp_path / "counts.jsonl", ['{"apples": 0}'])
     with pytest.raises(UserInputError) as error:
         read_benchmark(prompts, counts)
     message = str(error.value)
     assert "has 1 counts lines but" in message and "has 2 prompts" in message
-    assert f"{counts}:1 (prompt 1, {prompts}:1): count of 'circles' must be a whole number from 1" in message
+    assert f"{counts}:1 (prompt 1, {prompts}:1): count of 'apples' must be a whole number from 1" in message
 
 
 def test_engine_refusals_name_the_prompt_and_its_lines(tmp_path, engine):
-    prompts = _write(tmp_path / "prompts.txt", ["Three red circles.", "Two purple zebras."])
-    counts = _write(tmp_path / "counts.jsonl", ['{"circles": 3}', '{"zebras": 2}'])
+    # the files' check passes (every word of the noun is in its prompt); the engine's does not: "boxes apples"
+    # is not a noun of the prompt as written
+    prompts = _write(tmp_path / "prompts.txt", ["Three apples.", "Two apples and two boxes."])
+    counts = _write(tmp_path / "counts.jsonl", ['{"apples": 3}', '{"boxes apples": 2}'])
+    assert read_benchmark(prompts, counts)[1].counts == {"boxes apples": 2}
     with pytest.raises(UserInputError) as error:
         plan_jobs(engine, read_benchmark(prompts, counts), ["numina", "plain"], [0], OPTIONS)
-    assert "prompt 2 (line 2, counts line 2):" in str(error.value)
+    assert "prompt 2 (line 2, counts line 2): noun 'boxes apples' is not a word of the prompt" in str(error.value)
     assert "prompt 1 " not in str(error.value)
 
 
@@ -167,8 +170,8 @@ def test_cli_bad_lines_exit_2_before_the_model_loads(tmp_path, capsys, monkeypat
         raise AssertionError("the model was loaded before the benchmark files were checked")
 
     monkeypatch.setattr(numina_engine.api.Engine, "load", no_load)
-    prompts = _write(tmp_path / "prompts.txt", ["Three red circles."])
-    counts = _write(tmp_path / "counts.jsonl", ['{"circles": three}'])
+    prompts = _write(tmp_path / "prompts.txt", ["Three apples."])
+    counts = _write(tmp_path / "counts.jsonl", ['{"apples": three}'])
     assert main(["batch", "--prompts", str(prompts), "--counts", str(counts), "--out-dir", str(tmp_path / "o")]) == 2
     assert f"{counts}:1" in capsys.readouterr().err
     empty = _write(tmp_path / "empty.txt", ["", "  "])

@@ -1,5 +1,6 @@
-"""`eval`: the authors' scoring and JSON format, breakdowns, missing videos, the demo counter against
-bench/countbench_demo.py, and GroundingDINO through transformers with a tiny random checkpoint."""
+"""`eval`: the authors' scoring and JSON format, breakdowns, missing videos, the demo counter against the
+counting world's own counter (numina_engine.demo.counter, which bench/countbench_demo.py scores with) on the same
+frames, and GroundingDINO through transformers with a tiny random checkpoint."""
 import importlib.util
 import json
 from pathlib import Path
@@ -11,13 +12,16 @@ from PIL import Image
 
 from numina_engine import Engine
 from numina_engine.cli import main
+from numina_engine.demo.counter import count_world_nouns, video_accuracy
+from numina_engine.demo.scenes import COLOURS, SHAPES, kind_of_noun
 from numina_engine.engine.video_io import write_mp4
 from numina_engine.workflow.batch import plan_jobs, run_batch
 from numina_engine.workflow.demo_benchmark import BENCH_SEED, demo_benchmark, write_demo_benchmark
+from numina_engine.workflow.detectors import DemoWorldCounter
 from numina_engine.workflow.evaluate import (breakdown, evaluate_folder, evaluate_videos, find_video_for_prompt,
                                              frame_scores, prompt_accuracy)
 from numina_engine.workflow.frames import read_video_frames
-from numina_engine.workflow.prompt_files import BenchmarkPrompt, read_benchmark
+from numina_engine.workflow.prompt_files import BenchmarkPrompt, prompt_words, read_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,6 +42,13 @@ class FixedCounter:
 
     def count(self, frames, prompt, nouns):
         return {noun: self.detections[prompt][noun][:len(frames)] for noun in nouns}
+
+
+def _world_score(frames, target: dict[str, int]) -> tuple[float, dict[str, list[int]]]:
+    """(video accuracy, {noun: [count per frame]}) as bench/countbench_demo.py scores a video: the world's
+    counter on the frames, CountBench's accuracy."""
+    counts = count_world_nouns(frames, list(target))
+    return video_accuracy(counts, target), counts
 
 
 def _video(path, frames=4, seed=0):
@@ -103,13 +114,19 @@ def test_video_lookup_follows_the_authors_names(tmp_path):
 def test_demo_benchmark_files_are_bench_countbench_demos_prompts(tmp_path):
     bench = _bench_module()
     assert bench.BENCH_SEED == BENCH_SEED
-    expected = bench.benchmark_prompts(6)
+    expected = bench.benchmark_prompts(6, BENCH_SEED)
+    assert bench.benchmark_prompts(6) == expected
     assert demo_benchmark(6) == [(item["prompt"], item["target"]) for item in expected]
+    # the world's nouns name the look: captions never say a colour or a shape ("ring" is a noun as well)
+    looks = (set(COLOURS) | set(SHAPES) | {f"{shape}s" for shape in SHAPES} | {"crosses"}) - {"ring", "rings"}
+    for item in expected:
+        assert all(kind_of_noun(noun) is not None for noun in item["target"])
+        assert not set(prompt_words(item["prompt"])) & looks, item["prompt"]
     items = read_benchmark(*write_demo_benchmark(tmp_path, 6))
     assert [(i.prompt, i.counts) for i in items] == [(e["prompt"], e["target"]) for e in expected]
 
 
-def test_demo_counter_eval_equals_bench_scores_on_demo_videos(tmp_path, capsys):
+def test_demo_counter_eval_equals_the_worlds_counter_on_demo_videos(tmp_path, capsys):
     bench = _bench_module()
     prompts, counts = write_demo_benchmark(tmp_path / "bench", 4)
     engine = Engine.load(device="cpu")
@@ -127,7 +144,8 @@ def test_demo_counter_eval_equals_bench_scores_on_demo_videos(tmp_path, capsys):
         assert results["num_prompts"] == 4 and results["box_threshold"] is None
         for entry, item in zip(results["per_prompt"], items):
             frames = read_video_frames(out / mode / "seed0" / entry["video"])
-            accuracy, per_noun = bench.score(torch.from_numpy(frames), item)
+            assert entry["prompt"] == item["prompt"] and entry["targets"] == item["target"]
+            accuracy, per_noun = _world_score(torch.from_numpy(frames), item["target"])
             assert entry["prompt_accuracy"] == pytest.approx(accuracy, abs=1e-12)
             assert entry["per_noun"] == per_noun
         assert printed[f"{mode}/seed0"] == round(results["overall_accuracy"], 4)
@@ -145,8 +163,7 @@ def test_demo_counter_on_rendered_scenes_counts_them_exactly(tmp_path):
              for i, (text, target) in enumerate(zip(captions(scenes, seed=7), scene_counts(scenes)))]
     for item, clip in zip(items, clips):
         write_mp4(tmp_path / f"{item.index:03d}_scene.mp4", clip)
-    summary = evaluate_videos(tmp_path, items, __import__("numina_engine.workflow.detectors",
-                                                          fromlist=["DemoWorldCounter"]).DemoWorldCounter())
+    summary = evaluate_videos(tmp_path, items, DemoWorldCounter())
     assert summary["folders"][tmp_path.name]["overall_accuracy"] == 1.0
 
 
@@ -246,7 +263,7 @@ def test_bad_detector_folders_and_videos_are_user_errors(tmp_path, capsys):
 
 def test_npy_videos_without_pyav_are_lossless_and_evaluated(tmp_path, capsys):
     """`batch --video-format npy` (for the GPU image, which has no PyAV): the frames exactly as generated, and
-    eval scores them as bench/countbench_demo.py scores the generated frames."""
+    eval scores them as the world's counter scores the generated frames (bench/countbench_demo.py's rule)."""
     from numina_engine import GenerationRequest
 
     bench = _bench_module()
@@ -263,4 +280,5 @@ def test_npy_videos_without_pyav_are_lossless_and_evaluated(tmp_path, capsys):
         frames = engine.generate(GenerationRequest(prompt=item["prompt"], seed=0, steps=2, numina=False),
                                  progress=False).frames
         assert np.array_equal(np.load(out / "plain" / "seed0" / entry["video"]), frames.numpy())
-        assert entry["prompt_accuracy"] == pytest.approx(bench.score(frames, item)[0], abs=1e-12)
+        accuracy, per_noun = _world_score(frames, item["target"])
+        assert entry["prompt_accuracy"] == pytest.approx(accuracy, abs=1e-12) and entry["per_noun"] == per_noun

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..engine.video_io import write_png_atomic
+from ..engine.video_io import atomic_output
 
 PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
 WIDTH, HEIGHT = 640, 420
@@ -53,4 +53,5 @@ def write_line_plot(path: str | Path, series: dict[str, dict[int, float]], *, ti
         ly = TOP + 10 + 18 * number
         draw.line([WIDTH - RIGHT + 15, ly, WIDTH - RIGHT + 40, ly], fill=colour, width=2)
         draw.text((WIDTH - RIGHT + 46, ly), name, fill="black", font=font, anchor="lm")
-    write_png_atomic(path, np.asarray(image))
+    with atomic_output(path, ".png") as temp:
+        image.save(temp, format="PNG")
