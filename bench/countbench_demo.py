@@ -13,7 +13,7 @@ tests/test_prompt_counts.py checks that the parser finds exactly these counts an
     numina-noun           authors mode, token scope "noun" (the authors' rule)
     numina-phrase         authors mode, token scope "phrase"
     engine-noun / engine-phrase   engine mode, either scope
-    oracle-noun / oracle-phrase   NUMINA with oracle layouts: the refined plan is built from the true
+    oracle-noun / oracle-phrase   NUMINA (authors mode) with oracle layouts: the refined plan is built from the true
                           objects of the plain video of the same prompt and seed (numina_engine.demo.oracle)
                           instead of the attention maps: what NUMINA would do with a perfect layout stage
 
@@ -58,8 +58,8 @@ MODES = {
     "numina-phrase": {"mode": "authors", "token_scope": "phrase"},
     "engine-noun": {"mode": "engine", "token_scope": "noun"},
     "engine-phrase": {"mode": "engine", "token_scope": "phrase"},
-    "oracle-noun": {"token_scope": "noun"},
-    "oracle-phrase": {"token_scope": "phrase"},
+    "oracle-noun": {"mode": "authors", "token_scope": "noun"},
+    "oracle-phrase": {"mode": "authors", "token_scope": "phrase"},
 }
 
 
@@ -139,9 +139,21 @@ def summarise(out: Path) -> dict:
                          prompts_better=sum(d > 0 for d in diffs), prompts_worse=sum(d < 0 for d in diffs),
                          regenerated=sum(bool(v[mode].get("regenerated")) for v in videos))
         summary[mode] = entry
+    # engine vs authors mode, same scope: which mode counts better (decides NuminaConfig's default mode)
+    mode_pairs = {}
+    for scope in ("noun", "phrase"):
+        a, b = f"numina-{scope}", f"engine-{scope}"
+        if a in modes and b in modes:
+            by_prompt = {}
+            for v in videos:
+                by_prompt.setdefault(v["index"], []).append(v[b]["accuracy"] - v[a]["accuracy"])
+            diffs = [statistics.fmean(d) for d in by_prompt.values()]
+            mode_pairs[f"{b} - {a}"] = {"paired_difference": round(statistics.fmean(diffs), 4),
+                                        "prompts_better": sum(d > 0 for d in diffs),
+                                        "prompts_worse": sum(d < 0 for d in diffs)}
     payload = {**parts[0]["meta"], "bench_seed": BENCH_SEED, "prompts": len({v["index"] for v in videos}),
                "noise_seeds": seeds, "seconds_per_seed": {str(p["seed"]): p["seconds"] for p in parts},
-               "summary": summary, "videos": videos}
+               "summary": summary, "mode_pairs": mode_pairs, "videos": videos}
     (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     lines = [f"Counting-world benchmark: {payload['prompts']} unseen prompts x {len(seeds)} noise seeds "
              f"({payload['device']}, commit {payload['git_commit']}, {payload['date']})", "",
@@ -153,6 +165,9 @@ def summarise(out: Path) -> dict:
                   if mode != "plain" else "| ")
         lines.append(f"| {mode} | " + " | ".join(f"{v:.3f}" for v in s["per_seed"].values())
                      + f" | {s['mean']:.3f} | {s['spread']:.3f} | {paired} |")
+    for pair, p in mode_pairs.items():
+        lines.append(f"\n{pair}: paired {p['paired_difference']:+.3f}, prompts better / worse "
+                     f"{p['prompts_better']} / {p['prompts_worse']}")
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     return payload

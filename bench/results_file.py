@@ -57,9 +57,9 @@ def provenance(script: str, argv: list[str] | None = None, device: str | None = 
         "argv": list(sys.argv[1:] if argv is None else argv),
         "device": device_name(device),
         "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
-        # a copy of the tree without .git (the GPU machine's) names its commit in NUMINA_GIT_COMMIT
-        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("NUMINA_GIT_COMMIT"),
-        "git_dirty": bool(status) if status is not None else None,
+        # a copy of the tree whose .git is absent or stale (the GPU machine's) names its commit in NUMINA_GIT_COMMIT
+        "git_commit": os.environ.get("NUMINA_GIT_COMMIT") or _git("rev-parse", "HEAD"),
+        "git_dirty": (bool(status) if status is not None else None) if "NUMINA_GIT_COMMIT" not in os.environ else None,
         "versions": _versions(),
     }
 

@@ -85,6 +85,10 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
                         help="'authors': reproduce the NUMINA authors' code rule by rule; 'engine': the engine's "
                              "own rules (README, Known differences). Default: the model's, else "
                              f"'{DEFAULT_MODE}'")
+    numina.add_argument("--token-scope", choices=("noun", "phrase"), default=None,
+                        help="tokens NUMINA reads the cross-attention map from and writes the bias onto: 'noun' "
+                             "(the noun's own tokens, the authors' rule) or 'phrase' (its count phrase: count word, "
+                             "modifiers, the noun). Default: the model's, else 'noun'")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # `run` options that `batch` shares, by dest; the others are per video (prompt, seed, counts, mode, out-dir).
 BATCH_SHARED_OPTIONS = ("ckpt_dir", "size", "frames", "steps", "guide_scale", "shift", "negative_prompt", "device",
-                        "quiet", "offload", "no_cuda_graphs", "reference_step", "reference_layer")
+                        "quiet", "offload", "no_cuda_graphs", "reference_step", "reference_layer", "numina_mode",
+                        "token_scope")
 
 
 def _add_workflow_commands(commands) -> None:
@@ -205,7 +210,8 @@ def _build_request(args):
     width, height = parse_size(args.size) if args.size is not None else (None, None)
     overrides = {name: value for name, value in (("reference_step", args.reference_step),
                                                  ("reference_layer", args.reference_layer),
-                                                 ("mode", args.numina_mode)) if value is not None}
+                                                 ("mode", args.numina_mode),
+                                                 ("token_scope", args.token_scope)) if value is not None}
     request = GenerationRequest(prompt=args.prompt, seed=args.seed, width=width, height=height,
                                 frames=args.frames, steps=args.steps, guide_scale=args.guide_scale,
                                 shift=args.shift, numina=not args.no_numina,
@@ -262,7 +268,9 @@ def _batch_request_options(args) -> dict:
 
     width, height = parse_size(args.size) if args.size else (None, None)
     overrides = {name: value for name, value in (("reference_step", args.reference_step),
-                                                 ("reference_layer", args.reference_layer)) if value is not None}
+                                                 ("reference_layer", args.reference_layer),
+                                                 ("mode", args.numina_mode),
+                                                 ("token_scope", args.token_scope)) if value is not None}
     options = {"width": width, "height": height, "frames": args.frames, "steps": args.steps,
                "guide_scale": args.guide_scale, "shift": args.shift, "numina_overrides": overrides}
     if args.negative_prompt is not None:

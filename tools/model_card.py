@@ -64,9 +64,12 @@ trained from scratch on a synthetic counting world, so that NUMINA can be seen c
 without downloading Wan2.1. It is what `numina-engine run` uses when no `--ckpt-dir` is given.
 
 ## What it makes
-5-frame, 32x32-pixel RGB clips of 1 to 8 flat objects (circles, squares, triangles in six colours,
-one or two kinds per clip) drifting together over a dark background, from captions such as
-"Three red circles and two blue squares drifting left." It knows only this world's words.
+5-frame, 32x32-pixel RGB clips of 1 to 6 flat objects, one or two kinds per clip, drifting together over
+a dark background. Each noun names one look: apples are red circles, trees green triangles, rings yellow
+rings, boxes blue squares, gems cyan diamonds, flowers magenta crosses (objects about 4x4 tokens of the
+16x16 grid). Captions name numbers and nouns, never colours or shapes, with optional attributes that
+change nothing in the picture: "Three shiny apples and a pair of boxes drifting left." It knows only
+this world's words.
 
 ## Data
 `numina_engine/demo/world.py`: scenes drawn procedurally and deterministically from a seed
@@ -104,10 +107,8 @@ GPU kernels are not bit-deterministic, so a retrained model matches this one in 
 
 ## Limits
 It has seen nothing but this world; other prompts give coloured blobs. It is small and briefly
-trained, and its counts are often wrong: README's demo benchmark reports how often plain sampling and
-NUMINA get them right. Its nouns' cross-attention is only loosely focused on their objects (at the
-reference layer 6 and peak ratio 0.3 kept in `numina_engine.json`, a third of a noun's focus falls on
-its objects), which limits what NUMINA's layout can find.
+trained, and its counts are often wrong (merged or missing objects): README's demo benchmark reports
+how often plain sampling, NUMINA and NUMINA with oracle layouts get them right.
 """
 
 

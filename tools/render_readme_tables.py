@@ -147,7 +147,35 @@ def render_dit_forward() -> str:
     return "\n\n".join(blocks)
 
 
-RENDERERS = {"cli_threads": render_cli_threads, "e2e": render_e2e,
+DEMO_MODE_LABELS = {"plain": "plain", "numina": "NUMINA as shipped", "numina-noun": "NUMINA, authors mode, noun scope",
+                    "numina-phrase": "NUMINA, authors mode, phrase scope", "engine-noun": "NUMINA, engine mode, noun scope",
+                    "engine-phrase": "NUMINA, engine mode, phrase scope",
+                    "oracle-noun": "NUMINA with oracle layouts, authors mode, noun scope",
+                    "oracle-phrase": "NUMINA with oracle layouts, authors mode, phrase scope"}
+
+
+def render_countbench_demo() -> str:
+    files = _load("countbench_demo_*.json")
+    if not files:
+        return _missing("python bench/countbench_demo.py --seeds 0 1 2 --device cuda --out DIR")
+    path, data = files[0]
+    seeds = data["noise_seeds"]
+    lines = [f"{data['prompts']} unseen prompts x {len(seeds)} noise seeds, frame-wise counting accuracy "
+             f"(the world's exact counter).", "",
+             "| mode | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | mean | spread (sd over seeds) | paired difference to plain | prompts better / worse |",
+             "| --- |" + " ---: |" * (len(seeds) + 4)]
+    for mode, s in data["summary"].items():
+        paired = ("| " if mode == "plain" else
+                  f"{s['paired_difference']:+.3f} | {s['prompts_better']} / {s['prompts_worse']}")
+        lines.append(f"| {DEMO_MODE_LABELS.get(mode, mode)} | " + " | ".join(f"{v:.3f}" for v in s["per_seed"].values())
+                     + f" | {s['mean']:.3f} | {s['spread']:.3f} | {paired} |")
+    pairs = [f"{pair.replace('numina-', 'authors-')}: paired difference {p['paired_difference']:+.3f}, prompts better / "
+             f"worse {p['prompts_better']} / {p['prompts_worse']}." for pair, p in data.get("mode_pairs", {}).items()]
+    return "\n".join(lines + [""] + pairs + ([""] if pairs else []) + [_source(path, data)])
+
+
+RENDERERS = {"cli_threads": render_cli_threads, "e2e": render_e2e, "countbench_demo": render_countbench_demo,
              "modulated_cross_attention": render_modulated_cross_attention, "kernels": render_kernels,
              "dit_forward": render_dit_forward}
 

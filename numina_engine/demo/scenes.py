@@ -139,7 +139,7 @@ class Scenes:
     centre: torch.Tensor
     radius: torch.Tensor
     velocity: torch.Tensor
-    kinds: list[tuple[tuple[str, str, int], ...]]
+    kinds: list[tuple[tuple[Kind, int], ...]]
 
     def __len__(self) -> int:
         return len(self.kinds)

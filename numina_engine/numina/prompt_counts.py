@@ -278,9 +278,11 @@ def whole_word_matches(text: str, word: str) -> list[re.Match]:
 def _counted_noun(prompt: str, claim: _Claim) -> CountedNoun:
     token = claim.noun
     start, end = token.idx, token.idx + len(token.text)
-    starts = [m.start() for m in whole_word_matches(prompt, token.text)]
+    # the occurrences before this one (a token glued to a neighbour, e.g. by an unknown character, is not
+    # a whole-word match itself: it still counts the whole-word ones before it)
+    occurrence = sum(1 for m in whole_word_matches(prompt, token.text) if m.start() < start)
     phrase_start = token.doc[claim.start].idx if claim.start >= 0 else start
-    return CountedNoun(token.text, claim.count, start, end, starts.index(start), phrase_start)
+    return CountedNoun(token.text, claim.count, start, end, occurrence, phrase_start)
 
 
 def _claims(doc) -> list[_Claim]:
