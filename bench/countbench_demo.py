@@ -9,7 +9,7 @@ tests/test_prompt_counts.py checks that the parser finds exactly these counts an
 
     plain                 plain Wan (no NUMINA)
     numina                NUMINA as the checkpoint ships it (its mode and token scope; not run by default:
-                          the demo model ships authors mode with noun scope, the numina-noun row)
+                          the demo model ships engine mode with noun scope, the engine-noun row)
     numina-noun           authors mode, token scope "noun" (the authors' rule)
     numina-phrase         authors mode, token scope "phrase"
     engine-noun / engine-phrase   engine mode, either scope
@@ -151,11 +151,14 @@ def summarise(out: Path) -> dict:
             mode_pairs[f"{b} - {a}"] = {"paired_difference": round(statistics.fmean(diffs), 4),
                                         "prompts_better": sum(d > 0 for d in diffs),
                                         "prompts_worse": sum(d < 0 for d in diffs)}
-    payload = {**parts[0]["meta"], "bench_seed": BENCH_SEED, "prompts": len({v["index"] for v in videos}),
-               "noise_seeds": seeds, "seconds_per_seed": {str(p["seed"]): p["seconds"] for p in parts},
+    meta = dict(parts[0]["meta"])
+    results = {"checkpoint": meta.pop("checkpoint", None), "bench_seed": BENCH_SEED,
+               "prompts": len({v["index"] for v in videos}), "noise_seeds": seeds,
+               "seconds_per_seed": {str(p["seed"]): p["seconds"] for p in parts},
                "summary": summary, "mode_pairs": mode_pairs, "videos": videos}
+    payload = {**meta, "results": results}
     (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    lines = [f"Counting-world benchmark: {payload['prompts']} unseen prompts x {len(seeds)} noise seeds "
+    lines = [f"Counting-world benchmark: {results['prompts']} unseen prompts x {len(seeds)} noise seeds "
              f"({payload['device']}, commit {payload['git_commit']}, {payload['date']})", "",
              "| mode | " + " | ".join(f"seed {s}" for s in seeds)
              + " | mean | spread (sd) | paired diff. to plain | prompts better / worse |",

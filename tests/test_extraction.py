@@ -117,5 +117,5 @@ def test_noun_maps_are_laid_out_by_frame():
 
 
 def test_unknown_block_output_lists_the_valid_ones():
-    with pytest.raises(UserInputError, match=r"extraction_block_output must be one of \('within_frame', 'full'\)"):
+    with pytest.raises(UserInputError, match=r"extraction_block_output='diagonal' is not valid; valid: \['within_frame', 'full'\]"):
         NuminaConfig(extraction_block_output="diagonal")

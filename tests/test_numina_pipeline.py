@@ -193,11 +193,12 @@ def test_counts_already_right_run_phase_one_on_in_engine_mode(engine, monkeypatc
 def test_nothing_to_modulate_regenerates_plain_wan_bit_exactly(engine, monkeypatch):
     """Authors' rule: nothing to modulate -> plain Wan2.1 from the noise, equal to a --no-numina run."""
     counts = {"cats": 3, "dogs": 2}
-    plain = engine.generate(GenerationRequest(prompt="Three cats chasing two dogs", steps=6, seed=5, numina=False),
-                            progress=False)
+    plain = engine.generate(GenerationRequest(prompt="Three cats chasing two dogs", steps=6, seed=5, numina=False,
+                                              numina_overrides={"mode": "authors"}), progress=False)
     monkeypatch.setattr(pipeline, "build_layouts", planted_layouts(counts))
     result = engine.generate(GenerationRequest(prompt="Three cats chasing two dogs", steps=6, seed=5, counts=counts,
-                                               numina_overrides={"reference_step": 3, "easycache_tau": 10.0}),
+                                               numina_overrides={"reference_step": 3, "easycache_tau": 10.0,
+                                                                 "mode": "authors"}),
                              progress=False)
     numina = result.report["numina"]
     assert numina["phase2"] == "plain_regenerated" and numina["behaviours"]["mode"] == "authors"

@@ -159,19 +159,20 @@ def render_countbench_demo() -> str:
     if not files:
         return _missing("python bench/countbench_demo.py --seeds 0 1 2 --device cuda --out DIR")
     path, data = files[0]
-    seeds = data["noise_seeds"]
-    lines = [f"{data['prompts']} unseen prompts x {len(seeds)} noise seeds, frame-wise counting accuracy "
+    results = data["results"]
+    seeds = results["noise_seeds"]
+    lines = [f"{results['prompts']} unseen prompts x {len(seeds)} noise seeds, frame-wise counting accuracy "
              f"(the world's exact counter).", "",
              "| mode | " + " | ".join(f"seed {s}" for s in seeds)
              + " | mean | spread (sd over seeds) | paired difference to plain | prompts better / worse |",
              "| --- |" + " ---: |" * (len(seeds) + 4)]
-    for mode, s in data["summary"].items():
+    for mode, s in results["summary"].items():
         paired = ("| " if mode == "plain" else
                   f"{s['paired_difference']:+.3f} | {s['prompts_better']} / {s['prompts_worse']}")
         lines.append(f"| {DEMO_MODE_LABELS.get(mode, mode)} | " + " | ".join(f"{v:.3f}" for v in s["per_seed"].values())
                      + f" | {s['mean']:.3f} | {s['spread']:.3f} | {paired} |")
     pairs = [f"{pair.replace('numina-', 'authors-')}: paired difference {p['paired_difference']:+.3f}, prompts better / "
-             f"worse {p['prompts_better']} / {p['prompts_worse']}." for pair, p in data.get("mode_pairs", {}).items()]
+             f"worse {p['prompts_better']} / {p['prompts_worse']}." for pair, p in results.get("mode_pairs", {}).items()]
     return "\n".join(lines + [""] + pairs + ([""] if pairs else []) + [_source(path, data)])
 
 
