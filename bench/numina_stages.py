@@ -289,10 +289,11 @@ def main() -> None:
         prompt=items[0]["prompt"], counts=items[0]["target"], count_phrases=count_phrases(items[0]["prompt"]))).config
     print_tables(summary, config)
     args.out.mkdir(parents=True, exist_ok=True)
-    payload = {**header, "validation_seed": VALIDATION_SEED, "noise_seed": NOISE_SEED, "prompts": len(items),
-               "reference_layer": config.reference_layer, "reference_step": config.reference_step,
-               "summary": summary, "trials": trials,
-               "records": [{k: v for k, v in r.items() if k != "auc"} for r in records]}
+    payload = {**header, "results": {
+        "validation_seed": VALIDATION_SEED, "noise_seed": NOISE_SEED, "prompts": len(items),
+        "reference_layer": config.reference_layer, "reference_step": config.reference_step,
+        "mode": config.mode, "summary": summary, "trials": trials,
+        "records": [{k: v for k, v in r.items() if k != "auc"} for r in records]}}
     (args.out / "stages.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
 
 
