@@ -176,7 +176,48 @@ def render_countbench_demo() -> str:
     return "\n".join(lines + [""] + pairs + ([""] if pairs else []) + [_source(path, data)])
 
 
+def render_numina_stages() -> str:
+    files = _load("numina_stages_*.json")
+    if not files:
+        return _missing("python bench/numina_stages.py --prompts 100 --device cuda --out DIR")
+    path, data = files[0]
+    results = data["results"]
+    summary, step, layer = results["summary"], results["reference_step"], results["reference_layer"]
+    auc = summary["auc"]
+    layers = sorted({int(k.split("|")[2]) for k in auc})
+    steps = sorted({int(k.split("|")[1]) for k in auc})
+    lines = [f"{results['prompts']} validation prompts (seed {results['validation_seed']}), noise seed "
+             f"{results['noise_seed']}, NUMINA {results['mode']} mode at reference step {step}, layer {layer}.", "",
+             f"1. Plain generation: frame accuracy {summary['plain_frame_accuracy']:.3f}; per noun and frame, by target:", "",
+             "| target | exact | too few | too many | noun-frames |", "| ---: | ---: | ---: | ---: | ---: |"]
+    for target, row in sorted(summary["plain_by_target"].items(), key=lambda kv: int(kv[0])):
+        n = sum(row.values())
+        lines.append(f"| {target} | {row['exact'] / n:.2f} | {row['too_few'] / n:.2f} | {row['too_many'] / n:.2f} | {n} |")
+    lines += ["", f"2. Localisation ROC-AUC of the token maps against the final video's objects, at step {step} by layer "
+              f"(best over steps {steps[0]}-{steps[-1]} in brackets):", "",
+              "| tokens | " + " | ".join(f"layer {l}" for l in layers) + " |", "| --- |" + " ---: |" * len(layers)]
+    for scope in ("noun", "phrase"):
+        cells = []
+        for l in layers:
+            best = max(auc.get(f"{scope}|{s}|{l}", 0.0) for s in steps)
+            cells.append(f"{auc.get(f'{scope}|{step}|{l}', float('nan')):.3f} ({best:.3f})")
+        lines.append(f"| {scope} | " + " | ".join(cells) + " |")
+    lines += ["", f"3. Instances of the layout at step {step}, layer {layer} (matched at IoU >= 0.5):", "",
+              "| tokens | against | recall | precision | count exact (noun-frames) |", "| --- | --- | ---: | ---: | ---: |"]
+    for key, v in summary["instances"].items():
+        scope, against = key.split("|")
+        lines.append(f"| {scope} | {against} video | {v['recall']:.3f} | {v['precision']:.3f} | {v['count_exact']:.3f} |")
+    lines += ["", "4. Controllability with oracle layouts (the plain video's objects, one removed or added; success: "
+              "the intended count in at least 3 of 5 frames):", "",
+              "| edit | tokens | trials | success | moved the right way |", "| --- | --- | ---: | ---: | ---: |"]
+    for key, v in summary["controllability"].items():
+        edit, scope = key.split("|")
+        lines.append(f"| {edit} one | {scope} | {v['trials']} | {v['success_rate']:.2f} | {v['moved_rate']:.2f} |")
+    return "\n".join(lines + ["", _source(path, data)])
+
+
 RENDERERS = {"cli_threads": render_cli_threads, "e2e": render_e2e, "countbench_demo": render_countbench_demo,
+             "numina_stages": render_numina_stages,
              "modulated_cross_attention": render_modulated_cross_attention, "kernels": render_kernels,
              "dit_forward": render_dit_forward}
 
