@@ -83,8 +83,9 @@ def oracle_editor(engine: Engine, request: GenerationRequest, plain_frames: torc
 
 
 def run_seed(engine: Engine, items: list[dict], seed: int, modes: list[str], out: Path, examples: int,
-             written=lambda videos: None) -> list[dict]:
-    """Every prompt in every mode with noise `seed`: one record per prompt; `written(videos)` after each."""
+             written=lambda videos: None, overrides_for_all: dict | None = None) -> list[dict]:
+    """Every prompt in every mode with noise `seed`: one record per prompt; `written(videos)` after each.
+    `overrides_for_all`: NuminaConfig fields set in every NUMINA mode (e.g. another reference layer)."""
     videos = []
     for number, item in enumerate(tqdm(items, desc=f"seed {seed}")):
         record = {"index": number, "prompt": item["prompt"], "target": item["target"], "seed": seed}
@@ -94,7 +95,7 @@ def run_seed(engine: Engine, items: list[dict], seed: int, modes: list[str], out
             request = GenerationRequest(prompt=item["prompt"], seed=seed, numina=overrides is not None,
                                         counts=item["target"] if overrides is not None else None,
                                         count_phrases=count_phrases(item["prompt"]) if overrides is not None else None,
-                                        numina_overrides=dict(overrides or {}))
+                                        numina_overrides={**(overrides or {}), **(overrides_for_all or {})})
             edit = oracle_editor(engine, request, plain_frames) if mode.startswith("oracle") else None
             result = engine.generate(request, progress=False, edit_layout=edit)
             if mode == "plain":
@@ -152,7 +153,8 @@ def summarise(out: Path) -> dict:
                                         "prompts_better": sum(d > 0 for d in diffs),
                                         "prompts_worse": sum(d < 0 for d in diffs)}
     meta = dict(parts[0]["meta"])
-    results = {"checkpoint": meta.pop("checkpoint", None), "bench_seed": BENCH_SEED,
+    results = {"checkpoint": meta.pop("checkpoint", None), "numina_overrides": meta.pop("numina_overrides", {}),
+               "bench_seed": BENCH_SEED,
                "prompts": len({v["index"] for v in videos}), "noise_seeds": seeds,
                "seconds_per_seed": {str(p["seed"]): p["seconds"] for p in parts},
                "summary": summary, "mode_pairs": mode_pairs, "videos": videos}
@@ -186,6 +188,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("countbench_demo_results"))
     parser.add_argument("--examples", type=int, default=3,
                         help="save video, layout.png and report of the first N numina-phrase runs of each seed")
+    parser.add_argument("--numina-overrides", type=json.loads, default={}, metavar="JSON",
+                        help='NuminaConfig fields for every NUMINA mode, e.g. \'{"reference_layer": 4}\' (recorded)')
     parser.add_argument("--summarise", type=Path, default=None, metavar="DIR",
                         help="only merge DIR/results_seed*.json into DIR/results.json and results.md")
     args = parser.parse_args()
@@ -197,6 +201,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     meta = provenance("bench/countbench_demo.py", device=str(engine.model.device))
     meta["checkpoint"] = str(engine.model.path)
+    meta["numina_overrides"] = args.numina_overrides
     for seed in args.seeds:
         started = time.perf_counter()
 
@@ -206,7 +211,7 @@ def main() -> None:
             path = args.out / f"results_seed{seed}.json"
             path.with_suffix(".tmp").write_text(json.dumps(part, indent=1) + "\n", encoding="utf-8")
             path.with_suffix(".tmp").replace(path)
-        run_seed(engine, items, seed, args.modes, args.out, args.examples, written)
+        run_seed(engine, items, seed, args.modes, args.out, args.examples, written, args.numina_overrides)
 
 
 if __name__ == "__main__":

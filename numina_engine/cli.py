@@ -20,9 +20,10 @@ WAN21_DEFAULTS = {"size": "832*480", "frames": 81, "steps": 50, "guide_scale": 5
                   "reference_step": 20, "reference_layer": 15}
 DEMO_SIDECAR = Path(__file__).resolve().parent / "assets" / "counting-world" / "numina_engine.json"
 OUTPUT_NAMES = ("video.mp4", "video_preview.mp4", "layout.png", "report.json")    # api.OUTPUT_FILES
-# CPU threads for tiny shapes (the demo model): 1 was fastest, docs/results/cli_threads_cpu.json
-# (bench/cli_threads.py). Used when OMP_NUM_THREADS is not set and the video is at most TINY_PIXELS.
-CPU_THREADS = 1
+# CPU threads for tiny shapes (the demo model): 2 was fastest on a quiet 2-core machine (15.5 s vs 24.3 s
+# with 1), docs/results/cli_threads_cpu.json (bench/cli_threads.py); on a loaded machine an earlier run found
+# 1 faster. Used when OMP_NUM_THREADS is not set and the video is at most TINY_PIXELS.
+CPU_THREADS = 2
 TINY_PIXELS = 64 * 64
 EXIT_INTERRUPTED = 130
 
