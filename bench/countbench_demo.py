@@ -196,6 +196,8 @@ def main() -> None:
     if args.summarise is not None:
         summarise(args.summarise)
         return
+    if {"mode", "token_scope"} & set(args.numina_overrides):
+        parser.error("--numina-overrides may not set mode or token_scope: each row's label names them")
     engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=False)
     items = benchmark_prompts(args.prompts)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -345,8 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"numina-engine: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        # Outputs are written all at once at the end (Engine.save), and removed if that is interrupted.
-        print("numina-engine: interrupted, nothing written", file=sys.stderr)
+        # run: outputs are written all at once at the end (Engine.save), and removed if that is interrupted;
+        # batch keeps the videos it finished (a second invocation resumes)
+        said = ("interrupted, nothing written" if args.command == "run" else
+                "interrupted; finished videos are kept, run the same command again to resume"
+                if args.command == "batch" else "interrupted")
+        print(f"numina-engine: {said}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 1
 

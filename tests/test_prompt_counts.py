@@ -177,7 +177,14 @@ def test_counting_world_phrases_without_a_parse_equal_the_parse():
         assert given == parsed, caption
 
 
+def test_counted_nouns_from_phrases_keep_the_given_spelling():
+    [counted] = counted_nouns_from_phrases("Three apples drifting.", {"Apples": 3}, {"Apples": "three apples"})
+    assert (counted.noun, counted.start_char, counted.end_char, counted.phrase) == ("Apples", 6, 12, (0, 12))
+
+
 def test_counted_nouns_from_phrases_refuses_a_phrase_not_in_the_prompt():
+    with pytest.raises(ValueError, match="as a whole word"):
+        counted_nouns_from_phrases("Three blackbirds.", {"birds": 3}, {"birds": "three blackbirds"})
     with pytest.raises(ValueError, match="not in the prompt"):
         counted_nouns_from_phrases("Three apples.", {"apples": 3}, {"apples": "four apples"})
     with pytest.raises(ValueError, match="does not end with its noun"):

@@ -114,7 +114,10 @@ def numina_config_for(model: WanModel, request: GenerationRequest, steps: int) -
             f"--reference-step or raise --steps, or leave --reference-step out to use "
             f"{scaled_reference_step(steps, model_steps, model_step)} (the checkpoint's {model_step} of "
             f"{model_steps} steps, scaled)")
-    config = NuminaConfig().with_overrides(**overrides)
+    try:
+        config = NuminaConfig().with_overrides(**overrides)
+    except TypeError as err:          # an unknown field name, from the request or the checkpoint's sidecar
+        raise UserInputError(str(err)) from None
     if config.reference_layer >= model.dit.config.num_layers:
         raise UserInputError(f"--reference-layer {config.reference_layer} is past the model's last block "
                              f"({model.dit.config.num_layers - 1})")
@@ -166,9 +169,12 @@ def counted_nouns(model: WanModel, request: GenerationRequest, prompt: str, toke
             raise UserInputError(str(err)) from None
     else:
         counts = dict(request.counts)
-        parsed = {item.noun.lower(): item for item in parse_counted_nouns(cleaned)} if token_scope == "phrase" else {}
-        # the parsed occurrence, keyed as --counts spells the noun (matching ignores case)
-        nouns = [replace(parsed[noun.lower()], noun=noun) if noun.lower() in parsed else noun for noun in counts]
+        parsed = parse_counted_nouns(cleaned) if token_scope == "phrase" else []
+        # every parsed occurrence of a --counts noun (their tokens are united), keyed as --counts spells it
+        nouns = []
+        for noun in counts:
+            mine = [replace(item, noun=noun) for item in parsed if item.noun.lower() == noun.lower()]
+            nouns += mine or [noun]
     for noun, count in counts.items():
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
             if request.counts is None:
@@ -190,10 +196,8 @@ def final_counts(model: WanModel, frames: torch.Tensor, counts: dict[str, int]) 
     if model.defaults.counter is None:
         return None
     from ..demo.counter import COUNTERS
-    if model.defaults.counter not in COUNTERS:
-        raise CheckpointError(f"{model.path}: unknown counter {model.defaults.counter!r}; known: {sorted(COUNTERS)}")
     try:
-        return COUNTERS[model.defaults.counter](frames, list(counts))
+        return COUNTERS[model.defaults.counter](frames, list(counts))       # prepare() checked the name
     except ValueError:
         return None
 
@@ -385,6 +389,9 @@ class Prepared:
 
 def prepare(model: WanModel, request: GenerationRequest) -> Prepared:
     """Check everything about a request that can be checked cheaply; raises UserInputError."""
+    from ..demo.counter import COUNTERS
+    if model.defaults.counter is not None and model.defaults.counter not in COUNTERS:
+        raise CheckpointError(f"{model.path}: unknown counter {model.defaults.counter!r}; known: {sorted(COUNTERS)}")
     settings = resolve(request, model.defaults, model.geometry)
     if not request.numina:
         return Prepared(settings, {}, {}, None)

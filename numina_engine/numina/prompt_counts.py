@@ -258,14 +258,15 @@ def counted_nouns_from_phrases(prompt: str, counts: dict[str, int], phrases: dic
     counted = []
     for noun, count in counts.items():
         phrase = phrases[noun]
-        if not phrase.lower().endswith(noun.lower()):
-            raise ValueError(f"the count phrase {phrase!r} does not end with its noun {noun!r}")
+        if not whole_word_matches(phrase, noun) or whole_word_matches(phrase, noun)[-1].end() != len(phrase):
+            raise ValueError(f"the count phrase {phrase!r} does not end with its noun {noun!r} as a whole word")
         found = whole_word_matches(prompt, phrase)
         if not found:
             raise ValueError(f"the count phrase {phrase!r} is not in the prompt {prompt!r}")
         start, end = found[0].end() - len(noun), found[0].end()
-        starts = [m.start() for m in whole_word_matches(prompt, noun)]
-        counted.append(CountedNoun(prompt[start:end], count, start, end, starts.index(start), found[0].start()))
+        occurrence = sum(1 for m in whole_word_matches(prompt, noun) if m.start() < start)
+        # keyed as `counts` spells the noun (matching ignores case)
+        counted.append(CountedNoun(noun, count, start, end, occurrence, found[0].start()))
     return counted
 
 
