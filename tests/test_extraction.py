@@ -31,9 +31,9 @@ def qkv(seed: int, padding: int = 0):
                  for gain in (2.0, 1.0, 1.0))
 
 
-def extraction(output: str = "full", budget: int = DEFAULT_MAPS_BUDGET_BYTES) -> Extraction:
+def extraction(output: str = "full", budget: int = DEFAULT_MAPS_BUDGET_BYTES, head_pca: str = "exact") -> Extraction:
     return Extraction(layer=0, grid=GRID, noun_tokens=NOUN_TOKENS, maps_budget_bytes=budget,
-                      config=NuminaConfig(extraction_block_output=output))
+                      config=NuminaConfig(extraction_block_output=output, head_pca=head_pca, pca_seed=3))
 
 
 def test_chunk_sizes_follow_the_maps_budget():
@@ -48,9 +48,11 @@ def test_chunk_sizes_follow_the_maps_budget():
         frames_per_chunk(3, 2, 10, 0)
 
 
-def test_chunking_does_not_change_the_result():
+@pytest.mark.parametrize("head_pca", ["exact", "svd_lowrank"])
+def test_chunking_does_not_change_the_result(head_pca):
     q, k, v = qkv(1)
-    one_chunk, chunked = extraction(), extraction(budget=2 * frame_maps_bytes(HEADS, 20))
+    one_chunk = extraction(head_pca=head_pca)
+    chunked = extraction(budget=2 * frame_maps_bytes(HEADS, 20), head_pca=head_pca)
     reference = KernelChoice("reference")
     out = extract_self_attention(q, k, v, one_chunk, reference)
     assert torch.equal(extract_self_attention(q, k, v, chunked, reference), out)

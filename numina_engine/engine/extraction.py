@@ -21,7 +21,8 @@ from ..numina.head_scoring import score_heads
 
 MAPS_BYTES_PER_ELEMENT = 4          # the within-frame maps are float32
 # Bytes of within-frame maps one chunk of frames may hold (head scoring needs about half as much
-# again for its bfloat16 copy). 4 GiB holds Wan2.1-1.3B's 21 latent frames at 832x480 (12 heads,
+# again for its bfloat16 copy with the exact PCA, and as much again for its float32 centred copy with
+# head_pca "svd_lowrank"). 4 GiB holds Wan2.1-1.3B's 21 latent frames at 832x480 (12 heads,
 # 1560 tokens a frame: 2.45 GB) in one chunk, where head scoring is fastest, and 2 frames of 14B at
 # 1280x720 (40 heads, 3600 tokens a frame: 2.07 GB a frame, 43.5 GB for all 21).
 DEFAULT_MAPS_BUDGET_BYTES = 4 * 2**30
@@ -85,7 +86,8 @@ def extract_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ex
         span = slice(start * tokens, stop * tokens)
         maps = maps_of(q[:, span], k[:, span], frame_lse[:, span], frame_tokens=tokens, num_frames=stop - start,
                        batch=extraction.batch_index)                                    # [c, H, N, N]
-        scores, best = score_heads(maps, (height, width), extraction.config, kernels=kernel_choice)  # [c, H], [c]
+        scores, best = score_heads(maps, (height, width), extraction.config, kernels=kernel_choice,
+                                   first_frame=start, total_frames=frames)                  # [c, H], [c]
         best_maps.append(maps[torch.arange(stop - start, device=maps.device), best])
         best_heads.append(best)
         all_scores.append(scores)

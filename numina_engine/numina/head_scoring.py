@@ -275,24 +275,32 @@ LOWRANK_Q = 3               # svd_lowrank's q, as the authors call it
 LOWRANK_NITER = 2           # svd_lowrank's default number of power iterations
 
 
-def lowrank_principal_components(maps: torch.Tensor, seed: int) -> torch.Tensor:
+def lowrank_principal_components(maps: torch.Tensor, seed: int, first_map: int = 0,
+                                 total_maps: int | None = None) -> torch.Tensor:
     """The authors' PCA: torch.svd_lowrank(centred, q=3) of each map, batched, reproducible.
 
     maps: [..., N, N] floating point; seed: seeds a torch.Generator on the maps' device, which
-    draws each map's random start [N, 3] (one draw of [B, N, 3] for the B maps of a call). Returns
+    draws the random starts [total_maps, N, 3] of every map of the run at once, of which these B maps
+    take rows first_map .. first_map + B - 1 (default: all B maps are the run), so that a map's start
+    depends on its place in the run, not on how the run was split into calls. Returns
     U*S [..., N, 3] float32 (Halko et al. 4.4 as torch.svd_lowrank: Q = qr(C R), then niter = 2
     times Q = qr(C^T Q), Q = qr(C Q); U, S = svd(Q^T C); U = Q U), signs as they fall.
     The authors' code draws the start from the unseeded global RNG, so their runs are not
-    reproducible; this one is, for a given seed (a map's start depends on its place in the batch).
-    For B = 1 on the CPU it equals torch.svd_lowrank after torch.manual_seed(seed).
+    reproducible; this one is, for a given seed. For one map on the CPU it equals torch.svd_lowrank
+    after torch.manual_seed(seed).
     """
     _check_maps(maps)
     n = maps.shape[-1]
     centred = maps.reshape(-1, n, n).to(torch.float32)
     centred = centred - centred.mean(dim=-2, keepdim=True)
+    batch = centred.shape[0]
+    total_maps = first_map + batch if total_maps is None else total_maps
+    if not 0 <= first_map <= total_maps - batch:
+        raise ValueError(f"maps {first_map}..{first_map + batch - 1} are not inside a run of {total_maps} maps")
     q = min(LOWRANK_Q, n)
     generator = torch.Generator(device=centred.device).manual_seed(int(seed))
-    start = torch.randn(centred.shape[0], n, q, generator=generator, device=centred.device, dtype=torch.float32)
+    start = torch.randn(total_maps, n, q, generator=generator, device=centred.device,
+                        dtype=torch.float32)[first_map:first_map + batch]
     basis = torch.linalg.qr(centred @ start).Q
     for _ in range(LOWRANK_NITER):
         basis = torch.linalg.qr(centred.mT @ basis).Q
@@ -335,20 +343,26 @@ def structure_scores(gray: torch.Tensor, grid_hw: tuple[int, int], config: Numin
 
 
 def score_heads(maps: torch.Tensor, grid_hw: tuple[int, int], config: NuminaConfig, *,
-                kernels: KernelChoice = AUTO) -> tuple[torch.Tensor, torch.Tensor]:
+                kernels: KernelChoice = AUTO, first_frame: int = 0,
+                total_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Score every head of every frame and pick the best head per frame (batched, no host sync).
 
-    maps: [F, H, N, N] float (within-frame self-attention softmax maps, N = h*w).
+    maps: [F, H, N, N] float (within-frame self-attention softmax maps, N = h*w), frames
+    first_frame .. first_frame + F - 1 of a video of total_frames (default: these F are the video).
     Returns (scores [F, H] float32, best_head [F] int64), on the maps' device. The components
-    follow config.head_pca (the randomized ones seeded by config.pca_seed at every call).
+    follow config.head_pca; the randomized ones are seeded by config.pca_seed per frame of the video,
+    so a video scored in chunks of frames gets the scores of one call.
     """
     _check_maps(maps)
     if maps.dim() != 4:
         raise ValueError(f"maps must be [F, H, N, N], got shape {tuple(maps.shape)}")
     frames, heads, n, _ = maps.shape
     check_grid(grid_hw, n)
-    components = (lowrank_principal_components(maps, config.pca_seed) if config.head_pca == "svd_lowrank"
-                  else principal_components(maps, kernels=kernels))
+    if config.head_pca == "svd_lowrank":
+        total = (first_frame + frames if total_frames is None else total_frames) * heads
+        components = lowrank_principal_components(maps, config.pca_seed, first_frame * heads, total)
+    else:
+        components = principal_components(maps, kernels=kernels)
     gray = gray_from_components(components).reshape(frames * heads, n)
     scores = structure_scores(gray, grid_hw, config).reshape(frames, heads).to(torch.float32)
     return scores, scores.argmax(dim=-1)
