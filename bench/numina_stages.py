@@ -9,7 +9,8 @@ so the reference layer and step can be chosen here from data without touching th
      the noun's true object mask at token resolution in the final plain video, per DiT layer and
      denoising step, for the noun's own tokens ("noun" scope) and its count phrase ("phrase");
   3. instances: the layout NUMINA builds at the reference (layer, step) vs the true objects of the
-     phase-1 preview (x0 estimate at the reference step) and of the final plain video: recall and
+     phase-1 preview (x0 estimate of the step before the reference step, as layout.png shows it) and of
+     the final plain video: recall and
      precision of instances matched at IoU >= 0.5, and how often the layout's count is right;
   4. controllability: with oracle layouts (the plain video's true objects), remove one instance or add
      one (numina/refinement.py) and regenerate: success = the final video has the intended count in at
@@ -87,11 +88,11 @@ def match_instances(found: torch.Tensor, truth: torch.Tensor) -> tuple[int, int,
     return len(used_a), len(found_ids), len(true_ids)
 
 
-def scope_tables(model, request: GenerationRequest, settings, counts) -> dict[str, torch.Tensor]:
+def scope_tables(model, request: GenerationRequest, settings, config, counts) -> dict[str, torch.Tensor]:
     """{scope: int32 [n_nouns, T] token table} for the noun and phrase scopes."""
     tables = {}
     for scope in ("noun", "phrase"):
-        _, positions = pipeline.counted_nouns(model, request, settings.prompt, scope)
+        _, positions = pipeline.counted_nouns(model, request, settings.prompt, scope, config.token_match)
         tables[scope] = pipeline.noun_token_table({n: positions[n] for n in counts}, model.device)
     return tables
 
@@ -103,7 +104,7 @@ def probe_prompt(engine: Engine, item: dict) -> dict:
                                 count_phrases=count_phrases(item["prompt"]))
     prepared = pipeline.prepare(model, request)
     settings, config, counts = prepared.settings, prepared.config, prepared.counts
-    tables = scope_tables(model, request, settings, counts)
+    tables = scope_tables(model, request, settings, config, counts)
     both = torch.cat([tables["noun"], tables["phrase"]]) if tables["noun"].shape[1] == tables["phrase"].shape[1] \
         else _stack_padded(tables["noun"], tables["phrase"])
     context = pipeline.encode_prompts(model, settings)
@@ -125,7 +126,7 @@ def probe_prompt(engine: Engine, item: dict) -> dict:
                     reference_extraction = extraction
         cond, uncond = pipeline.flow_predictions(model, latents, timestep, context)
         velocity = pipeline.guide(cond, uncond, settings.guide_scale)
-        if index == config.reference_step:
+        if index == config.reference_step - 1:       # the x0 estimate layout.png shows (pipeline.reference_pass)
             preview = latents - scheduler.sigmas[index].to(model.device) * velocity
         latents = scheduler.step(velocity, latents, index)
     frames = model.vae.decode(latents.unsqueeze(0))[0].cpu()

@@ -206,20 +206,11 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 def _build_request(args):
-    from .engine.settings import GenerationRequest, check_request_values, parse_size
+    from .engine.settings import GenerationRequest, check_request_values
 
-    width, height = parse_size(args.size) if args.size is not None else (None, None)
-    overrides = {name: value for name, value in (("reference_step", args.reference_step),
-                                                 ("reference_layer", args.reference_layer),
-                                                 ("mode", args.numina_mode),
-                                                 ("token_scope", args.token_scope)) if value is not None}
-    request = GenerationRequest(prompt=args.prompt, seed=args.seed, width=width, height=height,
-                                frames=args.frames, steps=args.steps, guide_scale=args.guide_scale,
-                                shift=args.shift, numina=not args.no_numina,
+    request = GenerationRequest(prompt=args.prompt, seed=args.seed, numina=not args.no_numina,
                                 counts=parse_counts_json(args.counts) if args.counts is not None else None,
-                                numina_overrides=overrides)
-    if args.negative_prompt is not None:
-        request.negative_prompt = args.negative_prompt
+                                **_shared_request_options(args))
     check_request_values(request)
     return request
 
@@ -263,11 +254,11 @@ def _counts(args) -> int:
     return 0
 
 
-def _batch_request_options(args) -> dict:
-    """GenerationRequest fields that every video of a batch shares."""
+def _shared_request_options(args) -> dict:
+    """GenerationRequest fields of the options `run` and `batch` share (BATCH_SHARED_OPTIONS)."""
     from .engine.settings import parse_size
 
-    width, height = parse_size(args.size) if args.size else (None, None)
+    width, height = parse_size(args.size) if args.size is not None else (None, None)
     overrides = {name: value for name, value in (("reference_step", args.reference_step),
                                                  ("reference_layer", args.reference_layer),
                                                  ("mode", args.numina_mode),
@@ -286,7 +277,7 @@ def _batch(args) -> int:
     from .workflow.prompt_files import read_benchmark
 
     items = read_benchmark(args.prompts, args.counts)       # bad lines fail before the model loads
-    options = _batch_request_options(args)
+    options = _shared_request_options(args)
     ranks = distributed.start(args.device)
     try:
         engine = Engine.load(args.ckpt_dir, device=ranks.device, cuda_graphs=not args.no_cuda_graphs,

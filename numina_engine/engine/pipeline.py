@@ -146,7 +146,7 @@ def behaviour_config(model: WanModel, request: GenerationRequest) -> NuminaConfi
 
 
 def counted_nouns(model: WanModel, request: GenerationRequest, prompt: str, token_scope: str = "noun",
-                  ) -> tuple[dict[str, int], dict[str, list[int]]]:
+                  token_match: str = "words") -> tuple[dict[str, int], dict[str, list[int]]]:
     """({noun: count}, {noun: token positions}) for the prompt; ({}, {}) when nothing is counted.
 
     token_scope "phrase" maps each noun's count phrase: with --counts, the request's count_phrases when
@@ -186,7 +186,7 @@ def counted_nouns(model: WanModel, request: GenerationRequest, prompt: str, toke
         return {}, {}
     tokenizer = model.text_encoder.tokenizer
     positions = map_noun_tokens(tokenizer, model.text_encoder.token_ids(prompt), nouns, scope=token_scope,
-                                prompt=cleaned, match=behaviour_config(model, request).token_match)
+                                prompt=cleaned, match=token_match)
     return counts, positions
 
 
@@ -396,7 +396,7 @@ def prepare(model: WanModel, request: GenerationRequest) -> Prepared:
     if not request.numina:
         return Prepared(settings, {}, {}, None)
     config = numina_config_for(model, request, settings.steps)
-    counts, positions = counted_nouns(model, request, settings.prompt, config.token_scope)
+    counts, positions = counted_nouns(model, request, settings.prompt, config.token_scope, config.token_match)
     return Prepared(settings, counts, positions, config if counts else None)
 
 
