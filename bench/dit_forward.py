@@ -12,7 +12,7 @@ Random weights (timing does not depend on values), 832x480x81 (latent 16x21x60x1
                the fused path replayed from a CUDA graph; TFLOP/s at 289 TFLOP per batch-1 forward
     profile    one fused forward under torch.profiler: CUDA time by kernel category, top 15 kernels
 
-    python bench/dit_forward.py [--batch 1] [--kernel-batch 1 2] [--repeats 5] [--sweep] [--json out.json]
+    python -m bench.dit_forward [--batch 1] [--kernel-batch 1 2] [--repeats 5] [--sweep] [--json out.json]
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
-from timing import graph_replay_ms, median_ms, relative_error
+from bench.timing import graph_replay_ms, median_ms, relative_error
 
 from numina_engine.engine.config import WAN_1_3B
 from numina_engine.engine.model import WanDiT, build_rope_tables
