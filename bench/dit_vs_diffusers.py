@@ -4,7 +4,7 @@ Same random weights in both (diffusers' init, converted by this project's key ma
 832x480, 81 frames (latent 16x21x60x104, 32,760 tokens), 512 text tokens, bf16. Prints the relative
 error of the outputs and one forward's median time for each, side by side in one run.
 
-    python bench/dit_vs_diffusers.py [--dtype bf16|fp32] [--frames 81] [--repeats 5]
+    python -m bench.dit_vs_diffusers [--dtype bf16|fp32] [--frames 81] [--repeats 5]
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import json
 
 import torch
 
-from timing import median_ms
+from bench.timing import median_ms
 
 from numina_engine.engine.config import WAN_1_3B, WanConfig
 from numina_engine.engine.model import WanDiT

@@ -5,7 +5,7 @@ Tries, in order, FlashAttention-4 (`flash_attn.cute`, package flash-attn-4), Fla
 self-attention at [1, 32760, 12, 128] bf16 against SDPA (relative error, CUDA-event median time).
 Prints one JSON object.
 
-    python bench/probe_flash_attn.py
+    python -m bench.probe_flash_attn
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-from timing import median_ms
+from bench.timing import median_ms
 
 
 
