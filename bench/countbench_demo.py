@@ -25,8 +25,9 @@ paired per-prompt difference to plain (mean over seeds; prompts better / worse).
     python bench/countbench_demo.py --seeds 0 --out DIR        # writes DIR/results_seed0.json
     python bench/countbench_demo.py --summarise DIR            # all DIR/results_seed*.json -> table
 
-Seeds can run in parallel processes (one --seeds each, same --out); --summarise writes
-DIR/results.json and DIR/results.md.
+Seeds can run in parallel processes (one --seeds each, same --out), and so can parts of a seed's prompts
+(--shard I/N: the prompts whose index is I modulo N, written to results_seed<k>_shard<I>of<N>.json);
+--summarise merges them into DIR/results.json and DIR/results.md.
 """
 from __future__ import annotations
 
@@ -82,12 +83,12 @@ def oracle_editor(engine: Engine, request: GenerationRequest, plain_frames: torc
     return edit
 
 
-def run_seed(engine: Engine, items: list[dict], seed: int, modes: list[str], out: Path, examples: int,
+def run_seed(engine: Engine, items: list[tuple[int, dict]], seed: int, modes: list[str], out: Path, examples: int,
              written=lambda videos: None, overrides_for_all: dict | None = None) -> list[dict]:
-    """Every prompt in every mode with noise `seed`: one record per prompt; `written(videos)` after each.
-    `overrides_for_all`: NuminaConfig fields set in every NUMINA mode (e.g. another reference layer)."""
+    """Every (prompt index, prompt) in every mode with noise `seed`: one record per prompt; `written(videos)`
+    after each. `overrides_for_all`: NuminaConfig fields set in every NUMINA mode (e.g. another reference layer)."""
     videos = []
-    for number, item in enumerate(tqdm(items, desc=f"seed {seed}")):
+    for number, item in tqdm(items, desc=f"seed {seed}"):
         record = {"index": number, "prompt": item["prompt"], "target": item["target"], "seed": seed}
         plain_frames = None
         for mode in ["plain"] + [m for m in modes if m != "plain"]:
@@ -119,8 +120,11 @@ def summarise(out: Path) -> dict:
     parts = [json.loads(p.read_text()) for p in sorted(out.glob("results_seed*.json"))]
     if not parts:
         raise SystemExit(f"no results_seed*.json in {out}")
+    by_seed: dict[int, list[dict]] = {}
+    for part in parts:                       # a seed may come in several shards (--shard)
+        by_seed.setdefault(part["seed"], []).append(part)
     # prompts finished in every seed's run (a run stopped early covers fewer)
-    done = set.intersection(*({v["index"] for v in part["videos"]} for part in parts))
+    done = set.intersection(*({v["index"] for part in group for v in part["videos"]} for group in by_seed.values()))
     videos = [v for part in parts for v in part["videos"] if v["index"] in done]
     seeds = sorted({v["seed"] for v in videos})
     modes = [m for m in MODES if all(m in v for v in videos)]
@@ -156,7 +160,8 @@ def summarise(out: Path) -> dict:
     results = {"checkpoint": meta.pop("checkpoint", None), "numina_overrides": meta.pop("numina_overrides", {}),
                "bench_seed": BENCH_SEED,
                "prompts": len({v["index"] for v in videos}), "noise_seeds": seeds,
-               "seconds_per_seed": {str(p["seed"]): p["seconds"] for p in parts},
+               "seconds_per_seed": {str(seed): max(p["seconds"] for p in group) for seed, group in by_seed.items()},
+               "processes_per_seed": {str(seed): len(group) for seed, group in by_seed.items()},
                "summary": summary, "mode_pairs": mode_pairs, "videos": videos}
     payload = {**meta, "results": results}
     (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
@@ -178,6 +183,17 @@ def summarise(out: Path) -> dict:
     return payload
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """"I/N" -> (I, N) with 0 <= I < N."""
+    try:
+        shard, shards = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes I/N (e.g. 0/2), got {text!r}") from None
+    if not 0 <= shard < shards:
+        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return shard, shards
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=100)
@@ -190,6 +206,9 @@ def main() -> None:
                         help="save video, layout.png and report of the first N numina-phrase runs of each seed")
     parser.add_argument("--numina-overrides", type=json.loads, default={}, metavar="JSON",
                         help='NuminaConfig fields for every NUMINA mode, e.g. \'{"reference_layer": 4}\' (recorded)')
+    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                        help="run only the prompts whose index is I modulo N (processes in parallel; "
+                             "--summarise merges the shards)")
     parser.add_argument("--summarise", type=Path, default=None, metavar="DIR",
                         help="only merge DIR/results_seed*.json into DIR/results.json and results.md")
     args = parser.parse_args()
@@ -199,7 +218,8 @@ def main() -> None:
     if {"mode", "token_scope"} & set(args.numina_overrides):
         parser.error("--numina-overrides may not set mode or token_scope: each row's label names them")
     engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=False)
-    items = benchmark_prompts(args.prompts)
+    shard, shards = args.shard
+    items = [(i, item) for i, item in enumerate(benchmark_prompts(args.prompts)) if i % shards == shard]
     args.out.mkdir(parents=True, exist_ok=True)
     meta = provenance("bench/countbench_demo.py", device=str(engine.model.device))
     meta["checkpoint"] = str(engine.model.path)
@@ -210,7 +230,8 @@ def main() -> None:
         def written(videos: list[dict], seed: int = seed, started: float = started) -> None:
             """results_seed<k>.json rewritten after every prompt: a run stopped early keeps what it did."""
             part = {"meta": meta, "seed": seed, "seconds": round(time.perf_counter() - started, 1), "videos": videos}
-            path = args.out / f"results_seed{seed}.json"
+            path = args.out / (f"results_seed{seed}.json" if shards == 1 else
+                               f"results_seed{seed}_shard{shard}of{shards}.json")
             path.with_suffix(".tmp").write_text(json.dumps(part, indent=1) + "\n", encoding="utf-8")
             path.with_suffix(".tmp").replace(path)
         run_seed(engine, items, seed, args.modes, args.out, args.examples, written, args.numina_overrides)
