@@ -56,6 +56,8 @@ def test_countbench_agreement_rate():
     ("There is a horse in the field.", {"horse": 1}),
     # two: pairs, couples, both
     ("A pair of shoes on a shelf.", {"shoes": 2}),
+    ("A pair of gems drift left.", {"gems": 2}),          # "drift" tagged as a noun after the members
+    ("A pair of apple trees stand in a field.", {"trees": 2}),
     ("Two pairs of socks drying on a line.", {"socks": 4}),
     ("A couple of dogs playing in the snow.", {"dogs": 2}),
     ("Both dogs chasing a frisbee across the lawn.", {"dogs": 2}),

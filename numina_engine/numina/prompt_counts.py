@@ -453,8 +453,8 @@ def _claim_phrase(doc, start: int, count: int, explicit: bool):
         size = _COLLECTIVE_NOUNS[lemma]
         if size is None or _count_marker(doc, of_start) is not None:
             return None  # the members carry their own count, or none
-        members = _phrase_nouns(doc, of_start).nouns
-        return _checked(_Claim(members[-1], members[-1], count * size, True)) if members else None
+        member = _phrase_head(_phrase_nouns(doc, of_start), count * size > 1, True)   # "a pair of gems drift"
+        return _checked(_Claim(member, member, count * size, True)) if member is not None else None
     if lemma in _PARTITIVE_NOUNS:
         substance = None
         if has_of:
