@@ -216,7 +216,31 @@ def render_numina_stages() -> str:
     return "\n".join(lines + ["", _source(path, data)])
 
 
-RENDERERS = {"cli_threads": render_cli_threads, "e2e": render_e2e, "countbench_demo": render_countbench_demo,
+def render_demo_workflow() -> str:
+    files = _load("demo_workflow_*.json")
+    if not files:
+        return _missing("python -m bench.demo_workflow --prompts 100 --seeds 0 1 2 --device cuda --work DIR "
+                        "--json docs/results/demo_workflow_<gpu>.json")
+    path, data = files[0]
+    results = data["results"]
+    comparison, seconds = results["comparison"], results["wall_seconds"]
+    lines = [f"{results['prompts']} demo benchmark prompts x {len(results['seeds'])} noise seeds, plain and NUMINA "
+             f"(as the checkpoint ships it), scored by `eval --detector demo-counter`:", "",
+             "| seed | plain | NUMINA | NUMINA - plain (paired) |", "| --- | ---: | ---: | ---: |"]
+    for label, s in comparison["seeds"].items():
+        diff = "-" if s["paired_difference"] is None else f"{s['paired_difference']:+.3f}"
+        lines.append(f"| {label} | {s['a']:.3f} | {s['b']:.3f} | {diff} ({s['paired_prompts']} prompts) |")
+    a, b, p = comparison["a"], comparison["b"], comparison["paired"]
+    lines += [f"| mean (sd over seeds) | {a['mean']:.3f} ({a['spread']:.3f}) | {b['mean']:.3f} ({b['spread']:.3f}) "
+              f"| {b['mean'] - a['mean']:+.3f} |", "",
+              f"Per prompt (averaged over seeds): NUMINA better on {p['better']}, worse on {p['worse']}, same on "
+              f"{p['same']}. Wall time, one process: `batch` {seconds['batch']:.0f} s for "
+              f"{results['videos_made_this_run']} videos, `eval` {seconds['eval']:.0f} s, `compare` "
+              f"{seconds['compare']:.0f} s.", "", _source(path, data)]
+    return "\n".join(lines)
+
+
+RENDERERS = {"cli_threads": render_cli_threads, "demo_workflow": render_demo_workflow, "e2e": render_e2e, "countbench_demo": render_countbench_demo,
              "numina_stages": render_numina_stages,
              "modulated_cross_attention": render_modulated_cross_attention, "kernels": render_kernels,
              "dit_forward": render_dit_forward}
