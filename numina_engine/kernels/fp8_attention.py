@@ -42,6 +42,7 @@ from ._triton import (
     TRITON_AVAILABLE,
     TRITON_INTERPRETED,
     LaunchConfig,
+    _kernel_constant,
     check_qkv,
     launch_config,
     new_output,
@@ -58,12 +59,9 @@ SCALE_FLOOR = 1e-30                    # amax floor: an all-zero block gets a fi
 FP8_HEAD_DIMS = (64, 128)              # FP8 tensor-core products need a reduction depth of 32+
 MIN_CAPABILITY = (8, 9)                # e4m3 tensor cores: Ada (8.9) and Hopper (9.0) onwards
 
-if TRITON_AVAILABLE and not TRITON_INTERPRETED:
-    _KERNEL_P_SHIFT = tl.constexpr(P_SHIFT)
-    _KERNEL_E4M3_MAX = tl.constexpr(E4M3_MAX)
-    _KERNEL_SCALE_FLOOR = tl.constexpr(SCALE_FLOOR)
-else:
-    _KERNEL_P_SHIFT, _KERNEL_E4M3_MAX, _KERNEL_SCALE_FLOOR = P_SHIFT, E4M3_MAX, SCALE_FLOOR
+_KERNEL_P_SHIFT = _kernel_constant(P_SHIFT)             # the same three, as kernel bodies read them
+_KERNEL_E4M3_MAX = _kernel_constant(E4M3_MAX)
+_KERNEL_SCALE_FLOOR = _kernel_constant(SCALE_FLOOR)
 
 
 def fp8_unsupported_reason(device: torch.device | str) -> str | None:
