@@ -139,10 +139,11 @@ def _quantise_blocks_kernel(
         mean = tl.load(Mean + pid_bh * HEAD_DIM + offs_d)
         x = tl.where(valid[:, None], x - mean[None, :], 0.0)
     amax = tl.maximum(tl.max(tl.max(tl.abs(x), 1), 0), _KERNEL_SCALE_FLOOR)
-    x8 = to_e4m3(x * (_KERNEL_E4M3_MAX / amax), ROUND_IN_SOFTWARE)
+    # IEEE-rounded divisions (compiled `/` is approximate), so scales equal the torch reference's bit for bit
+    x8 = to_e4m3(x * tl.div_rn(_KERNEL_E4M3_MAX, amax), ROUND_IN_SOFTWARE)
     out_base = Out + pid_bh.to(tl.int64) * padded_len * HEAD_DIM
     tl.store(out_base + rows[:, None] * HEAD_DIM + offs_d[None, :], x8)
-    tl.store(Scale + pid_bh * num_blocks + pid, amax / _KERNEL_E4M3_MAX)
+    tl.store(Scale + pid_bh * num_blocks + pid, tl.div_rn(amax, _KERNEL_E4M3_MAX))
 
 
 @triton_kernel
@@ -164,7 +165,7 @@ def _quantise_channels_transposed_kernel(
     x = tl.load(x_base + rows[:, None] * stride_xl + offs_d[None, :], mask=(rows < seq_len)[:, None],
                 other=0.0).to(tl.float32)
     amax = tl.maximum(tl.load(Amax + pid_bh * HEAD_DIM + offs_d), _KERNEL_SCALE_FLOOR)
-    x8 = to_e4m3(x * (_KERNEL_E4M3_MAX / amax)[None, :], ROUND_IN_SOFTWARE)
+    x8 = to_e4m3(x * tl.div_rn(_KERNEL_E4M3_MAX + tl.zeros_like(amax), amax)[None, :], ROUND_IN_SOFTWARE)
     out_base = Out + pid_bh.to(tl.int64) * padded_len * HEAD_DIM
     tl.store(out_base + offs_d[None, :] * padded_len + rows[:, None], x8)
 
