@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from contextlib import ExitStack
@@ -16,7 +17,8 @@ import numpy as np
 import torch
 
 from .engine import pipeline
-from .engine.loading import WanModel, load_model
+from .engine.attention import check_attention_setting
+from .engine.loading import WanModel, load_model, resolve_device
 from .engine.offload import load_offloaded
 from .engine.settings import GenerationRequest
 from .engine.video_io import atomic_output, upscale_nearest, write_mp4
@@ -64,7 +66,8 @@ class Engine:
     """A loaded Wan2.1 checkpoint and the NUMINA pipeline around it.
 
     `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA). `offload`: the text
-    encoder stays on the CPU and the DiT leaves the GPU while the VAE decodes, for small GPUs.
+    encoder stays on the CPU and the DiT leaves the GPU while the VAE decodes, for small GPUs. The DiT's
+    self-attention ("bf16" SDPA or "fp8") is the model's setting: `model.dit.kernels.attention`.
     """
 
     def __init__(self, model: WanModel, *, cuda_graphs: bool = True, offload: bool = False):
@@ -72,13 +75,25 @@ class Engine:
         self.cuda_graphs = cuda_graphs
         self.offload = offload
 
+    @property
+    def attention(self) -> str:
+        """The plain self-attention calls' implementation: "bf16" (SDPA) or "fp8" (kernels/fp8_attention.py)."""
+        return self.model.dit.kernels.attention
+
     @classmethod
     def load(cls, ckpt_dir: str | Path | None = None, device: str | torch.device | None = None,
-             dtype: torch.dtype | None = None, *, cuda_graphs: bool = True, offload: bool = False) -> "Engine":
+             dtype: torch.dtype | None = None, *, cuda_graphs: bool = True, offload: bool = False,
+             attention: str = "bf16") -> "Engine":
         """`ckpt_dir=None` loads the embedded demo model; see `numina_engine.engine.loading` for layouts.
-        With `offload` the text encoder is loaded onto the CPU and stays there."""
+        With `offload` the text encoder is loaded onto the CPU and stays there. `attention`: "bf16"
+        (SDPA) or "fp8" for the DiT's plain self-attention calls; "fp8" on a device without FP8 tensor
+        cores is refused (UserInputError) before any weights load."""
+        device = device if isinstance(device, torch.device) else resolve_device(device)
+        check_attention_setting(attention, device)
         load = load_offloaded if offload else load_model
-        return cls(load(ckpt_dir, device=device, dtype=dtype), cuda_graphs=cuda_graphs, offload=offload)
+        model = load(ckpt_dir, device=device, dtype=dtype)
+        model.dit.kernels = dataclasses.replace(model.dit.kernels, attention=attention)   # set once, before any run
+        return cls(model, cuda_graphs=cuda_graphs, offload=offload)
 
     def check(self, request: GenerationRequest) -> pipeline.Prepared:
         """Validate a request (sizes, counts, nouns, NUMINA settings) without generating; raises UserInputError."""
@@ -160,6 +175,7 @@ class Engine:
                            "note": self.model.defaults.note},
             "device": str(self.model.device),
             "dtype": str(self.model.dtype).replace("torch.", ""),
+            "attention": self.attention,
             "timings_s": {name: round(value, 4) for name, value in result.timings_s.items()},
             **result.report,
             **{f"{name}_path": str(path.resolve()) for name, path in paths.items() if name != "report"},

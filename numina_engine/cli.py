@@ -73,6 +73,9 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
     gpu.add_argument("--no-cuda-graphs", action="store_true",
                      help="run the denoising steps eagerly instead of replaying CUDA graphs "
                           "(graphs are used on CUDA only)")
+    gpu.add_argument("--attention", choices=("bf16", "fp8"), default="bf16",
+                     help="the DiT's self-attention: 'bf16' (SDPA, default) or 'fp8' (e4m3 Triton kernel, needs "
+                          "compute capability >= 8.9: Ada, Hopper); NUMINA's extraction stays exact")
     numina = run.add_argument_group("NUMINA")
     numina.add_argument("--counts", default=None,
                         help='JSON object of nouns and counts, e.g. \'{"cats": 3, "dogs": 2}\' '
@@ -107,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 # `run` options that `batch` shares, by dest; the others are per video (prompt, seed, counts, mode, out-dir).
 BATCH_SHARED_OPTIONS = ("ckpt_dir", "size", "frames", "steps", "guide_scale", "shift", "negative_prompt", "device",
                         "quiet", "offload", "no_cuda_graphs", "reference_step", "reference_layer", "numina_mode",
-                        "token_scope")
+                        "token_scope", "attention")
 
 
 def _add_workflow_commands(commands) -> None:
@@ -233,7 +236,8 @@ def _run(args) -> int:
     device = resolve_device(args.device)
     out_dir = Path(args.out_dir) if args.out_dir else _default_out_dir(args.prompt)
     check_out_dir(out_dir, args.overwrite)
-    engine = Engine.load(args.ckpt_dir, device=device, cuda_graphs=not args.no_cuda_graphs, offload=args.offload)
+    engine = Engine.load(args.ckpt_dir, device=device, cuda_graphs=not args.no_cuda_graphs, offload=args.offload,
+                         attention=args.attention)
     prepared = engine.check(request)            # sizes, nouns, NUMINA settings against this model
     if engine.model.defaults.note:
         print(f"note: {engine.model.defaults.note}", file=sys.stderr)
@@ -281,7 +285,7 @@ def _batch(args) -> int:
     ranks = distributed.start(args.device)
     try:
         engine = Engine.load(args.ckpt_dir, device=ranks.device, cuda_graphs=not args.no_cuda_graphs,
-                             offload=args.offload)
+                             offload=args.offload, attention=args.attention)
         if engine.model.defaults.note and ranks.is_main:
             print(f"note: {engine.model.defaults.note}", file=sys.stderr)
         jobs = plan_jobs(engine, items, args.modes, args.seeds, options, video_format=args.video_format)

@@ -65,6 +65,7 @@ def test_console_script_writes_video_layout_and_report(tmp_path):
     assert report["prompt"] == PROMPT and report["seed"] == 1
     assert (report["width"], report["height"], report["frames"], report["steps"]) == (32, 32, 5, DEMO_STEPS)
     assert {"text encoding", "phase 1", "layout", "phase 2", "decode"} <= set(report["timings_s"])
+    assert report["attention"] == "bf16"
     numina = report["numina"]
     assert numina["counts_asked"] == {FIRST: 3, SECOND: 2}
     assert set(numina["token_positions"]) == {FIRST, SECOND}
@@ -272,6 +273,13 @@ def test_cuda_without_gpu_is_refused_with_what_to_do(tmp_path, capsys):
     expected = "is a CPU-only build. Use --device cpu, or install a CUDA build" if torch.version.cuda is None \
         else "sees no GPU"
     assert code == 2 and expected in err and not (tmp_path / "o").exists()
+
+
+def test_fp8_attention_without_fp8_tensor_cores_is_refused_before_the_model_loads(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "run", "--prompt", PROMPT, "--device", "cpu", "--attention", "fp8",
+                           "--out-dir", str(tmp_path / "o"))
+    assert code == 2 and "--attention fp8: FP8 attention needs a CUDA GPU" in err and "--attention bf16" in err
+    assert "note:" not in err and not (tmp_path / "o").exists()
 
 
 def test_existing_outputs_are_not_overwritten_without_asking(tmp_path, capsys):

@@ -7,6 +7,8 @@ from numina_engine.kernels import (
     attention_with_frame_lse,
     attention_with_frame_lse_reference,
     cross_attention_with_column_bias,
+    fp8_attention,
+    fp8_attention_reference,
     gated_residual_add,
     gated_residual_add_reference,
 )
@@ -16,6 +18,21 @@ from numina_engine.kernels._triton import TRITON_AVAILABLE, TRITON_INTERPRETED
 def test_unknown_choice_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"one of \('auto', 'triton', 'reference'\), got 'fast'"):
         KernelChoice("fast")
+
+
+def test_attention_choice_is_bf16_or_fp8():
+    assert KernelChoice().attention == "bf16" and KernelChoice("reference", attention="fp8").attention == "fp8"
+    with pytest.raises(ValueError, match=r"attention must be one of \('bf16', 'fp8'\), got 'int8'"):
+        KernelChoice(attention="int8")
+
+
+def test_fp8_attention_falls_back_to_its_reference_off_the_gpu_and_for_other_head_sizes():
+    assert KernelChoice("auto").pick(fp8_attention, torch.zeros(1, 4, 2, 128)) is fp8_attention_reference
+    if torch.cuda.is_available():
+        with torch.no_grad():
+            assert KernelChoice("auto").pick(fp8_attention, torch.zeros(1, 4, 2, 128, device="cuda")) is fp8_attention
+            assert KernelChoice("auto").pick(fp8_attention, torch.zeros(1, 4, 2, 32, device="cuda")) \
+                is fp8_attention_reference
 
 
 def test_reference_choice_never_picks_a_kernel():

@@ -2,6 +2,7 @@
 fp32, the attention-interface plumbing, the fused-kernel path (CUDA) against the PyTorch path,
 and WanConfig's JSON forms."""
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from numina_engine.engine.config import PRESETS, WAN_1_3B, WAN_14B, WAN_TINY, Wa
 from numina_engine.engine.model import WanDiT, build_rope_tables, feed_forward, rope_axis_dims
 from numina_engine.engine.weights import diffusers_to_official
 from numina_engine.errors import CheckpointError
-from numina_engine.kernels import KernelChoice, apply_rope
+from numina_engine.kernels import KernelChoice, apply_rope, fp8_attention_reference
 from numina_engine.kernels._triton import TRITON_INTERPRETED
 
 # Latent F=3, H=10, W=14 -> odd, non-square token grid 3 x 5 x 7.
@@ -153,6 +154,46 @@ def test_attention_interface_receives_layer_index_and_state(monkeypatch):
     assert calls == [call for i in range(WAN_TINY.num_layers) for call in (
         ("self", i, state, model.kernels, (2, 105, heads, head_dim), (2, 105, heads, head_dim)),
         ("cross", i, state, model.kernels, (2, 105, heads, head_dim), (2, WAN_TINY.text_len, heads, head_dim)))]
+
+
+def test_fp8_setting_routes_the_plain_self_attention_calls_only(monkeypatch):
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 40, 2, 64, generator=gen) for _ in range(3))
+    text_k, text_v = (torch.randn(2, 16, 2, 64, generator=gen) for _ in range(2))
+    fp8 = KernelChoice("reference", attention="fp8")
+    sdpa = attention._sdpa(q, k, v)
+    out = attention.self_attention(q, k, v, layer_index=0, state=None, kernels=fp8)
+    assert torch.equal(out, fp8_attention_reference(q, k, v)) and not torch.equal(out, sdpa)
+    assert torch.equal(attention.self_attention(q, k, v, layer_index=0, state=None, kernels=KernelChoice("reference")),
+                       sdpa)
+    assert torch.equal(attention.cross_attention(q, text_k, text_v, layer_index=0, state=None, kernels=fp8),
+                       attention._sdpa(q, text_k, text_v))
+    # The extraction block's call stays exact (extraction.py), whichever attention is set.
+    extracted = []
+    monkeypatch.setattr(attention, "extract_self_attention",
+                        lambda q, k, v, extraction, kernels: extracted.append(extraction) or attention._sdpa(q, k, v))
+    state = ForwardState(extraction=SimpleNamespace(layer=1))
+    assert torch.equal(attention.self_attention(q, k, v, layer_index=1, state=state, kernels=fp8), sdpa)
+    assert extracted == [state.extraction]
+    assert torch.equal(attention.self_attention(q, k, v, layer_index=0, state=state, kernels=fp8), out)
+
+
+@pytest.mark.skipif(not TRITON_INTERPRETED, reason="runs the Triton kernels on CPU tensors in the interpreter")
+def test_fp8_forward_in_the_interpreter_matches_its_torch_path():
+    """The FP8 kernel wired into a whole forward (head_dim 64; 15 tokens: one partial block)."""
+    config = WanConfig(dim=128, ffn_dim=96, num_heads=2, num_layers=2, text_dim=24, text_len=16)
+    model = random_wandit(config, seed=13)
+    generator = torch.Generator().manual_seed(14)
+    inputs = (torch.randn(2, 16, 1, 6, 10, generator=generator), torch.rand(2, generator=generator) * 1000,
+              torch.randn(2, config.text_len, config.text_dim, generator=generator))
+    with torch.no_grad():
+        exact = model(*inputs)
+        model.kernels = KernelChoice("reference", attention="fp8")
+        torch_path = model(*inputs)
+        model.kernels = KernelChoice("triton", attention="fp8")
+        kernel_path = model(*inputs)
+    assert relative_error(kernel_path, torch_path) < 1e-5
+    assert 1e-4 < relative_error(torch_path, exact) < 5e-2      # quantised, and close
 
 
 def test_unknown_kernel_choice_is_refused_with_the_valid_ones():

@@ -5,7 +5,8 @@ Every self- and cross-attention of `WanDiT` goes through these two functions, wi
 `KernelChoice` (kernels or PyTorch references), so extraction and modulation are routed here
 without touching the model:
 
-- plain calls: PyTorch SDPA (cuDNN / flash backends on a GPU);
+- plain calls: PyTorch SDPA (cuDNN / flash backends on a GPU); plain self-attention calls use
+  kernels/fp8_attention.py instead when the KernelChoice says `attention="fp8"` (`--attention fp8`);
 - the extraction block (`state.extraction.layer`): extraction.py's `extract_self_attention` and
   `extract_noun_maps`;
 - modulated calls: plain cross-attention, then the modulated queries' rows again with the compact
@@ -16,8 +17,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..kernels import cross_attention_with_column_bias
-from ..kernels.dispatch import AUTO, KernelChoice
+from ..errors import UserInputError
+from ..kernels import cross_attention_with_column_bias, fp8_attention
+from ..kernels.dispatch import ATTENTION_CHOICES, AUTO, KernelChoice
+from ..kernels.fp8_attention import fp8_unsupported_reason
 from ..numina.modulation import layout_bias
 from .extraction import extract_noun_maps, extract_self_attention
 from .forward_state import Extraction, ForwardState, Modulation
@@ -27,6 +30,17 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)) v over [B, L, H, D] inputs; returns [B, Lq, H, D] in q's dtype."""
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
+
+
+def check_attention_setting(attention: str, device: torch.device) -> None:
+    """Refuse an `--attention` value the engine cannot run on `device` (UserInputError saying what to do):
+    anything but ATTENTION_CHOICES, or "fp8" without FP8 tensor cores (no CUDA, compute capability < 8.9)."""
+    if attention not in ATTENTION_CHOICES:
+        raise UserInputError(f"--attention {attention!r} is not one of {', '.join(ATTENTION_CHOICES)}")
+    if attention == "fp8":
+        reason = fp8_unsupported_reason(device)
+        if reason is not None:
+            raise UserInputError(f"--attention fp8: {reason}. Use --attention bf16 (the default) on this device.")
 
 
 def _extraction_at(state: ForwardState | None, layer_index: int) -> Extraction | None:
@@ -41,10 +55,13 @@ def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer_i
 
     q, k, v: [B, L, H, D] (RoPE already applied to q and k), all in the model's compute dtype.
     Returns [B, L, H, D] in the same dtype: the full attention output (at the extraction block,
-    the output that NuminaConfig.extraction_block_output names).
+    the output that NuminaConfig.extraction_block_output names). Plain calls run SDPA, or the FP8
+    kernel with `kernels.attention == "fp8"`; the extraction block's call is always exact.
     """
     extraction = _extraction_at(state, layer_index)
     if extraction is None:
+        if kernels.attention == "fp8":
+            return kernels.pick(fp8_attention, q)(q, k, v)
         return _sdpa(q, k, v)
     return extract_self_attention(q, k, v, extraction, kernels)
 

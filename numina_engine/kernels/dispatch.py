@@ -8,6 +8,10 @@ The engine holds one KernelChoice (`WanDiT.kernels`) and every fused call goes t
 - "triton": always the kernels; an input that Triton cannot run here is an error (compiled: CUDA
   tensors; interpreted, TRITON_INTERPRET=1: CPU or CUDA tensors, no bfloat16);
 - "reference": always the PyTorch references.
+
+It also carries which self-attention the DiT's plain self-attention calls use (`attention`): "bf16",
+SDPA in the model's compute dtype, or "fp8", kernels/fp8_attention.py (e4m3 Q/K/V/P; its reference
+is the same quantisation in torch). NUMINA's extraction call is exact whichever is chosen.
 """
 from __future__ import annotations
 
@@ -26,11 +30,13 @@ from .frame_attention import (
     frame_attention_maps,
     frame_attention_maps_reference,
 )
+from .fp8_attention import FP8_HEAD_DIMS, fp8_attention, fp8_attention_reference
 from .gated_residual import gated_residual_add, gated_residual_add_reference
 from .norm_modulate import layer_norm_modulate, layer_norm_modulate_reference
 from .rms_norm_rope import qk_norm_rope, qk_norm_rope_reference
 
 KERNEL_CHOICES = ("auto", "triton", "reference")
+ATTENTION_CHOICES = ("bf16", "fp8")
 
 # Each kernel's PyTorch reference (same signature and contract).
 REFERENCES: dict[Callable, Callable] = {
@@ -42,20 +48,27 @@ REFERENCES: dict[Callable, Callable] = {
     qk_norm_rope: qk_norm_rope_reference,
     gated_residual_add: gated_residual_add_reference,
     centre_rows: centre_rows_reference,
+    fp8_attention: fp8_attention_reference,
 }
-# Kernels over [B, L, H, D] attention inputs: they need a head size of SUPPORTED_HEAD_DIMS.
-_ATTENTION_KERNELS = (attention_with_frame_lse, frame_attention_maps, cross_attention_with_noun_maps,
-                      cross_attention_with_column_bias)
+# Kernels over [B, L, H, D] attention inputs and the head sizes they serve ("auto" falls back to the
+# reference for others).
+_ATTENTION_HEAD_DIMS = {attention_with_frame_lse: SUPPORTED_HEAD_DIMS, frame_attention_maps: SUPPORTED_HEAD_DIMS,
+                        cross_attention_with_noun_maps: SUPPORTED_HEAD_DIMS,
+                        cross_attention_with_column_bias: SUPPORTED_HEAD_DIMS, fp8_attention: FP8_HEAD_DIMS}
 
 
 @dataclass(frozen=True)
 class KernelChoice:
-    """Which implementation serves the engine's fused calls: "auto", "triton" or "reference"."""
+    """Which implementation serves the engine's fused calls: "auto", "triton" or "reference"; and which
+    self-attention the plain self-attention calls use: "bf16" (SDPA) or "fp8"."""
     mode: str = "auto"
+    attention: str = "bf16"
 
     def __post_init__(self) -> None:
         if self.mode not in KERNEL_CHOICES:
             raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {self.mode!r}")
+        if self.attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {self.attention!r}")
 
     def use_kernels(self, x: torch.Tensor) -> bool:
         """Whether fused work on `x` runs in the Triton kernels (else in the PyTorch references)."""
@@ -74,7 +87,7 @@ class KernelChoice:
         if kernel not in REFERENCES:
             raise KeyError(f"{getattr(kernel, '__name__', kernel)} is not a kernel with a registered reference")
         use = self.use_kernels(x)
-        if use and self.mode == "auto" and kernel in _ATTENTION_KERNELS and x.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        if use and self.mode == "auto" and x.shape[-1] not in _ATTENTION_HEAD_DIMS.get(kernel, (x.shape[-1],)):
             use = False
         return kernel if use else REFERENCES[kernel]
 

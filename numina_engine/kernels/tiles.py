@@ -35,12 +35,23 @@ ATTENTION_TILES: dict[str, dict[int, LaunchConfig]] = {
         64: LaunchConfig(block_m=128, block_n=64, num_warps=4, num_stages=3),
         128: LaunchConfig(block_m=128, block_n=128, num_warps=8, num_stages=2),
     },
+    # e4m3 Q/K/V/P on the FP8 tensor cores (kernels/fp8_attention.py; BLOCK_M / BLOCK_N are also its
+    # quantisation blocks). Not swept on a GPU yet: bench/fp8_attention.py --sweep times FP8_SWEEP_CANDIDATES.
+    "fp8_attention": {
+        64: LaunchConfig(block_m=128, block_n=64, num_warps=4, num_stages=3),
+        128: LaunchConfig(block_m=128, block_n=128, num_warps=8, num_stages=3),
+    },
 }
 
 # The candidates bench/sweep_attention_tiles.py times (block_m, block_n, num_warps, num_stages).
 SWEEP_CANDIDATES = tuple(LaunchConfig(*c) for c in (
     (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2), (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3),
     (128, 128, 8, 2), (128, 128, 8, 3)))
+
+# The candidates bench/fp8_attention.py --sweep times for fp8_attention at head_dim 128.
+FP8_SWEEP_CANDIDATES = tuple(LaunchConfig(*c) for c in (
+    (64, 128, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 8, 4),
+    (128, 256, 8, 2), (256, 128, 8, 2)))
 
 
 def gpu_tiles(kernel: str, head_dim: int, override: LaunchConfig | None = None) -> LaunchConfig:

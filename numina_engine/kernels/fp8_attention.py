@@ -1,0 +1,430 @@
+"""FP8 (e4m3) self-attention for Hopper and Ada GPUs, SageAttention's idea in our own kernels.
+
+`fp8_attention(q, k, v)` computes softmax(q k^T / sqrt(D)) v with both matrix products on FP8
+tensor cores and float32 accumulation:
+
+1. Quantise (one small kernel per tensor, scales computed on the GPU, no host sync):
+   - q: per (batch, head, block of BLOCK_M queries) scale = amax / 448, q / scale rounded to e4m3;
+   - k: first smoothed, k - mean over tokens (per batch, head, channel): q . mean is the same for
+     every key of a query, so the softmax does not change, while the shared component that DiT keys
+     carry no longer takes e4m3's range; then scaled per (batch, head, block of BLOCK_N keys);
+   - v: per (batch, head, channel) scale over all tokens, stored transposed ([D, tokens]: the
+     operand layout Hopper's FP8 tensor cores take). A per-channel scale (rather than per key
+     block) is applied once to the output, so the P V product accumulates in the tensor core's
+     float32 accumulator with no per-block rescale; V's outliers sit in channels.
+   The quantised tensors are padded to whole blocks (zeros), so the attention kernel loads whole tiles.
+2. Attend: flash-attention forward over the key blocks, online softmax in base 2 (exp2), logits
+   = (q8 . k8) * q_scale * k_scale * log2(e) / sqrt(D) in float32; the probabilities, relative to
+   the running row max, are scaled by 448 (e4m3's largest value, so that probabilities down to
+   2^-15 of the row max stay in e4m3's normal range) and rounded to e4m3 for the P V product; the row sum is kept in float32 from the unrounded
+   values; out = acc * v_scale / row sum, rounded once to the output dtype.
+
+`fp8_attention_reference` does the same quantisation with torch ops (torch's float8_e4m3fn) and
+the same blockwise online softmax in float32; `exact_attention` is float32 attention with no
+quantisation. Both serve the tests and benchmarks; the reference is also the engine's fallback.
+
+Triton's interpreter (TRITON_INTERPRET=1) loads, stores and multiplies float8 tensors correctly but
+rounds float32 -> float8e4nv wrongly in this Triton (3.9: a mantissa carry into the next power of two
+halves the value, 1.98 -> 1.0; subnormals are off). The kernels therefore take ROUND_IN_SOFTWARE: when
+set (interpreted runs), values are first rounded to the e4m3 grid in float32 arithmetic
+(`round_to_e4m3`: round to nearest even, saturating at 448), after which the cast is exact; compiled
+runs cast in hardware (cvt.rn.satfinite). Everything else is the same code.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ._triton import (
+    LOG2E,
+    TRITON_AVAILABLE,
+    TRITON_INTERPRETED,
+    LaunchConfig,
+    _kernel_constant,
+    check_qkv,
+    launch_config,
+    new_output,
+    require_triton,
+    tl,
+    triton_helper,
+    triton_kernel,
+)
+from .tiles import gpu_tiles
+
+E4M3_MAX = 448.0                       # largest finite float8_e4m3fn
+P_SHIFT = math.log2(E4M3_MAX)          # probabilities are exp2(logit - row max + P_SHIFT) <= 448
+SCALE_FLOOR = 1e-30                    # amax floor: an all-zero block gets a finite scale (and zeros)
+FP8_HEAD_DIMS = (64, 128)              # FP8 tensor-core products need a reduction depth of 32+
+MIN_CAPABILITY = (8, 9)                # e4m3 tensor cores: Ada (8.9) and Hopper (9.0) onwards
+
+_KERNEL_P_SHIFT = _kernel_constant(P_SHIFT)             # the same three, as kernel bodies read them
+_KERNEL_E4M3_MAX = _kernel_constant(E4M3_MAX)
+_KERNEL_SCALE_FLOOR = _kernel_constant(SCALE_FLOOR)
+
+
+def fp8_unsupported_reason(device: torch.device | str) -> str | None:
+    """Why `fp8_attention` cannot run compiled on `device` (None when it can): no CUDA device, no
+    triton, or a GPU below compute capability 8.9 (FP8 tensor cores: Ada, Hopper and newer)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return f"FP8 attention needs a CUDA GPU, and the device is {device}"
+    if not TRITON_AVAILABLE:
+        return "FP8 attention is a Triton kernel, and triton is not installed (pip install triton)"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < MIN_CAPABILITY:
+        name = torch.cuda.get_device_name(device)
+        return (f"FP8 attention needs FP8 tensor cores (compute capability >= 8.9: Ada, Hopper or newer); "
+                f"{device} is a {name} (compute capability {major}.{minor})")
+    return None
+
+
+def fp8_blocks(head_dim: int, tiles: LaunchConfig | None = None) -> LaunchConfig:
+    """The launch tiles of one call (they also set the quantisation blocks): `tiles`, else
+    tiles.py's for `head_dim` (the interpreter's small ones when interpreting)."""
+    return tiles if tiles is not None else launch_config(gpu_tiles("fp8_attention", head_dim))
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, what: str) -> None:
+    check_qkv(q, k, v, what=what)
+    if q.shape[-1] not in FP8_HEAD_DIMS:
+        raise ValueError(f"{what}: head_dim must be one of {FP8_HEAD_DIMS}, got {q.shape[-1]}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels
+
+
+@triton_helper
+def round_to_e4m3(x):
+    """float32 x rounded to the nearest float8_e4m3fn value (ties to even, saturating at +-448), as float32."""
+    a = tl.minimum(tl.abs(x), 448.0)
+    bits = a.to(tl.int32, bitcast=True)
+    # normal range: drop 20 of float32's 23 mantissa bits, round half to even (-1048576 = 0xFFF00000)
+    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576).to(tl.float32, bitcast=True)
+    # subnormals (below 2^-6): multiples of 2^-9; float32 numbers in [2^14, 2^15) are spaced 2^-9
+    subnormal = (a + 16384.0) - 16384.0
+    r = tl.where(a < 0.015625, subnormal, normal)
+    return tl.where(x.to(tl.int32, bitcast=True) < 0, -r, r)     # the sign bit: -0.0 stays -0.0
+
+
+@triton_helper
+def to_e4m3(x, ROUND_IN_SOFTWARE: tl.constexpr):
+    """float32 x (|x| <= 448 up to rounding) as float8e4nv, rounded to nearest even."""
+    if ROUND_IN_SOFTWARE:
+        x = round_to_e4m3(x)
+    return x.to(tl.float8e4nv)
+
+
+@triton_kernel
+def _quantise_blocks_kernel(
+    X, Mean, Out, Scale,
+    stride_xb, stride_xl, stride_xh,
+    num_heads, seq_len, padded_len, num_blocks,
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, SUBTRACT_MEAN: tl.constexpr, ROUND_IN_SOFTWARE: tl.constexpr,
+):
+    # One program: BLOCK tokens of one (batch, head) of X [B, L, H, D] -> Out [B*H, padded_len, D]
+    # e4m3 (zeros past seq_len) and Scale [B*H, num_blocks] float32.
+    pid = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    valid = rows < seq_len
+    x_base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
+    x = tl.load(x_base + rows[:, None] * stride_xl + offs_d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+    if SUBTRACT_MEAN:
+        mean = tl.load(Mean + pid_bh * HEAD_DIM + offs_d)
+        x = tl.where(valid[:, None], x - mean[None, :], 0.0)
+    amax = tl.maximum(tl.max(tl.max(tl.abs(x), 1), 0), _KERNEL_SCALE_FLOOR)
+    # IEEE-rounded divisions (compiled `/` is approximate), so scales equal the torch reference's bit for bit
+    x8 = to_e4m3(x * tl.div_rn(_KERNEL_E4M3_MAX, amax), ROUND_IN_SOFTWARE)
+    out_base = Out + pid_bh.to(tl.int64) * padded_len * HEAD_DIM
+    tl.store(out_base + rows[:, None] * HEAD_DIM + offs_d[None, :], x8)
+    tl.store(Scale + pid_bh * num_blocks + pid, tl.div_rn(amax, _KERNEL_E4M3_MAX))
+
+
+@triton_kernel
+def _quantise_channels_transposed_kernel(
+    X, Amax, Out,
+    stride_xb, stride_xl, stride_xh,
+    num_heads, seq_len, padded_len,
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, ROUND_IN_SOFTWARE: tl.constexpr,
+):
+    # One program: BLOCK tokens of one (batch, head) of X [B, L, H, D], each channel scaled by its
+    # Amax [B*H, D] (floored) / 448, written transposed to Out [B*H, D, padded_len] e4m3 (zeros past seq_len).
+    pid = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    x_base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
+    x = tl.load(x_base + rows[:, None] * stride_xl + offs_d[None, :], mask=(rows < seq_len)[:, None],
+                other=0.0).to(tl.float32)
+    amax = tl.maximum(tl.load(Amax + pid_bh * HEAD_DIM + offs_d), _KERNEL_SCALE_FLOOR)
+    x8 = to_e4m3(x * tl.div_rn(_KERNEL_E4M3_MAX + tl.zeros_like(amax), amax)[None, :], ROUND_IN_SOFTWARE)
+    out_base = Out + pid_bh.to(tl.int64) * padded_len * HEAD_DIM
+    tl.store(out_base + offs_d[None, :] * padded_len + rows[:, None], x8)
+
+
+@triton_helper
+def _fp8_key_block(q8, k_base, v_base, KScale, pid_bh, num_k_blocks, start_n, offs_n, offs_d, kv_len, k_padded,
+                   q_coef, m_i, l_i, acc,
+                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                   ROUND_IN_SOFTWARE: tl.constexpr):
+    """Fold key block [start_n, start_n + BLOCK_N) into (m_i, l_i, acc); base-2 logits; keys >= kv_len
+    masked when MASKED."""
+    cols = start_n + offs_n
+    k8 = tl.load(k_base + cols[None, :] * HEAD_DIM + offs_d[:, None])           # K^T [D, BLOCK_N]
+    coef = q_coef * tl.load(KScale + pid_bh * num_k_blocks + start_n // BLOCK_N)
+    s = tl.dot(q8, k8)                                                                  # float32 [BLOCK_M, BLOCK_N]
+    if MASKED:
+        s = tl.where((cols < kv_len)[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * coef)      # coef > 0: the max commutes with the scaling
+    p = tl.exp2(s * coef - (m_new - _KERNEL_P_SHIFT)[:, None])                          # <= 448
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    vt8 = tl.load(v_base + offs_d[:, None] * k_padded + cols[None, :])                  # V^T [D, BLOCK_N]
+    acc = tl.dot(to_e4m3(p, ROUND_IN_SOFTWARE), tl.trans(vt8), acc * alpha[:, None])
+    return m_new, l_i, acc
+
+
+@triton_kernel
+def _fp8_attention_kernel(
+    Q8, K8, Vt8, QScale, KScale, VScale, Out,
+    stride_ob, stride_ol, stride_oh,
+    num_heads, q_len, kv_len, q_padded, k_padded, num_q_blocks, num_k_blocks,
+    qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROUND_IN_SOFTWARE: tl.constexpr,
+):
+    # One program: BLOCK_M queries of one (batch, head). Q8 [B*H, q_padded, D], K8 [B*H, k_padded, D],
+    # Vt8 [B*H, D, k_padded] e4m3; QScale [B*H, num_q_blocks], KScale [B*H, num_k_blocks],
+    # VScale [B*H, D] float32; Out [B, q_len, H, D].
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q8 = tl.load(Q8 + pid_bh.to(tl.int64) * q_padded * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :])
+    q_coef = tl.load(QScale + pid_bh * num_q_blocks + pid_m) * qk_scale
+    k_base = K8 + pid_bh.to(tl.int64) * k_padded * HEAD_DIM
+    v_base = Vt8 + pid_bh.to(tl.int64) * HEAD_DIM * k_padded
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    full_key_end = kv_len // BLOCK_N * BLOCK_N
+    for start_n in range(0, full_key_end, BLOCK_N):
+        m_i, l_i, acc = _fp8_key_block(q8, k_base, v_base, KScale, pid_bh, num_k_blocks, start_n, offs_n, offs_d,
+                                       kv_len, k_padded, q_coef, m_i, l_i, acc, HEAD_DIM, BLOCK_N, False,
+                                       ROUND_IN_SOFTWARE)
+    if full_key_end < kv_len:      # the partial tail block: keys past kv_len are padding
+        m_i, l_i, acc = _fp8_key_block(q8, k_base, v_base, KScale, pid_bh, num_k_blocks, full_key_end, offs_n,
+                                       offs_d, kv_len, k_padded, q_coef, m_i, l_i, acc, HEAD_DIM, BLOCK_N, True,
+                                       ROUND_IN_SOFTWARE)
+
+    v_scale = tl.load(VScale + pid_bh * HEAD_DIM + offs_d)
+    out = acc * v_scale[None, :] / l_i[:, None]
+    o_base = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    tl.store(o_base + offs_m[:, None] * stride_ol + offs_d[None, :], out.to(Out.dtype.element_ty),
+             mask=(offs_m < q_len)[:, None])
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+
+
+def _padded(length: int, block: int) -> int:
+    return -(-length // block) * block
+
+
+def channel_amax(x: torch.Tensor) -> torch.Tensor:
+    """max over tokens of |x| per (batch, head, channel): x [B, L, H, D] -> [B*H, D] float32 (no copy of x)."""
+    low, high = torch.aminmax(x, dim=1)                                 # [B, H, D] each, exact
+    return torch.maximum(-low, high).float().reshape(-1, x.shape[-1])
+
+
+def token_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens per (batch, head, channel), accumulated in float32: x [B, L, H, D] -> [B*H, D] float32."""
+    return torch.mean(x, dim=1, dtype=torch.float32).reshape(-1, x.shape[-1])
+
+
+def quantise_blocks(x: torch.Tensor, block: int, mean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x - mean) in e4m3 with one scale per block of `block` tokens per (batch, head).
+
+    x: [B, L, H, D] (fp32/fp16/bf16); mean: [B*H, D] float32 or None. Returns x8 [B*H, Lp, D]
+    float8_e4m3fn (Lp = L rounded up to whole blocks, zeros past L) and scale [B*H, Lp / block]
+    float32 (x - mean ~= x8 * scale)."""
+    require_triton(x, x.dtype, what="quantise_blocks")
+    batch, seq_len, heads, head_dim = x.shape
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    padded = _padded(seq_len, block)
+    out = new_output((batch * heads, padded, head_dim), torch.float8_e4m3fn, x.device)
+    scale = new_output((batch * heads, padded // block), torch.float32, x.device)
+    grid = (padded // block, batch * heads)
+    _quantise_blocks_kernel[grid](
+        x, mean if mean is not None else scale, out, scale,
+        x.stride(0), x.stride(1), x.stride(2),
+        heads, seq_len, padded, padded // block,
+        BLOCK=block, HEAD_DIM=head_dim, SUBTRACT_MEAN=mean is not None, ROUND_IN_SOFTWARE=TRITON_INTERPRETED,
+        num_warps=4,
+    )
+    return out, scale
+
+
+def quantise_channels_transposed(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x in e4m3 with one scale per (batch, head, channel), stored transposed.
+
+    x: [B, L, H, D]. Returns xt8 [B*H, D, Lp] float8_e4m3fn (Lp = L rounded up to a multiple of
+    `block`, zeros past L) and scale [B*H, D] float32 (x[b, l, h, d] ~= xt8[b*H + h, d, l] * scale[b*H + h, d])."""
+    require_triton(x, x.dtype, what="quantise_channels_transposed")
+    batch, seq_len, heads, head_dim = x.shape
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    padded = _padded(seq_len, block)
+    amax = channel_amax(x)
+    out = new_output((batch * heads, head_dim, padded), torch.float8_e4m3fn, x.device)
+    grid = (padded // block, batch * heads)
+    _quantise_channels_transposed_kernel[grid](
+        x, amax, out,
+        x.stride(0), x.stride(1), x.stride(2),
+        heads, seq_len, padded,
+        BLOCK=block, HEAD_DIM=head_dim, ROUND_IN_SOFTWARE=TRITON_INTERPRETED,
+        num_warps=4,
+    )
+    return out, amax.clamp_min(SCALE_FLOOR) / E4M3_MAX
+
+
+def quantise_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles: LaunchConfig, *,
+                 smooth_k: bool = True) -> tuple[torch.Tensor, ...]:
+    """The Triton quantisation of fp8_attention's inputs: (q8, q_scale, k8, k_scale, vt8, v_scale), as
+    quantise_blocks (q: BLOCK_M tokens; k: BLOCK_N tokens, smoothed by its token mean when `smooth_k`)
+    and quantise_channels_transposed (v) return them."""
+    q8, q_scale = quantise_blocks(q, tiles.block_m)
+    k8, k_scale = quantise_blocks(k, tiles.block_n, token_mean(k) if smooth_k else None)
+    vt8, v_scale = quantise_channels_transposed(v, tiles.block_n)
+    return q8, q_scale, k8, k_scale, vt8, v_scale
+
+
+def fp8_attention_quantised(quantised: tuple[torch.Tensor, ...], q_shape: torch.Size, kv_len: int,
+                            out_dtype: torch.dtype, tiles: LaunchConfig) -> torch.Tensor:
+    """The attention kernel alone, on quantise_qkv's output; q_shape = [B, Lq, H, D]. Returns [B, Lq, H, D]."""
+    q8, q_scale, k8, k_scale, vt8, v_scale = quantised
+    batch, q_len, heads, head_dim = q_shape
+    out = new_output((batch, q_len, heads, head_dim), out_dtype, q8.device)
+    grid = (q8.shape[1] // tiles.block_m, batch * heads)
+    _fp8_attention_kernel[grid](
+        q8, k8, vt8, q_scale, k_scale, v_scale, out,
+        out.stride(0), out.stride(1), out.stride(2),
+        heads, q_len, kv_len, q8.shape[1], k8.shape[1], q_scale.shape[1], k_scale.shape[1],
+        LOG2E / math.sqrt(head_dim),
+        HEAD_DIM=head_dim, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, ROUND_IN_SOFTWARE=TRITON_INTERPRETED,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+    )
+    return out
+
+
+def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, smooth_k: bool = True,
+                  tiles: LaunchConfig | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v with e4m3 Q, K, V and P on the tensor cores, float32 accumulation.
+
+    Args:
+        q: [B, Lq, H, D]; k, v: [B, Lk, H, D]; one dtype (bf16 on the GPU; fp16/fp32 in the
+            interpreter), D in FP8_HEAD_DIMS, any lengths.
+        smooth_k: subtract k's mean over tokens before quantising it (softmax-invariant).
+        tiles: launch tiles (BLOCK_M, BLOCK_N also the quantisation blocks) instead of tiles.py's.
+    Returns:
+        [B, Lq, H, D] in q's dtype. No host sync: CUDA graphs capture it.
+    """
+    what = "fp8_attention"
+    _check_inputs(q, k, v, what=what)
+    require_triton(q, q.dtype, what=what)
+    if q.is_cuda and not TRITON_INTERPRETED:
+        reason = fp8_unsupported_reason(q.device)
+        if reason is not None:
+            raise RuntimeError(f"{what}: {reason}; use the bf16 attention (--attention bf16)")
+    config = fp8_blocks(q.shape[-1], tiles)
+    quantised = quantise_qkv(q, k, v, config, smooth_k=smooth_k)
+    return fp8_attention_quantised(quantised, q.shape, k.shape[1], q.dtype, config)
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch references
+
+
+def quantise_blocks_reference(x: torch.Tensor, block: int, mean: torch.Tensor | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantise_blocks in torch ops (same contract, same float32 operations)."""
+    batch, seq_len, heads, head_dim = x.shape
+    padded = _padded(seq_len, block)
+    xf = x.float().transpose(1, 2).reshape(batch * heads, seq_len, head_dim)
+    if mean is not None:
+        xf = xf - mean[:, None, :]
+    xf = F.pad(xf, (0, 0, 0, padded - seq_len)).view(batch * heads, padded // block, block, head_dim)
+    amax = xf.abs().amax(dim=(2, 3)).clamp_min(SCALE_FLOOR)                         # [B*H, blocks]
+    x8 = (xf * (E4M3_MAX / amax)[:, :, None, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return x8.view(batch * heads, padded, head_dim), amax / E4M3_MAX
+
+
+def quantise_channels_transposed_reference(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantise_channels_transposed in torch ops (same contract, same float32 operations)."""
+    batch, seq_len, heads, head_dim = x.shape
+    padded = _padded(seq_len, block)
+    amax = channel_amax(x).clamp_min(SCALE_FLOOR)                                   # [B*H, D]
+    xt = x.float().permute(0, 2, 3, 1).reshape(batch * heads, head_dim, seq_len)
+    xt8 = (xt * (E4M3_MAX / amax)[:, :, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return F.pad(xt8.view(torch.uint8), (0, padded - seq_len)).view(torch.float8_e4m3fn), amax / E4M3_MAX
+
+
+def quantise_qkv_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles: LaunchConfig, *,
+                           smooth_k: bool = True) -> tuple[torch.Tensor, ...]:
+    """quantise_qkv in torch ops."""
+    q8, q_scale = quantise_blocks_reference(q, tiles.block_m)
+    k8, k_scale = quantise_blocks_reference(k, tiles.block_n, token_mean(k) if smooth_k else None)
+    vt8, v_scale = quantise_channels_transposed_reference(v, tiles.block_n)
+    return q8, q_scale, k8, k_scale, vt8, v_scale
+
+
+def fp8_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, smooth_k: bool = True,
+                            tiles: LaunchConfig | None = None) -> torch.Tensor:
+    """fp8_attention in torch (same contract): the same quantisation (torch's float8_e4m3fn), then the
+    kernel's blockwise online softmax in float32, P rounded to e4m3 relative to the running row max."""
+    what = "fp8_attention_reference"
+    _check_inputs(q, k, v, what=what)
+    config = fp8_blocks(q.shape[-1], tiles)
+    block_m, block_n = config.block_m, config.block_n
+    batch, q_len, heads, head_dim = q.shape
+    kv_len = k.shape[1]
+    q8, q_scale, k8, k_scale, vt8, v_scale = quantise_qkv_reference(q, k, v, config, smooth_k=smooth_k)
+    qf, kf, vf = q8.float(), k8.float(), vt8.float().transpose(1, 2)                 # [B*H, L(p), D]
+    q_coef = q_scale.repeat_interleave(block_m, dim=1) * (LOG2E / math.sqrt(head_dim))   # [B*H, Lqp]
+    m_i = torch.full(qf.shape[:2], float("-inf"), device=q.device)
+    l_i = torch.zeros(qf.shape[:2], device=q.device)
+    acc = torch.zeros(qf.shape, device=q.device)
+    for block, start in enumerate(range(0, kv_len, block_n)):
+        cols = slice(start, start + block_n)
+        coef = q_coef * k_scale[:, block, None]
+        s = qf @ kf[:, cols].transpose(1, 2)                                         # [B*H, Lqp, BLOCK_N]
+        s = s.masked_fill(torch.arange(start, start + block_n, device=q.device) >= kv_len, float("-inf"))
+        m_new = torch.maximum(m_i, s.amax(dim=2) * coef)
+        p = torch.exp2(s * coef[:, :, None] - (m_new - P_SHIFT)[:, :, None])
+        alpha = torch.exp2(m_i - m_new)
+        l_i = l_i * alpha + p.sum(dim=2)
+        p8 = p.clamp(max=E4M3_MAX).to(torch.float8_e4m3fn).float()
+        acc = acc * alpha[:, :, None] + p8 @ vf[:, cols]
+        m_i = m_new
+    out = acc * v_scale[:, None, :] / l_i[:, :, None]
+    return out[:, :q_len].view(batch, heads, q_len, head_dim).transpose(1, 2).to(q.dtype)
+
+
+def exact_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v in float32, no quantisation: [B, L, H, D] in -> [B, Lq, H, D] float32."""
+    out = F.scaled_dot_product_attention(q.float().transpose(1, 2), k.float().transpose(1, 2),
+                                         v.float().transpose(1, 2))
+    return out.transpose(1, 2)
