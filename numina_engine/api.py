@@ -17,7 +17,7 @@ import torch
 
 from .engine import pipeline
 from .engine.loading import WanModel, load_model
-from .engine.offload import load_offloaded
+from .engine.offload import load_offloaded, offload_mode
 from .engine.settings import GenerationRequest
 from .engine.video_io import atomic_output, upscale_nearest, write_mp4
 from .numina.layout_image import render_layout_png
@@ -63,21 +63,23 @@ def _remove_if_empty(folder: Path) -> None:
 class Engine:
     """A loaded Wan2.1 checkpoint and the NUMINA pipeline around it.
 
-    `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA). `offload`: the text
-    encoder stays on the CPU and the DiT leaves the GPU while the VAE decodes, for small GPUs.
+    `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA). `offload`: "none",
+    "text-encoder" (its weights stay on the CPU, streamed to the GPU to encode) or "full" (also the DiT
+    off the GPU while the VAE decodes, for small GPUs); True means "full" (engine/offload.py).
     """
 
-    def __init__(self, model: WanModel, *, cuda_graphs: bool = True, offload: bool = False):
+    def __init__(self, model: WanModel, *, cuda_graphs: bool = True, offload: bool | str = False):
         self.model = model
         self.cuda_graphs = cuda_graphs
-        self.offload = offload
+        self.offload = offload_mode(offload)
 
     @classmethod
     def load(cls, ckpt_dir: str | Path | None = None, device: str | torch.device | None = None,
-             dtype: torch.dtype | None = None, *, cuda_graphs: bool = True, offload: bool = False) -> "Engine":
+             dtype: torch.dtype | None = None, *, cuda_graphs: bool = True,
+             offload: bool | str = False) -> "Engine":
         """`ckpt_dir=None` loads the embedded demo model; see `numina_engine.engine.loading` for layouts.
-        With `offload` the text encoder is loaded onto the CPU and stays there."""
-        load = load_offloaded if offload else load_model
+        With offload ("text-encoder" or "full") the text encoder is loaded onto the CPU and stays there."""
+        load = load_offloaded if offload_mode(offload) != "none" else load_model
         return cls(load(ckpt_dir, device=device, dtype=dtype), cuda_graphs=cuda_graphs, offload=offload)
 
     def check(self, request: GenerationRequest) -> pipeline.Prepared:
