@@ -148,3 +148,32 @@ def test_offloaded_videos_on_a_gpu_equal_the_video_without_offload(numina):
         result = engine.generate(request, progress=False)
         assert engine.model.text_encoder.device.type == "cpu"
         assert torch.equal(result.frames, reference.frames), mode
+
+
+def test_phase_peaks_are_per_phase_and_the_run_peak_spans_every_phase(monkeypatch):
+    """PhaseTimer on a stand-in CUDA allocator: resetting the peak at each phase start must not lose the
+    run's peak (report.json's `peak_gpu_memory_gib`)."""
+    allocator = {"now": 0, "peak": 0}
+
+    def allocate(size):
+        allocator["now"] += size
+        allocator["peak"] = max(allocator["peak"], allocator["now"])
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: allocator["peak"])
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 2 * allocator["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                        lambda device=None: allocator.update(peak=allocator["now"]))
+    gib = 2 ** 30
+    timer = pipeline.PhaseTimer(torch.device("cuda"))
+    with timer("text encoding"):
+        allocate(5 * gib)
+        allocate(-5 * gib)
+    allocate(7 * gib)                         # between phases: kept by the next reset's fold
+    allocate(-7 * gib)
+    with timer("decode"):
+        allocate(3 * gib)
+    with timer("decode"):
+        allocate(-3 * gib)
+    assert timer.peak_allocated_gib == {"text encoding": 5.0, "decode": 3.0}
+    assert timer.run_peak_gib() == {"allocated": 7.0, "reserved": 14.0}
