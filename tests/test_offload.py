@@ -132,7 +132,7 @@ def test_offload_on_a_gpu_parks_the_dit_during_each_decode_and_brings_it_back(mo
     assert model.text_encoder.device.type == "cpu"
     assert torch.equal(first.frames, second.frames)
     peak = second.report["peak_gpu_memory_gib"]
-    assert peak["allocated"] > 0 and peak["allocated"] == max(peak["allocated_by_phase"].values())
+    assert peak["allocated"] >= max(peak["allocated_by_phase"].values()) > 0
 
 
 @pytest.mark.gpu
