@@ -4,8 +4,8 @@ Time and memory do not depend on the weights' values, so every part is made on t
 (no memory, no initialisation), cast to its run dtype there, given uninitialised storage on the GPU
 (`to_empty`) and filled in place by the GPU's random generator: the 14B DiT (14.3B parameters) and
 umT5-XXL (5.7B) take seconds instead of the minutes a CPU initialisation takes. Filling: matrices
-and convolution kernels N(0, 1/fan_in), biases 0, other vectors (norm weights) 1, so activations
-stay finite. The tokenizer is the embedded demo one (the prompts' token counts are what they are;
+and convolution kernels N(0, 1/(3 fan_in)) (the variance of PyTorch's default Linear/Conv init, which
+bench/e2e.py used before), biases 0, other vectors (norm weights) 1, so activations stay finite. The tokenizer is the embedded demo one (the prompts' token counts are what they are;
 the context is padded to 512 tokens anyway).
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ def fill_random_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     generator = torch.Generator(device=next(iter(devices))).manual_seed(seed)
     for name, param in module.named_parameters():
         if param.ndim >= 2:
-            param.normal_(0.0, param[0].numel() ** -0.5, generator=generator)
+            param.normal_(0.0, (3 * param[0].numel()) ** -0.5, generator=generator)
         elif name.endswith("bias"):
             param.zero_()
         else:
