@@ -1,7 +1,12 @@
-"""Plain vs NUMINA generation, phase by phase, at Wan2.1-1.3B's real shape with random weights, on a GPU.
+"""Plain vs NUMINA generation, phase by phase, at Wan2.1's real shape with random weights, on a GPU.
 
-Timing does not depend on weight values, so the model is built in memory at the real sizes
-(1.3B DiT, umT5-XXL encoder, Wan VAE) with random weights; the tokenizer is the embedded demo one.
+Timing and memory do not depend on weight values, so the model is built on the GPU at the real sizes
+(the --config DiT, 1.3B or 14B, umT5-XXL encoder, Wan VAE) with random weights (bench/random_wan.py,
+seconds even for 14B); the tokenizer is the embedded demo one. `--offload` runs every generation with
+that offload mode (engine/offload.py); every run's JSON holds its peak GPU memory, allocated and
+reserved, and each phase's allocated peak ("allocated_by_phase"). Peaks do not grow with --steps
+(every step of a kind replays the same graph; the extraction and the decode run once), so
+`--steps 2` gives the memory figures of a 50-step run.
 All runs use the same engine and settings, one after the other in one process:
 
     warm-up          a NUMINA run with WARMUP_STEPS steps and phase 2 forced, at the same shape
@@ -16,26 +21,27 @@ estimate over ours. With --steps below 50, per-step times are also extrapolated 
 ("extrapolated_to_50_steps": estimates, not measurements).
 
     python bench/e2e.py --steps 50 --force-modulation [--skip-graphs-off] [--json e2e.json]
+    python bench/e2e.py --config 14B --size 1280*720 --steps 2 --force-modulation --skip-graphs-off \
+        --offload text-encoder
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from numina_engine.engine import pipeline
-from numina_engine.engine.config import WAN_1_3B
-from numina_engine.engine.loading import ModelDefaults, WanModel
-from numina_engine.engine.model import WanDiT
-from numina_engine.engine.settings import GenerationRequest, parse_size
-from numina_engine.engine.text_encoder import TextEncoder
-from numina_engine.engine.vae import WanVAE
-from numina_engine.numina.config import NuminaConfig
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.random_wan import random_wan  # noqa: E402
+from numina_engine.engine import pipeline  # noqa: E402
+from numina_engine.engine.loading import WanModel  # noqa: E402
+from numina_engine.engine.offload import OFFLOAD_MODES  # noqa: E402
+from numina_engine.engine.settings import GenerationRequest, parse_size  # noqa: E402
+from numina_engine.numina.config import NuminaConfig  # noqa: E402
 
-TOKENIZER = Path(__file__).resolve().parents[1] / "numina_engine" / "assets" / "counting-world" / "tokenizer"
 FLOP_PER_FORWARD_1_3B_81F = 289e12          # one batch-1 forward at 832x480x81 (shared/ANCHORS.md)
 AUTHORS_ESTIMATE_S = 255.0                  # the authors' pipeline, one NUMINA video, 50 steps (shared/ANCHORS.md)
 PROMPT = "Three cats chasing two dogs"
@@ -43,25 +49,6 @@ COUNTS = {"cats": 2, "dogs": 3}             # differ from what random weights gi
 WARMUP_STEPS = 2
 FULL_STEPS = 50
 FULL_REFERENCE_STEP = NuminaConfig().reference_step
-
-
-def random_model(device: torch.device) -> WanModel:
-    from diffusers import AutoencoderKLWan
-    from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        dit = WanDiT(WAN_1_3B)
-        t5 = UMT5EncoderModel(UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
-                                         num_heads=64, feed_forward_proj="gated-gelu", dense_act_fn="gelu_new",
-                                         relative_attention_num_buckets=32, relative_attention_max_distance=128))
-        vae = AutoencoderKLWan()
-    dit = dit.cast_weights(torch.bfloat16).eval().requires_grad_(False)
-    text_encoder = TextEncoder(t5.to(torch.bfloat16).eval().requires_grad_(False),
-                               AutoTokenizer.from_pretrained(TOKENIZER, local_files_only=True))
-    wan_vae = WanVAE(vae.eval().requires_grad_(False), vae.config.latents_mean, vae.config.latents_std)
-    return WanModel(dit=dit, text_encoder=text_encoder, vae=wan_vae, defaults=ModelDefaults(), layout="random",
-                    path=Path("random"), device=device, dtype=torch.bfloat16)
 
 
 def add_disc(reference: dict[str, torch.Tensor], refined: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -80,17 +67,20 @@ def add_disc(reference: dict[str, torch.Tensor], refined: dict[str, torch.Tensor
     return edited
 
 
-def timed_run(model: WanModel, request: GenerationRequest, *, cuda_graphs: bool, force_modulation: bool = False) -> dict:
-    """One generation from an emptied allocator cache: wall time, phase times, peak memory, reports."""
+def timed_run(model: WanModel, request: GenerationRequest, *, cuda_graphs: bool, force_modulation: bool = False,
+              offload: str = "none", keep_frames: bool = False) -> dict:
+    """One generation from an emptied allocator cache: wall time, phase times, peak memory, reports
+    (and the frames, uint8 [T, H, W, 3] on the CPU, with `keep_frames`)."""
     torch.cuda.empty_cache()
     torch.cuda.synchronize()
     start = time.perf_counter()
-    result = pipeline.generate(model, request, progress=False, cuda_graphs=cuda_graphs,
+    result = pipeline.generate(model, request, progress=False, cuda_graphs=cuda_graphs, offload=offload,
                                edit_layout=add_disc if force_modulation else None)
     torch.cuda.synchronize()
     return {"total_s": time.perf_counter() - start, "phases_s": result.timings_s,
             "peak_gpu_memory_gib": result.report.get("peak_gpu_memory_gib", {}),
-            "cuda_graphs": result.report["cuda_graphs"], "numina": result.report.get("numina", {})}
+            "cuda_graphs": result.report["cuda_graphs"], "numina": result.report.get("numina", {}),
+            **({"frames": result.frames} if keep_frames else {})}
 
 
 def forward_tflops(step_s: float) -> float:
@@ -139,6 +129,9 @@ def print_table(runs: dict[str, dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=("1.3B", "14B"), default="1.3B", help="Wan2.1 DiT size")
+    parser.add_argument("--offload", choices=OFFLOAD_MODES, default="none",
+                        help="offload mode of every generation (engine/offload.py)")
     parser.add_argument("--steps", type=int, default=FULL_STEPS)
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--size", default="832*480")
@@ -149,7 +142,8 @@ def main() -> None:
                         help="leave out the plain run with CUDA graphs off (saves one plain run's time)")
     args = parser.parse_args()
     device = torch.device("cuda")
-    model = random_model(device)
+    model = random_wan(args.config, device,
+                       text_encoder_device=torch.device("cpu") if args.offload != "none" else None)
     width, height = parse_size(args.size)
     common = dict(prompt=PROMPT, seed=1, width=width, height=height, frames=args.frames, counts=COUNTS)
     steps = args.steps
@@ -157,18 +151,20 @@ def main() -> None:
     # the warm-up compiles every kernel phase 2 uses, too
     warmup = timed_run(model, GenerationRequest(**common, steps=WARMUP_STEPS,
                                                 numina_overrides={"reference_step": WARMUP_STEPS - 1}),
-                       cuda_graphs=True, force_modulation=True)
+                       cuda_graphs=True, force_modulation=True, offload=args.offload)
     plain_request = GenerationRequest(**common, steps=steps, numina=False)
-    runs = {"plain": timed_run(model, plain_request, cuda_graphs=True)}
+    runs = {"plain": timed_run(model, plain_request, cuda_graphs=True, offload=args.offload)}
     if not args.skip_graphs_off:
-        runs["plain, graphs off"] = timed_run(model, plain_request, cuda_graphs=False)
+        runs["plain, graphs off"] = timed_run(model, plain_request, cuda_graphs=False, offload=args.offload)
     numina_request = GenerationRequest(**common, steps=steps,
                                        numina_overrides={"reference_step": min(FULL_REFERENCE_STEP, steps - 1)})
-    runs["NUMINA"] = timed_run(model, numina_request, cuda_graphs=True, force_modulation=args.force_modulation)
+    runs["NUMINA"] = timed_run(model, numina_request, cuda_graphs=True, force_modulation=args.force_modulation,
+                               offload=args.offload)
 
     plain, numina = runs["plain"], runs["NUMINA"]
     plain_step = plain["phases_s"]["denoising"] / steps
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": steps,
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "config": args.config,
+              "offload": args.offload, "steps": steps,
               "frames": args.frames, "size": args.size, "forced_modulation": args.force_modulation,
               "warmup_run": {"steps": WARMUP_STEPS, "total_s": warmup["total_s"]},
               "runs": runs,
@@ -180,7 +176,7 @@ def main() -> None:
         result["graphs_off_over_on_step"] = eager_step / plain_step
     if steps < FULL_STEPS:
         result["extrapolated_to_50_steps"] = extrapolate_to_50_steps(plain, numina, steps)
-    if (args.frames, width, height) == (81, 832, 480):          # the shape the anchors are for
+    if (args.config, args.frames, width, height) == ("1.3B", 81, 832, 480):      # the shape the anchors are for
         result["forward_tflops"] = forward_tflops(plain_step)
         if "plain, graphs off" in runs:
             result["forward_tflops_graphs_off"] = forward_tflops(result["plain_step_graphs_off_s"])

@@ -19,7 +19,7 @@ import torch
 from .engine import pipeline
 from .engine.attention import check_attention_setting
 from .engine.loading import WanModel, load_model, resolve_device
-from .engine.offload import load_offloaded
+from .engine.offload import load_offloaded, offload_mode
 from .engine.settings import GenerationRequest
 from .engine.video_io import atomic_output, upscale_nearest, write_mp4
 from .numina.layout_image import render_layout_png
@@ -65,15 +65,16 @@ def _remove_if_empty(folder: Path) -> None:
 class Engine:
     """A loaded Wan2.1 checkpoint and the NUMINA pipeline around it.
 
-    `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA). `offload`: the text
-    encoder stays on the CPU and the DiT leaves the GPU while the VAE decodes, for small GPUs. The DiT's
+    `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA). `offload`: "none",
+    "text-encoder" (its weights stay on the CPU, streamed to the GPU to encode) or "full" (also the DiT
+    off the GPU while the VAE decodes, for small GPUs); True means "full" (engine/offload.py). The DiT's
     self-attention ("bf16" SDPA or "fp8") is the model's setting: `model.dit.kernels.attention`.
     """
 
-    def __init__(self, model: WanModel, *, cuda_graphs: bool = True, offload: bool = False):
+    def __init__(self, model: WanModel, *, cuda_graphs: bool = True, offload: bool | str = False):
         self.model = model
         self.cuda_graphs = cuda_graphs
-        self.offload = offload
+        self.offload = offload_mode(offload)
 
     @property
     def attention(self) -> str:
@@ -82,15 +83,15 @@ class Engine:
 
     @classmethod
     def load(cls, ckpt_dir: str | Path | None = None, device: str | torch.device | None = None,
-             dtype: torch.dtype | None = None, *, cuda_graphs: bool = True, offload: bool = False,
+             dtype: torch.dtype | None = None, *, cuda_graphs: bool = True, offload: bool | str = False,
              attention: str = "bf16") -> "Engine":
         """`ckpt_dir=None` loads the embedded demo model; see `numina_engine.engine.loading` for layouts.
-        With `offload` the text encoder is loaded onto the CPU and stays there. `attention`: "bf16"
-        (SDPA) or "fp8" for the DiT's plain self-attention calls; "fp8" on a device without FP8 tensor
-        cores is refused (UserInputError) before any weights load."""
+        With offload ("text-encoder" or "full") the text encoder is loaded onto the CPU and stays there.
+        `attention`: "bf16" (SDPA) or "fp8" for the DiT's plain self-attention calls; "fp8" on a device
+        without FP8 tensor cores is refused (UserInputError) before any weights load."""
         device = device if isinstance(device, torch.device) else resolve_device(device)
         check_attention_setting(attention, device)
-        load = load_offloaded if offload else load_model
+        load = load_offloaded if offload_mode(offload) != "none" else load_model
         model = load(ckpt_dir, device=device, dtype=dtype)
         model.dit.kernels = dataclasses.replace(model.dit.kernels, attention=attention)   # set once, before any run
         return cls(model, cuda_graphs=cuda_graphs, offload=offload)

@@ -67,9 +67,11 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
                      help="replace the outputs of an earlier run already in --out-dir")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     gpu = run.add_argument_group("GPU memory and speed")
-    gpu.add_argument("--offload", action="store_true",
-                     help="for small GPUs: the text encoder runs on the CPU and the DiT leaves the GPU "
-                          "while the VAE decodes")
+    gpu.add_argument("--offload", nargs="?", const="full", default="none", choices=("text-encoder", "full"),
+                     help="for small GPUs (--offload, i.e. 'full'): the text encoder's weights stay on the CPU "
+                          "(streamed to the GPU block by block to encode), the DiT leaves the GPU while the VAE "
+                          "decodes and NUMINA's extraction holds fewer maps at a time; 'text-encoder': only the "
+                          "first (e.g. Wan2.1-14B at 720p on 80 GB). The video is the same")
     gpu.add_argument("--no-cuda-graphs", action="store_true",
                      help="run the denoising steps eagerly instead of replaying CUDA graphs "
                           "(graphs are used on CUDA only)")

@@ -1,4 +1,5 @@
-"""--offload: the text encoder on the CPU, the DiT off the GPU while the VAE decodes.
+"""--offload: the text encoder's weights on the CPU (streamed to the device to encode), the DiT off the GPU
+while the VAE decodes ("full"), a smaller extraction maps budget ("full"); the video unchanged.
 
 On the CPU the placement functions are checked with `meta` standing in for the accelerator (a device
 that is not the CPU: where each module's parameters end up can differ), and the order in which a
@@ -16,7 +17,9 @@ from numina_engine import Engine, GenerationRequest
 from numina_engine.cli import main
 from numina_engine.engine import pipeline
 from numina_engine.engine.loading import load_model
-from numina_engine.engine.offload import load_offloaded, park_dit_on_cpu, place_for_generation
+from numina_engine.engine.extraction import DEFAULT_MAPS_BUDGET_BYTES
+from numina_engine.engine.offload import (FULL_OFFLOAD_MAPS_BUDGET_BYTES, load_offloaded, maps_budget_bytes,
+                                          offload_mode, park_dit_on_cpu, place_for_generation)
 from assets_paths import TINY_WAN
 from full_stack import full_stack
 
@@ -45,7 +48,16 @@ def test_placement_moves_the_dit_to_the_device_and_the_text_encoder_to_the_cpu()
     assert devices(parked.dit) == {"cpu"}
 
 
-@pytest.mark.parametrize("offload", [False, True])
+def test_offload_modes_and_what_each_changes():
+    assert [offload_mode(v) for v in (False, None, True, "none", "text-encoder", "full")] == [
+        "none", "none", "full", "none", "text-encoder", "full"]
+    with pytest.raises(ValueError, match="text-encoder"):
+        offload_mode("gpu")
+    assert maps_budget_bytes("full") == FULL_OFFLOAD_MAPS_BUDGET_BYTES < DEFAULT_MAPS_BUDGET_BYTES
+    assert maps_budget_bytes("none") == maps_budget_bytes("text-encoder") == DEFAULT_MAPS_BUDGET_BYTES
+
+
+@pytest.mark.parametrize("offload", ["none", "text-encoder", "full"])
 def test_a_generation_places_before_encoding_and_parks_the_dit_before_the_decode(monkeypatch, offload):
     events = []
     engine = Engine.load(TINY_WAN, device="cpu", offload=offload)
@@ -55,12 +67,37 @@ def test_a_generation_places_before_encoding_and_parks_the_dit_before_the_decode
     monkeypatch.setattr(pipeline, "place_for_generation", lambda m: events.append("place") or real_place(m))
     monkeypatch.setattr(pipeline, "park_dit_on_cpu", lambda m: events.append("park") or real_park(m))
     monkeypatch.setattr(model.vae, "decode", lambda latents: events.append("decode") or real_decode(latents))
-    monkeypatch.setattr(model.text_encoder, "encode", lambda prompts: events.append("encode") or real_encode(prompts))
+    monkeypatch.setattr(model.text_encoder, "encode", lambda prompts, device=None: events.append(
+        ("encode", device)) or real_encode(prompts, device=device))
     request = GenerationRequest(prompt="Three cats chasing two dogs", numina=False, width=64, height=64, steps=2)
     result = engine.generate(request, progress=False)
-    assert events == (["place", "encode", "park", "decode"] if offload else ["encode", "decode"])
-    assert result.report["offload"] is offload and ("offload" in result.timings_s) is offload
+    expected = {"none": [("encode", None), "decode"],
+                "text-encoder": ["place", ("encode", model.device), "decode"],
+                "full": ["place", ("encode", model.device), "park", "decode"]}[offload]
+    assert events == expected
+    assert result.report["offload"] == offload and ("offload" in result.timings_s) is (offload != "none")
     assert devices(model.text_encoder.model) == {"cpu"}
+
+
+def test_every_offload_mode_makes_the_same_video_and_full_offload_extracts_under_its_budget(monkeypatch):
+    """On the CPU the placements are no-ops, so this checks that no mode changes the computation (the
+    chunked decode, the maps budget); the GPU test below checks the real moves."""
+    budgets = []
+    real_pass = pipeline.reference_pass
+
+    def reference_pass(*args, maps_budget_bytes, **kwargs):
+        budgets.append(maps_budget_bytes)
+        return real_pass(*args, maps_budget_bytes=maps_budget_bytes, **kwargs)
+
+    monkeypatch.setattr(pipeline, "reference_pass", reference_pass)
+    request = GenerationRequest(prompt="Three cats chasing two dogs", width=48, height=80, frames=9, steps=3,
+                                numina_overrides={"reference_step": 1})
+    model = load_model(TINY_WAN, device="cpu")
+    videos = {mode: pipeline.generate(model, request, progress=False, offload=mode).frames
+              for mode in ("none", "text-encoder", "full")}
+    assert budgets == [DEFAULT_MAPS_BUDGET_BYTES, DEFAULT_MAPS_BUDGET_BYTES, FULL_OFFLOAD_MAPS_BUDGET_BYTES]
+    assert videos["none"].shape == (9, 80, 48, 3) and videos["none"].float().std() > 0
+    assert torch.equal(videos["none"], videos["text-encoder"]) and torch.equal(videos["none"], videos["full"])
 
 
 def test_cli_passes_offload_and_the_graph_switch_to_the_engine(tmp_path, capsys):
@@ -70,10 +107,11 @@ def test_cli_passes_offload_and_the_graph_switch_to_the_engine(tmp_path, capsys)
                  "--offload", "--no-cuda-graphs", "--out-dir", str(tmp_path)])
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["offload"] is True
+    assert report["offload"] == "full"
     assert report["cuda_graphs"] == {"enabled": False, "reason": "turned off (--no-cuda-graphs)"}
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_offload_on_a_gpu_parks_the_dit_during_each_decode_and_brings_it_back(monkeypatch):
     engine = Engine.load(TINY_WAN, device="cuda", offload=True)
@@ -93,4 +131,49 @@ def test_offload_on_a_gpu_parks_the_dit_during_each_decode_and_brings_it_back(mo
     assert dit_device_at_decode == ["cpu", "cpu"]
     assert model.text_encoder.device.type == "cpu"
     assert torch.equal(first.frames, second.frames)
-    assert second.report["peak_gpu_memory_gib"]["allocated"] > 0
+    peak = second.report["peak_gpu_memory_gib"]
+    assert peak["allocated"] >= max(peak["allocated_by_phase"].values()) > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("numina", [False, True])
+def test_offloaded_videos_on_a_gpu_equal_the_video_without_offload(numina):
+    """The text encoder streamed to the GPU computes what it computes there; the decode is the same."""
+    request = GenerationRequest(prompt="Three cats chasing two dogs", numina=numina, width=48, height=80, frames=9,
+                                steps=3, numina_overrides={"reference_step": 1} if numina else {})
+    reference = Engine.load(TINY_WAN, device="cuda").generate(request, progress=False)
+    for mode in ("text-encoder", "full"):
+        engine = Engine.load(TINY_WAN, device="cuda", offload=mode)
+        result = engine.generate(request, progress=False)
+        assert engine.model.text_encoder.device.type == "cpu"
+        assert torch.equal(result.frames, reference.frames), mode
+
+
+def test_phase_peaks_are_per_phase_and_the_run_peak_spans_every_phase(monkeypatch):
+    """PhaseTimer on a stand-in CUDA allocator: resetting the peak at each phase start must not lose the
+    run's peak (report.json's `peak_gpu_memory_gib`)."""
+    allocator = {"now": 0, "peak": 0}
+
+    def allocate(size):
+        allocator["now"] += size
+        allocator["peak"] = max(allocator["peak"], allocator["now"])
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: allocator["peak"])
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 2 * allocator["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                        lambda device=None: allocator.update(peak=allocator["now"]))
+    gib = 2 ** 30
+    timer = pipeline.PhaseTimer(torch.device("cuda"))
+    with timer("text encoding"):
+        allocate(5 * gib)
+        allocate(-5 * gib)
+    allocate(7 * gib)                         # between phases: kept by the next reset's fold
+    allocate(-7 * gib)
+    with timer("decode"):
+        allocate(3 * gib)
+    with timer("decode"):
+        allocate(-3 * gib)
+    assert timer.peak_allocated_gib == {"text encoding": 5.0, "decode": 3.0}
+    assert timer.run_peak_gib() == {"allocated": 7.0, "reserved": 14.0}

@@ -261,3 +261,53 @@ def test_tiny_tokenizer_training_is_deterministic():
     corpus = tool.generate_corpus()
     assert corpus == tool.generate_corpus() and len(set(corpus)) > 10_000
     assert tool.train_sentencepiece(corpus, 1024) == tool.train_sentencepiece(list(corpus), 1024)
+
+
+# ---- streamed encoding (--offload: weights on the CPU, computed on the GPU block by block) -------------
+
+def test_streaming_runs_every_block_on_the_target_device_and_restores_the_weights(official_encoder):
+    """`meta` stands in for the GPU: a weight left on the CPU would meet meta activations and raise. (The
+    whole encode cannot run on meta: the attention mask is read back to the host.)"""
+    from numina_engine.engine.text_encoder import streamed_modules, streamed_to
+
+    model = official_encoder.model
+    before = {name: (t.device, t.data_ptr()) for name, t in model.state_dict().items()}
+    seen = []
+    hidden = torch.randn(2, 7, DIM, device="meta")
+    with torch.no_grad(), streamed_to(model, torch.device("meta")):
+        for module in streamed_modules(model):
+            handle = module.register_forward_pre_hook(     # runs after the streaming hook: sees the copies
+                lambda module, args: seen.append({t.device.type for t in module.state_dict().values()}))
+            out = module(hidden)
+            hidden = out[0] if isinstance(out, tuple) else out
+            handle.remove()
+    assert hidden.device.type == "meta" and hidden.shape == (2, 7, DIM)
+    assert seen == [{"meta"}] * (LAYERS + 1)
+    after = {name: (t.device, t.data_ptr()) for name, t in model.state_dict().items()}
+    assert after == before and official_encoder.device.type == "cpu"
+
+
+def test_embedding_outside_the_encoder_equals_the_plain_encoding(official_encoder):
+    """The streamed path feeds the embedded tokens (inputs_embeds) and streams the blocks; on one device
+    the same forward must give the same context, bit for bit."""
+    from numina_engine.engine.text_encoder import streamed_to
+
+    model = official_encoder.model
+    batch = official_encoder.tokenizer(PROMPTS, padding="max_length", max_length=TEXT_LEN, truncation=True,
+                                       return_tensors="pt")
+    with torch.no_grad():
+        plain = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        with streamed_to(model, torch.device("cpu")):
+            streamed = model(inputs_embeds=model.get_input_embeddings()(batch.input_ids),
+                             attention_mask=batch.attention_mask).last_hidden_state
+    assert torch.equal(plain, streamed) and plain.abs().sum() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_streamed_encoding_on_the_gpu_equals_the_encoder_on_the_gpu(official_dir):
+    cpu_encoder = TextEncoder.from_official(official_dir, device="cpu", dtype=torch.bfloat16, text_len=TEXT_LEN)
+    gpu_encoder = TextEncoder.from_official(official_dir, device="cuda", dtype=torch.bfloat16, text_len=TEXT_LEN)
+    streamed = cpu_encoder.encode(PROMPTS, device="cuda")
+    assert streamed.device.type == "cuda" and cpu_encoder.device.type == "cpu"
+    assert torch.equal(streamed, gpu_encoder.encode(PROMPTS))

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from numina_engine.engine.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WanVAE, official_vae_to_diffusers
+from numina_engine.engine.vae import (WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WanVAE, official_vae_to_diffusers,
+                                      pixels_to_uint8)
 from numina_engine.errors import CheckpointError
 
 from full_stack import full_stack  # noqa: E402
@@ -162,6 +163,33 @@ def test_decode_applies_wan_normalisation_and_clamp(checkpoints):
     truncated = expected.floor()
     assert (frames.float() - truncated).abs().max() <= 1.0          # float rounding at level edges only
     assert (frames.float() == truncated).float().mean() > 0.99 and truncated.std() > 1
+
+
+@pytest.mark.parametrize("frames, height, width, dtype", [(1, 3, 5, torch.float32), (4, 3, 5, torch.float32),
+                                                      (6, 7, 2, torch.float32), (3, 5, 3, torch.bfloat16)])
+def test_decode_in_time_chunks_equals_the_whole_decode_bit_for_bit(checkpoints, frames, height, width, dtype):
+    folder, _ = checkpoints
+    vae = WanVAE.from_diffusers(folder / "vae", dtype=dtype)
+    latents = random_latents(batch=2, frames=frames, height=height, width=width, seed=frames)
+    mean, inverse_std = vae._statistics()
+    with torch.no_grad():
+        whole = torch.cat([pixels_to_uint8(vae.model.decode(z / inverse_std + mean).sample)
+                           for z in latents.to(dtype).split(1)])
+        chunks = list(vae.decoded_chunks(latents[:1].to(dtype) / inverse_std + mean))
+    assert [chunk.shape[1] for chunk in chunks] == [1] + [4] * (frames - 1)
+    assert all(chunk.dtype == torch.uint8 for chunk in chunks)
+    frames_out = vae.decode(latents)
+    assert frames_out.shape == (2, 1 + 4 * (frames - 1), 8 * height, 8 * width, 3)
+    assert torch.equal(frames_out, whole) and whole.float().std() > 1
+    assert torch.equal(torch.cat(chunks, dim=1), whole[:1])
+
+
+def test_chunked_decode_refuses_a_tiled_vae(checkpoints):
+    folder, _ = checkpoints
+    vae = WanVAE.from_diffusers(folder / "vae")
+    vae.model.enable_tiling()
+    with pytest.raises(ValueError, match="tiling"):
+        vae.decode(random_latents(batch=1))
 
 
 def test_encode_returns_normalised_posterior_mean(checkpoints):

@@ -1,10 +1,20 @@
 """--offload: make videos on a GPU that cannot hold every part of Wan2.1 at once.
 
-The umT5-XXL text encoder (5.7B parameters, 11.4 GB in bf16) is the largest part of Wan2.1-1.3B and
-runs once per video: with offload it stays on the CPU, the prompts are encoded there and only their
-context ([2, 512, 4096]) moves to the GPU. The DiT leaves the GPU while the VAE decodes, so the
-decode's activations get its memory, and comes back at the start of the next generation. (The
-official Wan2.1 scripts call these --t5_cpu and --offload_model.)
+Three modes (`offload_mode`):
+
+- "none": every part on the GPU.
+- "text-encoder": the umT5-XXL text encoder (5.7B parameters, 11.4 GB in bf16, the largest part of
+  Wan2.1-1.3B, run once per video) lives on the CPU and is streamed to the GPU one block at a time
+  for the encoding (`TextEncoder.encode(device=)`: 0.47 GB on the GPU at a time, the same context
+  as the encoder on the GPU computes). For Wan2.1-14B at 720p on an 80 GB card.
+- "full" (`--offload`): that, and the DiT leaves the GPU while the VAE decodes, so the decode's
+  activations get its memory (it comes back at the start of the next generation), and the NUMINA
+  extraction holds less of its attention maps at a time (FULL_OFFLOAD_MAPS_BUDGET_BYTES). For
+  Wan2.1-1.3B on an 8 GB card. (The official Wan2.1 scripts have --t5_cpu, which encodes on the CPU,
+  and --offload_model.)
+
+The video is the same in every mode: the VAE always decodes in time chunks (`vae.py`), and the
+extraction's chunking does not change its result (`extraction.py`).
 """
 from __future__ import annotations
 
@@ -13,15 +23,32 @@ from pathlib import Path
 
 import torch
 
+from .extraction import DEFAULT_MAPS_BUDGET_BYTES
 from .loading import WanModel, default_dtype, load_model, resolve_device
 
 CPU = torch.device("cpu")
+OFFLOAD_MODES = ("none", "text-encoder", "full")
+# Within-frame maps the extraction holds at a time under "full" offload: 9 of Wan2.1-1.3B's 21 latent
+# frames at 832x480 (12 heads, 1560 tokens a frame: 117 MB a frame), about 1 GB, plus as much again
+# for head scoring's working copy; the DiT (2.8 GB) and the VAE (0.5 GB) stay on the GPU meanwhile.
+FULL_OFFLOAD_MAPS_BUDGET_BYTES = 2**30
+
+
+def offload_mode(value: bool | str | None) -> str:
+    """One of OFFLOAD_MODES from a mode name, or from a bool (True: "full", False/None: "none")."""
+    if value is None or value is False:
+        return "none"
+    if value is True:
+        return "full"
+    if value not in OFFLOAD_MODES:
+        raise ValueError(f"offload must be one of {', '.join(OFFLOAD_MODES)} (or True/False), got {value!r}")
+    return value
 
 
 def load_offloaded(ckpt_dir: str | Path | None, device: str | torch.device | None = None,
                    dtype: torch.dtype | None = None) -> WanModel:
     """Load a checkpoint for offloaded runs: every part is read onto the CPU, then the DiT and the VAE
-    move to `device` (default: CUDA when available); the text encoder never touches the GPU.
+    move to `device` (default: CUDA when available); the text encoder's weights stay on the CPU.
 
     `dtype` is the DiT's and the text encoder's (default: the device's, bf16 on CUDA); the VAE stays float32.
     """
@@ -33,10 +60,26 @@ def load_offloaded(ckpt_dir: str | Path | None, device: str | torch.device | Non
 
 
 def place_for_generation(model: WanModel) -> None:
-    """The text encoder on the CPU (a model loaded without offload moves it there once) and the DiT on
-    `model.device` (back from the CPU, where the last offloaded decode left it)."""
+    """The text encoder's weights on the CPU (a model loaded without offload moves them there once) and
+    the DiT on `model.device` (back from the CPU, where the last "full" offload decode left it)."""
     model.text_encoder.model.to(CPU)
     model.dit.to(model.device)
+
+
+def text_encoding_device(model: WanModel, mode: str) -> torch.device | None:
+    """Where the prompts are encoded: with offload, on `model.device` (the encoder streamed there);
+    without, None (where the encoder's weights are)."""
+    return None if mode == "none" else model.device
+
+
+def parks_dit(mode: str) -> bool:
+    """Whether the DiT leaves the GPU while the VAE decodes."""
+    return mode == "full"
+
+
+def maps_budget_bytes(mode: str) -> int:
+    """Bytes of within-frame attention maps the NUMINA extraction may hold at a time."""
+    return FULL_OFFLOAD_MAPS_BUDGET_BYTES if mode == "full" else DEFAULT_MAPS_BUDGET_BYTES
 
 
 def park_dit_on_cpu(model: WanModel) -> None:

@@ -22,7 +22,8 @@
 
 CFG batches the conditional and unconditional passes as rows 0 and 1 of one forward call. On a GPU
 the denoising steps replay CUDA graphs of that call (`cuda_graphs.py`; the extraction stays eager),
-and --offload keeps the text encoder on the CPU and the DiT off the GPU while the VAE decodes
+and --offload keeps the text encoder's weights on the CPU (streamed to the GPU block by block to
+encode), the DiT off the GPU while the VAE decodes and the extraction's maps in smaller chunks
 (`offload.py`).
 """
 from __future__ import annotations
@@ -45,9 +46,11 @@ from ..numina.refinement import refine_layout, summarize_refinement
 from ..numina.token_mapping import map_noun_tokens
 from .cuda_graphs import StepGraphs
 from .easycache import EasyCache
+from .extraction import DEFAULT_MAPS_BUDGET_BYTES
 from .forward_state import Extraction, ForwardState, Modulation
 from .loading import WanModel
-from .offload import park_dit_on_cpu, place_for_generation
+from .offload import (maps_budget_bytes, offload_mode, park_dit_on_cpu, parks_dit, place_for_generation,
+                      text_encoding_device)
 from .prompt_clean import clean_prompt
 from .scheduler import FlowUniPCScheduler
 from .settings import MAX_COUNT, GenerationRequest, ResolvedSettings, resolve, scaled_reference_step
@@ -76,19 +79,43 @@ class GenerationResult:
 
 
 class PhaseTimer:
-    """Wall-clock seconds per named phase; synchronises the device only at phase boundaries."""
+    """Wall-clock seconds per named phase; synchronises the device only at phase boundaries.
+
+    On CUDA it also keeps each phase's peak allocated memory (`peak_allocated_gib`, the largest over
+    a name's phases): the allocator's peak is reset at each phase start, after folding it into the
+    run's peak so far, so `run_peak_gib()` is still the peak since the run began."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.seconds: dict[str, float] = {}
+        self.peak_allocated_gib: dict[str, float] = {}
+        self._earlier_peaks = {"allocated": 0, "reserved": 0}       # bytes, before the last reset
 
     @contextmanager
     def __call__(self, name: str):
         self._sync()
+        self._reset_peak()
         start = time.perf_counter()
         yield
         self._sync()
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device) / 2 ** 30
+            self.peak_allocated_gib[name] = round(max(peak, self.peak_allocated_gib.get(name, 0.0)), 3)
+
+    def _reset_peak(self) -> None:
+        if self.device.type == "cuda":
+            self._earlier_peaks = self._peaks()
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _peaks(self) -> dict[str, int]:
+        return {"allocated": max(self._earlier_peaks["allocated"], torch.cuda.max_memory_allocated(self.device)),
+                "reserved": max(self._earlier_peaks["reserved"], torch.cuda.max_memory_reserved(self.device))}
+
+    def run_peak_gib(self) -> dict[str, float]:
+        """Peak memory of the CUDA device since the timer was made (its peak stats reset then), GiB:
+        allocated by tensors and reserved by PyTorch's allocator (what the GPU sees)."""
+        return {kind: round(value / 2 ** 30, 3) for kind, value in self._peaks().items()}
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -217,9 +244,10 @@ def seeded_noise(settings: ResolvedSettings, device: torch.device) -> torch.Tens
     return torch.randn(settings.latent_shape, generator=generator, device=device, dtype=torch.float32)
 
 
-def encode_prompts(model: WanModel, settings: ResolvedSettings) -> torch.Tensor:
-    """[2, text_len, text_dim] in the DiT's dtype: row COND the prompt, row UNCOND the negative prompt."""
-    context = model.text_encoder.encode([settings.prompt, settings.negative_prompt])
+def encode_prompts(model: WanModel, settings: ResolvedSettings, device: torch.device | None = None) -> torch.Tensor:
+    """[2, text_len, text_dim] in the DiT's dtype on the DiT's device: row COND the prompt, row UNCOND the
+    negative prompt, encoded on `device` (None: where the text encoder's weights are)."""
+    context = model.text_encoder.encode([settings.prompt, settings.negative_prompt], device=device)
     return context.to(device=model.device, dtype=model.dtype)
 
 
@@ -296,20 +324,14 @@ def preview_frames(model: WanModel, preview_latents: torch.Tensor, shown: list[i
 
 
 def decode_video(model: WanModel, latents: torch.Tensor, timer: PhaseTimer, *, offload: bool) -> torch.Tensor:
-    """uint8 [T, H, W, 3] on the CPU from float32 latents [C, F, h, w]; with `offload` the DiT moves
-    to the CPU first (timed as "offload"), so that the VAE gets its GPU memory."""
+    """uint8 [T, H, W, 3] on the CPU from float32 latents [C, F, h, w] (the VAE decodes in time
+    chunks); with `offload` the DiT moves to the CPU first (timed as "offload"), so that the VAE gets
+    its GPU memory."""
     if offload:
         with timer("offload"):
             park_dit_on_cpu(model)
     with timer("decode"):
         return model.vae.decode(latents.unsqueeze(0))[0].cpu()
-
-
-def peak_gpu_memory_gib(device: torch.device) -> dict[str, float]:
-    """For report.json: the peak memory of CUDA `device` since the generation started, allocated by
-    tensors and reserved by PyTorch's allocator (what the GPU sees), GiB."""
-    return {"allocated": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3),
-            "reserved": round(torch.cuda.max_memory_reserved(device) / 2 ** 30, 3)}
 
 
 # --------------------------------------------------------------------------------------------- phases
@@ -329,9 +351,11 @@ class ReferencePass:
 
 def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, settings: ResolvedSettings,
                    config: NuminaConfig, noun_tokens: torch.Tensor, *, progress: bool,
-                   graphs: StepGraphs | None = None) -> ReferencePass:
+                   graphs: StepGraphs | None = None, maps_budget_bytes: int = DEFAULT_MAPS_BUDGET_BYTES,
+                   ) -> ReferencePass:
     """Phase 1: denoise up to `config.reference_step` (steps replayed from `graphs`, released before the
-    extraction, which runs eagerly), then extract at `config.reference_layer`."""
+    extraction, which runs eagerly), then extract at `config.reference_layer`, holding at most
+    `maps_budget_bytes` of within-frame maps at a time."""
     scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device,
                                    sigma_grid=config.sigma_grid)
     cache = EasyCache(config.easycache_tau, config.easycache_warmup, enabled=config.easycache_enabled)
@@ -354,7 +378,7 @@ def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, 
 
     grid = model.dit.token_grid(latents.shape)
     extraction = Extraction(layer=config.reference_layer, grid=grid, noun_tokens=noun_tokens, config=config,
-                            batch_index=0)
+                            batch_index=0, maps_budget_bytes=maps_budget_bytes)
     state = ForwardState(extraction=extraction, stop_after_layer=config.reference_layer)
     timestep = timestep_at(scheduler, config.reference_step, model.device)
     model.dit(latents.to(model.dtype).unsqueeze(0), timestep, context[COND:COND + 1], state=state)
@@ -400,11 +424,12 @@ def prepare(model: WanModel, request: GenerationRequest) -> Prepared:
     return Prepared(settings, counts, positions, config if counts else None)
 
 
-def engine_report(graphs: StepGraphs, *, offload: bool, device: torch.device) -> dict:
-    """report.json's entries on how the engine ran: CUDA graphs, offload, peak GPU memory (CUDA only)."""
+def engine_report(graphs: StepGraphs, *, offload: str, timer: PhaseTimer) -> dict:
+    """report.json's entries on how the engine ran: CUDA graphs, the offload mode, peak GPU memory
+    (CUDA only: the run's allocated and reserved peaks, and each phase's allocated peak), GiB."""
     report = {"cuda_graphs": graphs.summary(), "offload": offload}
-    if device.type == "cuda":
-        report["peak_gpu_memory_gib"] = peak_gpu_memory_gib(device)
+    if timer.device.type == "cuda":
+        report["peak_gpu_memory_gib"] = {**timer.run_peak_gib(), "allocated_by_phase": dict(timer.peak_allocated_gib)}
     return report
 
 
@@ -438,13 +463,14 @@ def outcome_message(summaries: dict, regenerated: bool, when_nothing_to_modulate
 
 @torch.inference_mode()
 def generate(model: WanModel, request: GenerationRequest, *, progress: bool = True, cuda_graphs: bool = True,
-             offload: bool = False,
+             offload: bool | str = False,
              edit_layout: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, torch.Tensor]]
              | None = None) -> GenerationResult:
     """Make one video. Bad requests raise UserInputError before any heavy work starts.
 
-    `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA). `offload`: the text
-    encoder runs on the CPU and the DiT leaves the GPU while the VAE decodes (`offload.py`).
+    `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA). `offload`: one of
+    offload.OFFLOAD_MODES ("none", "text-encoder", "full"), or True ("full") / False ("none"); the video
+    is the same in each (`offload.py`).
     `edit_layout`: for tests and benchmarks, a function (reference, refined) -> refined, each
     {noun: labels int32 [F, h, w]}, whose result replaces the refined layouts before the modulation plan
     is built (e.g. an edit planted so that phase 2 must regenerate, or the reference itself so that it
@@ -453,17 +479,18 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
     """
     prepared = prepare(model, request)
     settings, counts, positions, config = prepared.settings, prepared.counts, prepared.positions, prepared.config
-    timer = PhaseTimer(model.device)
-    report: dict = {}
+    offload = offload_mode(offload)
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.device)
-    if offload:
+    timer = PhaseTimer(model.device)
+    report: dict = {}
+    if offload != "none":
         with timer("offload"):
             place_for_generation(model)
     graphs = StepGraphs(partial(cfg_forward, model), model.device, enabled=cuda_graphs)
 
     with timer("text encoding"):
-        context = encode_prompts(model, settings)
+        context = encode_prompts(model, settings, device=text_encoding_device(model, offload))
     noise = seeded_noise(settings, model.device)
 
     if config is None:
@@ -477,14 +504,14 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
             latents = denoise(model, noise, context, scheduler, settings, range(settings.steps), progress=progress,
                               graphs=graphs)
             graphs.release()
-        frames = decode_video(model, latents, timer, offload=offload)
-        report.update(engine_report(graphs, offload=offload, device=model.device))
+        frames = decode_video(model, latents, timer, offload=parks_dit(offload))
+        report.update(engine_report(graphs, offload=offload, timer=timer))
         return GenerationResult(frames=frames, settings=settings, timings_s=timer.seconds, report=report)
 
     # Phase 1: the reference pass.
     with timer("phase 1"):
         ref = reference_pass(model, noise, context, settings, config, noun_token_table(positions, model.device),
-                             progress=progress, graphs=graphs)
+                             progress=progress, graphs=graphs, maps_budget_bytes=maps_budget_bytes(offload))
     # Layout: countable instances, refined to the asked counts, and the modulation plan.
     with timer("layout"):
         reference, refined, summaries = plan_layouts(ref, counts, config)
@@ -531,7 +558,7 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
                               first_uncond=ref.first_uncond)
             modulated_steps = sum(config.should_modulate(s) for s in range(settings.steps))
         graphs.release()
-    frames = decode_video(model, latents, timer, offload=offload)
+    frames = decode_video(model, latents, timer, offload=parks_dit(offload))
 
     found = {noun: count_instances(reference[noun]).tolist() for noun in counts}
     video_counts = final_counts(model, frames, counts)
@@ -563,6 +590,6 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
         "phase1_steps_reused": ref.reused_steps,
         "phase2_modulated_steps": modulated_steps,
     }
-    report.update(engine_report(graphs, offload=offload, device=model.device))
+    report.update(engine_report(graphs, offload=offload, timer=timer))
     return GenerationResult(frames=frames, settings=settings, timings_s=timer.seconds, report=report,
                             layout=layout)

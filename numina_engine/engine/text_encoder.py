@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -246,9 +247,14 @@ class TextEncoder:
                               add_special_tokens=True).input_ids
 
     @torch.no_grad()
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        """Text context [B, text_len, d_model] in the model's dtype and device.
+    def encode(self, prompts: list[str], device: torch.device | str | None = None) -> torch.Tensor:
+        """Text context [B, text_len, d_model] in the model's dtype, computed on `device` (default: the
+        device the weights are on) and returned there.
 
+        With weights elsewhere (the CPU, under --offload) the encoder is streamed to `device`
+        (`streamed_to`): the tokens are embedded on the weights' device (a row lookup, exact anywhere),
+        then each block's weights are copied to `device` for its forward only, so `device` holds one
+        block at a time (umT5-XXL: 0.47 GB of its 11.4 GB) and computes what the whole encoder there would.
         Positions past each prompt's token count (its ids + </s>) are exactly zero, as in Wan and diffusers.
         """
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts) or not prompts:
@@ -261,6 +267,61 @@ class TextEncoder:
             raise CheckpointError(f"the tokenizer gave token id {int(batch.input_ids.max())} but the text encoder "
                                   f"embeds only {vocab_size} tokens: the tokenizer folder does not belong to this "
                                   f"checkpoint")
-        ids, mask = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
-        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        device = self.device if device is None else torch.device(device)
+        mask = batch.attention_mask.to(device)
+        if device == self.device:
+            hidden = self.model(input_ids=batch.input_ids.to(device), attention_mask=mask).last_hidden_state
+        else:
+            embedded = self.model.get_input_embeddings()(batch.input_ids.to(self.device)).to(device)
+            with streamed_to(self.model, device):
+                hidden = self.model(inputs_embeds=embedded, attention_mask=mask).last_hidden_state
         return hidden.masked_fill(mask.unsqueeze(-1) == 0, 0)
+
+
+def streamed_modules(model: UMT5EncoderModel) -> list[torch.nn.Module]:
+    """The modules `streamed_to` moves one at a time: every encoder block, then the final layer norm.
+    Together with the token embedding (used where it is) they hold every weight of the model."""
+    modules = [*model.encoder.block, model.encoder.final_layer_norm]
+    covered = {id(t) for module in modules for t in (*module.parameters(), *module.buffers())}
+    covered |= {id(t) for t in model.get_input_embeddings().parameters()}
+    missed = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if id(t) not in covered]
+    if missed:
+        raise ValueError(f"cannot stream this text encoder to another device: {missed[:3]} belong to no block")
+    return modules
+
+
+@contextmanager
+def streamed_to(model: UMT5EncoderModel, device: torch.device):
+    """Within the block, each of `streamed_modules(model)` runs on `device`: a forward pre-hook puts
+    copies of its parameters and buffers on `device` in their places, and the forward hook puts the
+    originals back (nothing is copied back; the copies are freed). The module objects stay the same."""
+    originals: dict[int, list[tuple[dict, str, torch.Tensor]]] = {}
+
+    def to_device(module, args):
+        slots = [(table, name, tensor) for sub in module.modules()
+                 for table in (sub._parameters, sub._buffers) for name, tensor in table.items()
+                 if tensor is not None]
+        originals[id(module)] = slots
+        for table, name, tensor in slots:
+            copy = tensor.detach().to(device, non_blocking=True)
+            table[name] = torch.nn.Parameter(copy, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) \
+                else copy
+
+    def back(module, args, output):
+        _put_back(originals.pop(id(module)))
+
+    handles = []
+    try:
+        for module in streamed_modules(model):
+            handles += [module.register_forward_pre_hook(to_device), module.register_forward_hook(back)]
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for slots in originals.values():          # a forward that raised leaves its module's copies
+            _put_back(slots)
+
+
+def _put_back(slots: list[tuple[dict, str, torch.Tensor]]) -> None:
+    for table, name, tensor in slots:
+        table[name] = tensor

@@ -9,8 +9,10 @@ diffusers is imported only when a VAE is loaded, so the rest of the engine works
 """
 from __future__ import annotations
 
+import inspect
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -264,7 +266,8 @@ class WanVAE:
 
         Pixels are clamped to [-1, 1] and mapped to 0..255 by truncation, as Wan's cache_video and
         diffusers' export_to_video do.
-        One sample is decoded at a time.
+        One sample is decoded at a time, in time chunks (`decoded_chunks`): the result is the same as
+        AutoencoderKLWan.decode's, bit for bit, without its float32 video on the device.
         """
         if latents.ndim != 5 or latents.shape[1] != self.z_dim or not latents.is_floating_point():
             raise ValueError(f"decode() takes float latents [B, {self.z_dim}, F, h, w], got "
@@ -273,8 +276,36 @@ class WanVAE:
         videos = []
         for sample in latents.split(1):
             z = sample.to(self.device, self.dtype) / inverse_std + mean
-            videos.append(pixels_to_uint8(self.model.decode(z).sample))
+            videos.append(torch.cat(list(self.decoded_chunks(z)), dim=1))
         return torch.cat(videos)
+
+    def decoded_chunks(self, z: torch.Tensor) -> Iterator[torch.Tensor]:
+        """uint8 frames [1, T_i, H, W, 3] of each latent frame of un-normalised latents z [1, z_dim, F, h, w]
+        (the VAE's dtype and device), in order: 1 frame for the first, temporal_factor for each other.
+
+        The calls AutoencoderKLWan.decode makes (its post_quant_conv on all of z, then its decoder one
+        latent frame at a time with the causal convolutions' cache of the frames before), but each
+        latent frame's float32 pixels become uint8 at once: the device never holds the float32 video
+        (3 x 81 x 480 x 832 x 4 bytes = 388 MB at Wan2.1's 480p, 896 MB at 720p) nor the copies its
+        concatenation and clamping make, only one latent frame's activations and the cache. The
+        conversion is elementwise, so the frames equal the whole decode's exactly.
+        """
+        model = self.model
+        if getattr(model.config, "patch_size", None) is not None or getattr(model, "use_tiling", False):
+            raise ValueError("decoded_chunks() decodes Wan2.1's VAE as AutoencoderKLWan.decode does without "
+                             "tiling or patchification (Wan2.2's VAE); this VAE has one of them")
+        first_chunk = "first_chunk" in inspect.signature(model.decoder.forward).parameters   # diffusers >= 0.35
+        model.clear_cache()
+        try:
+            x = model.post_quant_conv(z)
+            for index in range(x.shape[2]):
+                model._conv_idx = [0]
+                extra = {"first_chunk": index == 0} if first_chunk else {}
+                pixels = model.decoder(x[:, :, index:index + 1], feat_cache=model._feat_map,
+                                       feat_idx=model._conv_idx, **extra)
+                yield pixels_to_uint8(pixels)
+        finally:
+            model.clear_cache()
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
