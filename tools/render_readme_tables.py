@@ -240,7 +240,56 @@ def render_demo_workflow() -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"cli_threads": render_cli_threads, "demo_workflow": render_demo_workflow, "e2e": render_e2e, "countbench_demo": render_countbench_demo,
+def render_fp8_attention() -> str:
+    files = _load("fp8_attention_*.json")
+    if not files:
+        return _missing("python -m bench.fp8_attention --sweep --json docs/results/fp8_attention_<gpu>.json")
+    path, data = files[0]
+    results = data["results"]
+    lines = ["| case | B x L x H | cuDNN bf16 SDPA | FP8 (quantisation included) | FP8, CUDA-graph replay | FP8 / cuDNN "
+             "| relative error vs bf16 SDPA |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in results["attention"]:
+        lines.append(f"| {row['case']} | {row['batch']} x {row['tokens']} x {row['heads']} | {row['sdpa_cudnn_ms']:.2f} ms "
+                     f"| {row['fp8_ms']:.2f} ms | {row['fp8_graph_ms']:.2f} ms | {row['fp8_over_cudnn']:.2f} "
+                     f"(target <= {row['target_ratio']}) | {row['relative_error_vs_bf16_sdpa']:.3f} |")
+    forward = results.get("forward")
+    if forward:
+        lines += ["", f"Whole WanDiT-1.3B forward, B={forward['batch']}, {forward['size']}: bf16 {forward['bf16_ms']:.1f} ms, "
+                      f"fp8 {forward['fp8_ms']:.1f} ms eager / {forward['fp8_graph_ms']:.1f} ms graph-replayed "
+                      f"(target <= {forward['target_ms']:.0f} ms); relative error of the forward's output, fp8 vs bf16: "
+                      f"{forward['relative_error_fp8_vs_bf16']:.4f}."]
+    sweep = results.get("sweep") or []
+    if sweep:
+        best = min(sweep, key=lambda r: r["ms"])
+        lines += ["", f"Tile sweep ({len(sweep)} candidates at {best['tokens']} tokens): fastest BLOCK_M {best['block_m']}, "
+                      f"BLOCK_N {best['block_n']}, {best['num_warps']} warps, {best['num_stages']} stages: {best['ms']:.2f} ms."]
+    return "\n".join(lines + ["", f"Inputs: {results.get('inputs', 'random')}.", "", _source(path, data)])
+
+
+def render_memory() -> str:
+    files = _load("memory_*.json")
+    if not files:
+        return _missing("python -m bench.memory_peak --json docs/results/memory_<gpu>.json")
+    path, data = files[0]
+    rows = data["results"]["rows"]
+    lines = ["| model, size | run | offload | peak allocated | peak reserved | largest phase | goal | video = no offload "
+             "| total time |", "| --- | --- | --- | ---: | ---: | --- | --- | --- | ---: |"]
+    for row in rows:
+        phases = row.get("peak_allocated_by_phase_gib") or {}
+        largest = max(phases, key=phases.get) if phases else "-"
+        goal = row.get("goal_peak_allocated_gib")
+        goal_text = "-" if goal is None else f"<= {goal} GiB: {'met' if row.get('meets_goal') else 'MISSED'}"
+        equal = row.get("video_equals_no_offload")
+        lines.append(f"| {row['config']} {row['size']}x{row['frames']} | {row['mode']} | {row['offload']} "
+                     f"| {row['peak_allocated_gib']:.2f} GiB | {row['peak_reserved_gib']:.2f} GiB | {largest} | {goal_text} "
+                     f"| {'-' if equal is None else equal} | {row['total_s']:.1f} s"
+                     + (f" ({row['note']})" if row.get("note") else "") + " |")
+    steps = sorted({row["steps"] for row in rows})
+    return "\n".join(lines + ["", f"{'/'.join(map(str, steps))} denoising steps a run (the peak does not grow with steps: "
+                                   f"each step replays the same CUDA graph).", "", _source(path, data)])
+
+
+RENDERERS = {"cli_threads": render_cli_threads, "fp8_attention": render_fp8_attention, "memory": render_memory, "demo_workflow": render_demo_workflow, "e2e": render_e2e, "countbench_demo": render_countbench_demo,
              "numina_stages": render_numina_stages,
              "modulated_cross_attention": render_modulated_cross_attention, "kernels": render_kernels,
              "dit_forward": render_dit_forward}
