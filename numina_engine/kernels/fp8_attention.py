@@ -28,8 +28,8 @@ to nearest even, saturating at 448), after which the cast is exact, and divide w
 output equals the torch reference's bit for bit on every backend (the reference divides once too,
 `e4m3_multiplier` / `e4m3_scale`), and the cost is nil in a memory-bound kernel. Hardware casts are
 not relied on there: Triton's interpreter (3.9) rounds float32 -> float8e4nv wrongly (a mantissa carry
-into the next power of two halves the value, 1.98 -> 1.0; subnormals are off), and below sm_90
-compiled Triton converts float32 -> e4m3 through float16 (two roundings). In the attention kernel P is
+into the next power of two halves the value, 1.98 -> 1.0; subnormals are off), and compiled
+conversions are chosen per architecture (a path through float16 would round twice). In the attention kernel P is
 cast in hardware when compiled (cvt.rn.satfinite on sm_90) and in software when interpreted
 (ROUND_IN_SOFTWARE); its output is compared with the reference within a tolerance, not bitwise.
 
@@ -207,9 +207,10 @@ def _fp8_key_block(q8, k8t, vt8, k_scale, cols, kv_len, q_coef, m_i, l_i, acc,
 
 
 @triton_helper
-def _fp8_load_kv(K8, Vt8, pid_bh, start_n, offs_n, offs_d, k_padded, HEAD_DIM: tl.constexpr, TMA: tl.constexpr):
-    """Key block [start_n, start_n + BLOCK_N) of (batch, head) pid_bh: K^T and V^T, [D, BLOCK_N] e4m3,
-    through the tensor descriptors K8, Vt8 when TMA, else by pointer loads."""
+def _fp8_load_kv(K8, Vt8, k_scales, pid_bh, start_n, offs_n, offs_d, k_padded,
+                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
+    """Key block [start_n, start_n + BLOCK_N) of (batch, head) pid_bh: K^T and V^T, [D, BLOCK_N] e4m3
+    (through the tensor descriptors K8, Vt8 when TMA, else by pointer loads), and its K scale."""
     if TMA:
         k8t = tl.trans(K8.load([pid_bh * k_padded + start_n, 0]))
         vt8 = Vt8.load([pid_bh * HEAD_DIM, start_n])
@@ -217,7 +218,18 @@ def _fp8_load_kv(K8, Vt8, pid_bh, start_n, offs_n, offs_d, k_padded, HEAD_DIM: t
         cols = start_n + offs_n
         k8t = tl.load(K8 + pid_bh.to(tl.int64) * k_padded * HEAD_DIM + cols[None, :] * HEAD_DIM + offs_d[:, None])
         vt8 = tl.load(Vt8 + pid_bh.to(tl.int64) * HEAD_DIM * k_padded + offs_d[:, None] * k_padded + cols[None, :])
-    return k8t, vt8
+    return k8t, vt8, tl.load(k_scales + start_n // BLOCK_N)
+
+
+@triton_helper
+def _fp8_full_block(q8, K8, Vt8, k_scales, pid_bh, start_n, offs_n, offs_d, k_padded, kv_len, q_coef, m_i, l_i, acc,
+                    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr, BLOCK_PV: tl.constexpr,
+                    ROUND_IN_SOFTWARE: tl.constexpr):
+    """One unmasked key block of the main loop: load, then fold into (m_i, l_i, acc)."""
+    k8t, vt8, k_scale = _fp8_load_kv(K8, Vt8, k_scales, pid_bh, start_n, offs_n, offs_d, k_padded,
+                                     HEAD_DIM, BLOCK_N, TMA)
+    return _fp8_key_block(q8, k8t, vt8, k_scale, start_n + offs_n, kv_len, q_coef, m_i, l_i, acc,
+                          False, BLOCK_PV, ROUND_IN_SOFTWARE)
 
 
 @triton_kernel
@@ -251,14 +263,17 @@ def _fp8_attention_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     full_key_end = kv_len // BLOCK_N * BLOCK_N
-    for start_n in tl.range(0, full_key_end, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
-        k8t, vt8 = _fp8_load_kv(K8, Vt8, pid_bh, start_n, offs_n, offs_d, k_padded, HEAD_DIM, TMA)
-        k_scale = tl.load(k_scales + start_n // BLOCK_N)
-        m_i, l_i, acc = _fp8_key_block(q8, k8t, vt8, k_scale, start_n + offs_n, kv_len, q_coef, m_i, l_i, acc,
-                                       False, BLOCK_PV, ROUND_IN_SOFTWARE)
+    if WARP_SPECIALIZE:           # (the keyword only here: the plain loop compiles on any Triton)
+        for start_n in tl.range(0, full_key_end, BLOCK_N, warp_specialize=True):
+            m_i, l_i, acc = _fp8_full_block(q8, K8, Vt8, k_scales, pid_bh, start_n, offs_n, offs_d, k_padded, kv_len,
+                                            q_coef, m_i, l_i, acc, HEAD_DIM, BLOCK_N, TMA, BLOCK_PV, ROUND_IN_SOFTWARE)
+    else:
+        for start_n in range(0, full_key_end, BLOCK_N):
+            m_i, l_i, acc = _fp8_full_block(q8, K8, Vt8, k_scales, pid_bh, start_n, offs_n, offs_d, k_padded, kv_len,
+                                            q_coef, m_i, l_i, acc, HEAD_DIM, BLOCK_N, TMA, BLOCK_PV, ROUND_IN_SOFTWARE)
     if full_key_end < kv_len:      # the partial tail block: keys past kv_len are padding
-        k8t, vt8 = _fp8_load_kv(K8, Vt8, pid_bh, full_key_end, offs_n, offs_d, k_padded, HEAD_DIM, TMA)
-        k_scale = tl.load(k_scales + full_key_end // BLOCK_N)
+        k8t, vt8, k_scale = _fp8_load_kv(K8, Vt8, k_scales, pid_bh, full_key_end, offs_n, offs_d, k_padded,
+                                         HEAD_DIM, BLOCK_N, TMA)
         m_i, l_i, acc = _fp8_key_block(q8, k8t, vt8, k_scale, full_key_end + offs_n, kv_len, q_coef, m_i, l_i, acc,
                                        True, BLOCK_PV, ROUND_IN_SOFTWARE)
 
