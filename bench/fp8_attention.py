@@ -8,8 +8,11 @@ Sections, in one process on one CUDA GPU:
                and without it (the attention kernel alone), the quantisation alone (Triton kernels vs the
                torch ops of the reference), TFLOP/s, and the relative error of the output against bf16
                SDPA (K smoothed, and not smoothed);
-    sweep      (--sweep) tiles.FP8_SWEEP_CANDIDATES (BLOCK_M, BLOCK_N, num_warps, num_stages) at
-               --sweep-tokens, quantisation included; a candidate that fails to compile is recorded;
+    agreement  the compiled kernels against the torch reference at the 1.3B shape: quantised bytes and
+               scales that differ (expected 0), and the output's relative error vs the reference;
+    sweep      (--sweep) tiles.FP8_SWEEP_CANDIDATES ((BLOCK_M, BLOCK_N, num_warps, num_stages), loop
+               variant: TMA, warp specialisation, per-block P V) at --sweep-tokens, quantisation
+               included; a candidate that fails to compile is recorded;
     forward    one WanDiT-1.3B forward at 832x480x81 (random weights, bf16, batch --forward-batch), with
                --attention bf16 vs fp8: eager and CUDA-graph ms, relative error of the forward output.
 
@@ -34,12 +37,13 @@ from numina_engine.kernels import KernelChoice
 from numina_engine.kernels.fp8_attention import (
     fp8_attention,
     fp8_attention_quantised,
+    fp8_attention_reference,
     fp8_blocks,
     fp8_unsupported_reason,
     quantise_qkv,
     quantise_qkv_reference,
 )
-from numina_engine.kernels.tiles import FP8_SWEEP_CANDIDATES
+from numina_engine.kernels.tiles import FP8_SWEEP_CANDIDATES, FP8_VARIANT
 
 DEVICE = torch.device("cuda")
 HEAD_DIM = 128
@@ -99,17 +103,35 @@ def attention_row(name: str, batch: int, tokens: int, heads: int, repeats: int) 
     return row
 
 
+def agreement_section() -> dict:
+    """Compiled kernels vs quantise_qkv_reference / fp8_attention_reference at B=1, 32,760 tokens, 2 heads."""
+    q, k, v = attention_inputs(1, 32760, 2, seed=3)
+    tiles = fp8_blocks(HEAD_DIM)
+    names = ("q8", "q_scale", "k8", "k_scale", "vt8", "v_scale")
+    result = {"batch": 1, "tokens": 32760, "heads": 2, "differing_elements": {}}
+    for name, kernel_part, reference_part in zip(names, quantise_qkv(q, k, v, tiles),
+                                                 quantise_qkv_reference(q, k, v, tiles)):
+        if kernel_part.dtype == torch.float8_e4m3fn:
+            kernel_part, reference_part = kernel_part.view(torch.uint8), reference_part.view(torch.uint8)
+        result["differing_elements"][name] = int((kernel_part != reference_part).sum().item())
+    result["output_relative_error_vs_reference"] = relative_error(fp8_attention(q, k, v),
+                                                                  fp8_attention_reference(q, k, v))
+    return result
+
+
 def sweep_rows(tokens: int, repeats: int) -> list[dict]:
     q, k, v = attention_inputs(2, tokens, 12, seed=tokens + 12)
     reference = sdpa(q, k, v)
     default = fp8_blocks(HEAD_DIM)
     rows = []
-    for tiles in FP8_SWEEP_CANDIDATES:
+    for tiles, variant in FP8_SWEEP_CANDIDATES:
         row = {"tokens": tokens, "block_m": tiles.block_m, "block_n": tiles.block_n, "num_warps": tiles.num_warps,
-               "num_stages": tiles.num_stages, "default": tiles == default}
+               "num_stages": tiles.num_stages, "tma": variant.tma, "warp_specialize": variant.warp_specialize,
+               "block_pv": variant.block_pv, "default": tiles == default and variant == FP8_VARIANT}
         try:
-            row["ms"] = median_ms(lambda: fp8_attention(q, k, v, tiles=tiles), repeats)
-            row["relative_error_vs_bf16_sdpa"] = relative_error(fp8_attention(q, k, v, tiles=tiles), reference)
+            row["ms"] = median_ms(lambda: fp8_attention(q, k, v, tiles=tiles, variant=variant), repeats)
+            row["relative_error_vs_bf16_sdpa"] = relative_error(fp8_attention(q, k, v, tiles=tiles, variant=variant),
+                                                                reference)
         except Exception as error:        # noqa: BLE001  (a tile that does not compile or fit is a result)
             row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
         rows.append(row)
@@ -150,7 +172,12 @@ def forward_section(batch: int, repeats: int) -> dict:
     return result
 
 
-def print_report(rows: list[dict], sweep: list[dict], forward: dict | None) -> None:
+def variant_name(row: dict) -> str:
+    names = [name for name in ("tma", "warp_specialize", "block_pv") if row[name]]
+    return "+".join(names) if names else "pointer loads"
+
+
+def print_report(rows: list[dict], agreement: dict, sweep: list[dict], forward: dict | None) -> None:
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}\n")
     print("| case | B x L x H | cuDNN bf16 ms | default SDPA ms | FP8 ms (quant. incl.) | graph ms | FP8 kernel only ms "
           "| quant. Triton / torch ms | FP8 / cuDNN | FP8 TFLOP/s | rel. error vs bf16 (unsmoothed K) |")
@@ -162,16 +189,20 @@ def print_report(rows: list[dict], sweep: list[dict], forward: dict | None) -> N
               f"{r['quantise_triton_ms']:.3f} / {r['quantise_torch_ms']:.3f} | {r['fp8_over_cudnn']:.3f} "
               f"(target <= {TARGET_RATIO}) | {r['fp8_tflops']:.0f} | {r['relative_error_vs_bf16_sdpa']:.4f} "
               f"({r['relative_error_vs_bf16_sdpa_unsmoothed_k']:.4f}) |")
+    print(f"\ncompiled vs torch reference (B=1, {agreement['tokens']} tokens, {agreement['heads']} heads): "
+          f"differing quantised elements {agreement['differing_elements']}, output relative error "
+          f"{agreement['output_relative_error_vs_reference']:.2e}")
     if sweep:
-        print("\n| tiles (BLOCK_M, BLOCK_N, warps, stages) | tokens | FP8 ms | rel. error vs bf16 |")
-        print("| --- | ---: | ---: | ---: |")
+        print("\n| tiles (BLOCK_M, BLOCK_N, warps, stages) | variant | tokens | FP8 ms | rel. error vs bf16 |")
+        print("| --- | --- | ---: | ---: | ---: |")
         for r in sweep:
             mark = " (default)" if r["default"] else ""
             tiles = f"{r['block_m']}, {r['block_n']}, {r['num_warps']}, {r['num_stages']}{mark}"
             if "error" in r:
-                print(f"| {tiles} | {r['tokens']} | failed: {r['error'][:120]} | |")
+                print(f"| {tiles} | {variant_name(r)} | {r['tokens']} | failed: {r['error'][:120]} | |")
             else:
-                print(f"| {tiles} | {r['tokens']} | {r['ms']:.2f} | {r['relative_error_vs_bf16_sdpa']:.4f} |")
+                print(f"| {tiles} | {variant_name(r)} | {r['tokens']} | {r['ms']:.2f} | "
+                      f"{r['relative_error_vs_bf16_sdpa']:.4f} |")
     if forward:
         print(f"\n| WanDiT-1.3B forward, B={forward['batch']}, {forward['size']} | eager ms | CUDA-graph ms |")
         print("| --- | ---: | ---: |")
@@ -202,12 +233,13 @@ def main() -> None:
     header = provenance("bench/fp8_attention.py", device="cuda")
     with torch.inference_mode():
         rows = [attention_row(name, batch, tokens, heads, args.repeats) for name, batch, tokens, heads in CASES]
+        agreement = agreement_section()
         sweep = [row for tokens in args.sweep_tokens for row in sweep_rows(tokens, args.repeats)] if args.sweep else []
         forward = None if args.no_forward else forward_section(args.forward_batch, args.repeats)
-    print_report(rows, sweep, forward)
+    print_report(rows, agreement, sweep, forward)
     if args.json:
         write_results(args.json, "bench/fp8_attention.py",
-                      {"attention": rows, "sweep": sweep, "forward": forward,
+                      {"attention": rows, "agreement": agreement, "sweep": sweep, "forward": forward,
                        "inputs": "q ~ 2 N(0,1), k ~ N(0,1) + per-channel offset 2 N(0,1), v ~ N(0,1), bf16",
                        "targets": {"fp8_over_cudnn": TARGET_RATIO, "forward_ms": TARGET_FORWARD_MS}},
                       header=header)

@@ -27,7 +27,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from numina_engine.kernels._triton import LaunchConfig, triton_runs_on
+from numina_engine.kernels._triton import TRITON_INTERPRETED, LaunchConfig, triton_runs_on
 from numina_engine.kernels.fp8_attention import (
     E4M3_MAX,
     exact_attention,
@@ -40,6 +40,7 @@ from numina_engine.kernels.fp8_attention import (
     quantise_qkv,
     quantise_qkv_reference,
 )
+from numina_engine.kernels.tiles import FP8_SWEEP_CANDIDATES, FP8_VARIANT, Fp8Variant
 from kernel_checks import DEVICE, KERNEL_PATH_MISSING, poison_outputs, relative_error
 from kernel_checks import requires_cuda, requires_triton
 
@@ -93,6 +94,12 @@ def poisoned_outputs(monkeypatch):
 # the interpreter's tiles are 32 tokens, so lengths end in partial blocks unless said otherwise.
 FP32_OUT = 1e-5      # both float32: only accumulation order differs
 FP16_OUT = 2e-3      # float16 output: one rounding of the same float32 value (2^-11 relative)
+# Compiled (on a GPU) the kernel's arithmetic is not the reference's: Hopper's FP8 tensor cores add
+# products with a truncated accumulator (about 14 bits retained: DeepSeek-V3, sec. 3.3.2; Triton leaves
+# sm_90 FP8 dots unpromoted, max_num_imprecise_acc = 2^30), exp2 is ex2.approx and multiply-adds are
+# fused. At these lengths (<= 128 keys per block, logits of a few units) that is ~1e-4 relative, so
+# compiled runs take 2^-9 (still ~10x below the e4m3 error the model bounds); interpreted runs stay tight.
+COMPILED_OUT = 2.0 ** -9
 SMALL_CASES = {
     "one_block_20_tokens": (1, 20, 20, 1, 128, torch.float32, 1.0, 0.0, FP32_OUT),
     "77_tokens_shared_key_component": (2, 77, 77, 2, 128, torch.float32, 1.0, 2.0, FP32_OUT),
@@ -119,11 +126,44 @@ def test_kernel_matches_reference_and_error_model_on_small_shapes(case, poisoned
 
     out = fp8_attention(q, k, v)
     assert out.shape == (batch, q_len, heads, head_dim) and out.dtype == dtype
-    assert relative_error(out, fp8_attention_reference(q, k, v)) <= rtol
+    versus_reference = relative_error(out, fp8_attention_reference(q, k, v))
+    assert versus_reference <= (rtol if TRITON_INTERPRETED else max(rtol, COMPILED_OUT)), versus_reference
 
     predicted, exact = predicted_relative_error(q, k, v)
     assert relative_error(out, exact) <= MODEL_SLACK * predicted
     assert relative_error(out, exact_attention(q, k, v)) <= MODEL_SLACK * predicted
+
+
+# The variants bench/fp8_attention.py sweeps besides the default (TMA descriptors, warp specialisation,
+# per-block P V): each must compute what the reference computes.
+OTHER_VARIANTS = sorted({variant for _, variant in FP8_SWEEP_CANDIDATES} - {FP8_VARIANT}, key=repr)
+
+
+@requires_triton
+@pytest.mark.parametrize("variant", OTHER_VARIANTS, ids=repr)
+@pytest.mark.parametrize("case", ["77_tokens_shared_key_component", "head_dim_64_33_queries_70_keys"])
+def test_every_swept_variant_matches_the_reference(case, variant, poisoned_outputs):
+    batch, q_len, kv_len, heads, head_dim, dtype, q_gain, k_offset, rtol = SMALL_CASES[case]
+    q, k, v = random_qkv(batch, q_len, kv_len, heads, head_dim, dtype, seed=len(case) * 17 + kv_len,
+                         q_gain=q_gain, k_offset=k_offset)
+    assert triton_runs_on(q), KERNEL_PATH_MISSING
+    out = fp8_attention(q, k, v, variant=variant)
+    assert out.shape == (batch, q_len, heads, head_dim) and out.dtype == dtype
+    versus_reference = relative_error(out, fp8_attention_reference(q, k, v))
+    assert versus_reference <= (rtol if TRITON_INTERPRETED else max(rtol, COMPILED_OUT)), versus_reference
+
+
+@requires_triton
+def test_quantisation_is_bit_exact_on_bfloat16_valued_inputs(poisoned_outputs):
+    # bf16 values (8-bit mantissas, as the engine's activations) scaled by 448 / amax land exactly on
+    # e4m3 midpoints often: a scale rounded twice (torch's `448 / t` is reciprocal(t) * 448) flips
+    # such ties in a few percent of blocks. Kernel and reference must divide once, correctly rounded.
+    q, k, v = random_qkv(2, 301, 301, 3, 128, torch.float32, seed=23, q_gain=2.0, k_offset=2.0)
+    q, k, v = (t.to(torch.bfloat16).float() for t in (q, k, v))      # bf16-valued, in a dtype the interpreter takes
+    tiles = fp8_blocks(128)
+    for kernel_part, reference_part in zip(quantise_qkv(q, k, v, tiles), quantise_qkv_reference(q, k, v, tiles)):
+        as_bits = (lambda t: t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t)
+        assert torch.equal(as_bits(kernel_part), as_bits(reference_part))
 
 
 @requires_triton

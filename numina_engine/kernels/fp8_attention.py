@@ -23,12 +23,20 @@ tensor cores and float32 accumulation:
 the same blockwise online softmax in float32; `exact_attention` is float32 attention with no
 quantisation. Both serve the tests and benchmarks; the reference is also the engine's fallback.
 
-Triton's interpreter (TRITON_INTERPRET=1) loads, stores and multiplies float8 tensors correctly but
-rounds float32 -> float8e4nv wrongly in this Triton (3.9: a mantissa carry into the next power of two
-halves the value, 1.98 -> 1.0; subnormals are off). The kernels therefore take ROUND_IN_SOFTWARE: when
-set (interpreted runs), values are first rounded to the e4m3 grid in float32 arithmetic
-(`round_to_e4m3`: round to nearest even, saturating at 448), after which the cast is exact; compiled
-runs cast in hardware (cvt.rn.satfinite). Everything else is the same code.
+Rounding to e4m3. The quantisation kernels always round in float32 arithmetic (`round_to_e4m3`: round
+to nearest even, saturating at 448), after which the cast is exact, and divide with tl.div_rn: their
+output equals the torch reference's bit for bit on every backend (the reference divides once too,
+`e4m3_multiplier` / `e4m3_scale`), and the cost is nil in a memory-bound kernel. Hardware casts are
+not relied on there: Triton's interpreter (3.9) rounds float32 -> float8e4nv wrongly (a mantissa carry
+into the next power of two halves the value, 1.98 -> 1.0; subnormals are off), and compiled
+conversions are chosen per architecture (a path through float16 would round twice). In the attention kernel P is
+cast in hardware when compiled (cvt.rn.satfinite on sm_90) and in software when interpreted
+(ROUND_IN_SOFTWARE); its output is compared with the reference within a tolerance, not bitwise.
+
+Loop variants (tiles.Fp8Variant, compile-time switches of the one kernel; bench/fp8_attention.py
+--sweep times them): Q/K/V tiles through TMA (host tensor descriptors) or pointer loads; Triton's
+automatic warp specialisation of the key loop; P V per key block into a fresh accumulator added in
+float32 (Hopper's FP8 MMA accumulates with a truncated adder), or straight into the running one.
 """
 from __future__ import annotations
 
@@ -51,7 +59,12 @@ from ._triton import (
     triton_helper,
     triton_kernel,
 )
-from .tiles import gpu_tiles
+from .tiles import FP8_VARIANT, Fp8Variant, gpu_tiles
+
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:       # no triton (the launchers refuse first), or one without host TMA descriptors
+    TensorDescriptor = None
 
 E4M3_MAX = 448.0                       # largest finite float8_e4m3fn
 P_SHIFT = math.log2(E4M3_MAX)          # probabilities are exp2(logit - row max + P_SHIFT) <= 448
@@ -122,7 +135,7 @@ def _quantise_blocks_kernel(
     X, Mean, Out, Scale,
     stride_xb, stride_xl, stride_xh,
     num_heads, seq_len, padded_len, num_blocks,
-    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, SUBTRACT_MEAN: tl.constexpr, ROUND_IN_SOFTWARE: tl.constexpr,
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, SUBTRACT_MEAN: tl.constexpr,
 ):
     # One program: BLOCK tokens of one (batch, head) of X [B, L, H, D] -> Out [B*H, padded_len, D]
     # e4m3 (zeros past seq_len) and Scale [B*H, num_blocks] float32.
@@ -139,8 +152,9 @@ def _quantise_blocks_kernel(
         mean = tl.load(Mean + pid_bh * HEAD_DIM + offs_d)
         x = tl.where(valid[:, None], x - mean[None, :], 0.0)
     amax = tl.maximum(tl.max(tl.max(tl.abs(x), 1), 0), _KERNEL_SCALE_FLOOR)
-    # IEEE-rounded divisions (compiled `/` is approximate), so scales equal the torch reference's bit for bit
-    x8 = to_e4m3(x * tl.div_rn(_KERNEL_E4M3_MAX, amax), ROUND_IN_SOFTWARE)
+    # IEEE-rounded divisions (compiled `/` is approximate) and rounding in float32 arithmetic (exact on every
+    # backend), so values and scales equal the torch reference's bit for bit
+    x8 = to_e4m3(x * tl.div_rn(_KERNEL_E4M3_MAX, amax), True)
     out_base = Out + pid_bh.to(tl.int64) * padded_len * HEAD_DIM
     tl.store(out_base + rows[:, None] * HEAD_DIM + offs_d[None, :], x8)
     tl.store(Scale + pid_bh * num_blocks + pid, tl.div_rn(amax, _KERNEL_E4M3_MAX))
@@ -151,7 +165,7 @@ def _quantise_channels_transposed_kernel(
     X, Amax, Out,
     stride_xb, stride_xl, stride_xh,
     num_heads, seq_len, padded_len,
-    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, ROUND_IN_SOFTWARE: tl.constexpr,
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     # One program: BLOCK tokens of one (batch, head) of X [B, L, H, D], each channel scaled by its
     # Amax [B*H, D] (floored) / 448, written transposed to Out [B*H, D, padded_len] e4m3 (zeros past seq_len).
@@ -165,31 +179,57 @@ def _quantise_channels_transposed_kernel(
     x = tl.load(x_base + rows[:, None] * stride_xl + offs_d[None, :], mask=(rows < seq_len)[:, None],
                 other=0.0).to(tl.float32)
     amax = tl.maximum(tl.load(Amax + pid_bh * HEAD_DIM + offs_d), _KERNEL_SCALE_FLOOR)
-    x8 = to_e4m3(x * tl.div_rn(_KERNEL_E4M3_MAX + tl.zeros_like(amax), amax)[None, :], ROUND_IN_SOFTWARE)
+    x8 = to_e4m3(x * tl.div_rn(_KERNEL_E4M3_MAX + tl.zeros_like(amax), amax)[None, :], True)
     out_base = Out + pid_bh.to(tl.int64) * padded_len * HEAD_DIM
     tl.store(out_base + offs_d[None, :] * padded_len + rows[:, None], x8)
 
 
 @triton_helper
-def _fp8_key_block(q8, k_base, v_base, KScale, pid_bh, num_k_blocks, start_n, offs_n, offs_d, kv_len, k_padded,
-                   q_coef, m_i, l_i, acc,
-                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-                   ROUND_IN_SOFTWARE: tl.constexpr):
-    """Fold key block [start_n, start_n + BLOCK_N) into (m_i, l_i, acc); base-2 logits; keys >= kv_len
-    masked when MASKED."""
-    cols = start_n + offs_n
-    k8 = tl.load(k_base + cols[None, :] * HEAD_DIM + offs_d[:, None])           # K^T [D, BLOCK_N]
-    coef = q_coef * tl.load(KScale + pid_bh * num_k_blocks + start_n // BLOCK_N)
-    s = tl.dot(q8, k8)                                                                  # float32 [BLOCK_M, BLOCK_N]
+def _fp8_key_block(q8, k8t, vt8, k_scale, cols, kv_len, q_coef, m_i, l_i, acc,
+                   MASKED: tl.constexpr, BLOCK_PV: tl.constexpr, ROUND_IN_SOFTWARE: tl.constexpr):
+    """Fold one key block (K^T k8t and V^T vt8, [D, BLOCK_N] e4m3, key positions `cols`) into
+    (m_i, l_i, acc); base-2 logits; keys >= kv_len masked when MASKED. BLOCK_PV: the block's P V
+    goes into a fresh accumulator, added to acc in float32 (else the tensor core accumulates into acc)."""
+    coef = q_coef * k_scale
+    s = tl.dot(q8, k8t)                                                                 # float32 [BLOCK_M, BLOCK_N]
     if MASKED:
         s = tl.where((cols < kv_len)[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1) * coef)      # coef > 0: the max commutes with the scaling
     p = tl.exp2(s * coef - (m_new - _KERNEL_P_SHIFT)[:, None])                          # <= 448
     alpha = tl.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    vt8 = tl.load(v_base + offs_d[:, None] * k_padded + cols[None, :])                  # V^T [D, BLOCK_N]
-    acc = tl.dot(to_e4m3(p, ROUND_IN_SOFTWARE), tl.trans(vt8), acc * alpha[:, None])
+    p8 = to_e4m3(p, ROUND_IN_SOFTWARE)
+    if BLOCK_PV:
+        acc = acc * alpha[:, None] + tl.dot(p8, tl.trans(vt8))
+    else:
+        acc = tl.dot(p8, tl.trans(vt8), acc * alpha[:, None])
     return m_new, l_i, acc
+
+
+@triton_helper
+def _fp8_load_kv(K8, Vt8, k_scales, pid_bh, start_n, offs_n, offs_d, k_padded,
+                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr):
+    """Key block [start_n, start_n + BLOCK_N) of (batch, head) pid_bh: K^T and V^T, [D, BLOCK_N] e4m3
+    (through the tensor descriptors K8, Vt8 when TMA, else by pointer loads), and its K scale."""
+    if TMA:
+        k8t = tl.trans(K8.load([pid_bh * k_padded + start_n, 0]))
+        vt8 = Vt8.load([pid_bh * HEAD_DIM, start_n])
+    else:
+        cols = start_n + offs_n
+        k8t = tl.load(K8 + pid_bh.to(tl.int64) * k_padded * HEAD_DIM + cols[None, :] * HEAD_DIM + offs_d[:, None])
+        vt8 = tl.load(Vt8 + pid_bh.to(tl.int64) * HEAD_DIM * k_padded + offs_d[:, None] * k_padded + cols[None, :])
+    return k8t, vt8, tl.load(k_scales + start_n // BLOCK_N)
+
+
+@triton_helper
+def _fp8_full_block(q8, K8, Vt8, k_scales, pid_bh, start_n, offs_n, offs_d, k_padded, kv_len, q_coef, m_i, l_i, acc,
+                    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr, BLOCK_PV: tl.constexpr,
+                    ROUND_IN_SOFTWARE: tl.constexpr):
+    """One unmasked key block of the main loop: load, then fold into (m_i, l_i, acc)."""
+    k8t, vt8, k_scale = _fp8_load_kv(K8, Vt8, k_scales, pid_bh, start_n, offs_n, offs_d, k_padded,
+                                     HEAD_DIM, BLOCK_N, TMA)
+    return _fp8_key_block(q8, k8t, vt8, k_scale, start_n + offs_n, kv_len, q_coef, m_i, l_i, acc,
+                          False, BLOCK_PV, ROUND_IN_SOFTWARE)
 
 
 @triton_kernel
@@ -198,11 +238,13 @@ def _fp8_attention_kernel(
     stride_ob, stride_ol, stride_oh,
     num_heads, q_len, kv_len, q_padded, k_padded, num_q_blocks, num_k_blocks,
     qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROUND_IN_SOFTWARE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr, BLOCK_PV: tl.constexpr, ROUND_IN_SOFTWARE: tl.constexpr,
 ):
     # One program: BLOCK_M queries of one (batch, head). Q8 [B*H, q_padded, D], K8 [B*H, k_padded, D],
-    # Vt8 [B*H, D, k_padded] e4m3; QScale [B*H, num_q_blocks], KScale [B*H, num_k_blocks],
-    # VScale [B*H, D] float32; Out [B, q_len, H, D].
+    # Vt8 [B*H, D, k_padded] e4m3 (pointers, or with TMA descriptors of their 2-d views [B*H*q_padded, D],
+    # [B*H*k_padded, D], [B*H*D, k_padded] with blocks [BLOCK_M, D], [BLOCK_N, D], [D, BLOCK_N]);
+    # QScale [B*H, num_q_blocks], KScale [B*H, num_k_blocks], VScale [B*H, D] float32; Out [B, q_len, H, D].
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // num_heads
@@ -210,23 +252,30 @@ def _fp8_attention_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    q8 = tl.load(Q8 + pid_bh.to(tl.int64) * q_padded * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :])
+    if TMA:
+        q8 = Q8.load([pid_bh * q_padded + pid_m * BLOCK_M, 0])
+    else:
+        q8 = tl.load(Q8 + pid_bh.to(tl.int64) * q_padded * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :])
     q_coef = tl.load(QScale + pid_bh * num_q_blocks + pid_m) * qk_scale
-    k_base = K8 + pid_bh.to(tl.int64) * k_padded * HEAD_DIM
-    v_base = Vt8 + pid_bh.to(tl.int64) * HEAD_DIM * k_padded
+    k_scales = KScale + pid_bh * num_k_blocks
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     full_key_end = kv_len // BLOCK_N * BLOCK_N
-    for start_n in range(0, full_key_end, BLOCK_N):
-        m_i, l_i, acc = _fp8_key_block(q8, k_base, v_base, KScale, pid_bh, num_k_blocks, start_n, offs_n, offs_d,
-                                       kv_len, k_padded, q_coef, m_i, l_i, acc, HEAD_DIM, BLOCK_N, False,
-                                       ROUND_IN_SOFTWARE)
+    if WARP_SPECIALIZE:           # (the keyword only here: the plain loop compiles on any Triton)
+        for start_n in tl.range(0, full_key_end, BLOCK_N, warp_specialize=True):
+            m_i, l_i, acc = _fp8_full_block(q8, K8, Vt8, k_scales, pid_bh, start_n, offs_n, offs_d, k_padded, kv_len,
+                                            q_coef, m_i, l_i, acc, HEAD_DIM, BLOCK_N, TMA, BLOCK_PV, ROUND_IN_SOFTWARE)
+    else:
+        for start_n in range(0, full_key_end, BLOCK_N):
+            m_i, l_i, acc = _fp8_full_block(q8, K8, Vt8, k_scales, pid_bh, start_n, offs_n, offs_d, k_padded, kv_len,
+                                            q_coef, m_i, l_i, acc, HEAD_DIM, BLOCK_N, TMA, BLOCK_PV, ROUND_IN_SOFTWARE)
     if full_key_end < kv_len:      # the partial tail block: keys past kv_len are padding
-        m_i, l_i, acc = _fp8_key_block(q8, k_base, v_base, KScale, pid_bh, num_k_blocks, full_key_end, offs_n,
-                                       offs_d, kv_len, k_padded, q_coef, m_i, l_i, acc, HEAD_DIM, BLOCK_N, True,
-                                       ROUND_IN_SOFTWARE)
+        k8t, vt8, k_scale = _fp8_load_kv(K8, Vt8, k_scales, pid_bh, full_key_end, offs_n, offs_d, k_padded,
+                                         HEAD_DIM, BLOCK_N, TMA)
+        m_i, l_i, acc = _fp8_key_block(q8, k8t, vt8, k_scale, full_key_end + offs_n, kv_len, q_coef, m_i, l_i, acc,
+                                       True, BLOCK_PV, ROUND_IN_SOFTWARE)
 
     v_scale = tl.load(VScale + pid_bh * HEAD_DIM + offs_d)
     out = acc * v_scale[None, :] / l_i[:, None]
@@ -241,6 +290,18 @@ def _fp8_attention_kernel(
 
 def _padded(length: int, block: int) -> int:
     return -(-length // block) * block
+
+
+def e4m3_multiplier(amax: torch.Tensor) -> torch.Tensor:
+    """448 / amax, correctly rounded as the kernels' tl.div_rn (torch's `448 / t` is reciprocal(t) * 448:
+    two roundings)."""
+    return torch.full_like(amax, E4M3_MAX) / amax
+
+
+def e4m3_scale(amax: torch.Tensor) -> torch.Tensor:
+    """amax / 448, correctly rounded as the kernels' tl.div_rn (CUDA divides by a Python scalar as a
+    multiplication by its rounded reciprocal; 1/448 is not exact)."""
+    return amax / torch.full_like(amax, E4M3_MAX)
 
 
 def channel_amax(x: torch.Tensor) -> torch.Tensor:
@@ -272,8 +333,7 @@ def quantise_blocks(x: torch.Tensor, block: int, mean: torch.Tensor | None = Non
         x, mean if mean is not None else scale, out, scale,
         x.stride(0), x.stride(1), x.stride(2),
         heads, seq_len, padded, padded // block,
-        BLOCK=block, HEAD_DIM=head_dim, SUBTRACT_MEAN=mean is not None, ROUND_IN_SOFTWARE=TRITON_INTERPRETED,
-        num_warps=4,
+        BLOCK=block, HEAD_DIM=head_dim, SUBTRACT_MEAN=mean is not None, num_warps=4,
     )
     return out, scale
 
@@ -295,10 +355,9 @@ def quantise_channels_transposed(x: torch.Tensor, block: int) -> tuple[torch.Ten
         x, amax, out,
         x.stride(0), x.stride(1), x.stride(2),
         heads, seq_len, padded,
-        BLOCK=block, HEAD_DIM=head_dim, ROUND_IN_SOFTWARE=TRITON_INTERPRETED,
-        num_warps=4,
+        BLOCK=block, HEAD_DIM=head_dim, num_warps=4,
     )
-    return out, amax.clamp_min(SCALE_FLOOR) / E4M3_MAX
+    return out, e4m3_scale(amax.clamp_min(SCALE_FLOOR))
 
 
 def quantise_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles: LaunchConfig, *,
@@ -312,26 +371,43 @@ def quantise_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles: Launc
     return q8, q_scale, k8, k_scale, vt8, v_scale
 
 
+def _tma_descriptors(q8: torch.Tensor, k8: torch.Tensor, vt8: torch.Tensor, tiles: LaunchConfig) -> tuple:
+    """Host TMA descriptors of q8 [B*H, Lqp, D], k8 [B*H, Lkp, D], vt8 [B*H, D, Lkp] as 2-d views, with
+    the kernel's blocks [BLOCK_M, D], [BLOCK_N, D], [D, BLOCK_N] (every block lies inside: lengths are padded)."""
+    if TensorDescriptor is None:
+        raise RuntimeError("fp8_attention: the TMA variant needs triton.tools.tensor_descriptor (Triton >= 3.3); "
+                           "upgrade triton or use tiles.Fp8Variant(tma=False)")
+    head_dim = q8.shape[-1]
+    return (TensorDescriptor.from_tensor(q8.view(-1, head_dim), [tiles.block_m, head_dim]),
+            TensorDescriptor.from_tensor(k8.view(-1, head_dim), [tiles.block_n, head_dim]),
+            TensorDescriptor.from_tensor(vt8.view(-1, vt8.shape[-1]), [head_dim, tiles.block_n]))
+
+
 def fp8_attention_quantised(quantised: tuple[torch.Tensor, ...], q_shape: torch.Size, kv_len: int,
-                            out_dtype: torch.dtype, tiles: LaunchConfig) -> torch.Tensor:
-    """The attention kernel alone, on quantise_qkv's output; q_shape = [B, Lq, H, D]. Returns [B, Lq, H, D]."""
+                            out_dtype: torch.dtype, tiles: LaunchConfig, variant: Fp8Variant | None = None
+                            ) -> torch.Tensor:
+    """The attention kernel alone, on quantise_qkv's output; q_shape = [B, Lq, H, D]. Returns [B, Lq, H, D].
+    variant: tiles.py's Fp8Variant (default FP8_VARIANT)."""
+    variant = variant if variant is not None else FP8_VARIANT
     q8, q_scale, k8, k_scale, vt8, v_scale = quantised
     batch, q_len, heads, head_dim = q_shape
     out = new_output((batch, q_len, heads, head_dim), out_dtype, q8.device)
+    operands = _tma_descriptors(q8, k8, vt8, tiles) if variant.tma else (q8, k8, vt8)
     grid = (q8.shape[1] // tiles.block_m, batch * heads)
     _fp8_attention_kernel[grid](
-        q8, k8, vt8, q_scale, k_scale, v_scale, out,
+        *operands, q_scale, k_scale, v_scale, out,
         out.stride(0), out.stride(1), out.stride(2),
         heads, q_len, kv_len, q8.shape[1], k8.shape[1], q_scale.shape[1], k_scale.shape[1],
         LOG2E / math.sqrt(head_dim),
-        HEAD_DIM=head_dim, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, ROUND_IN_SOFTWARE=TRITON_INTERPRETED,
+        HEAD_DIM=head_dim, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, TMA=variant.tma,
+        WARP_SPECIALIZE=variant.warp_specialize, BLOCK_PV=variant.block_pv, ROUND_IN_SOFTWARE=TRITON_INTERPRETED,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )
     return out
 
 
 def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, smooth_k: bool = True,
-                  tiles: LaunchConfig | None = None) -> torch.Tensor:
+                  tiles: LaunchConfig | None = None, variant: Fp8Variant | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)) v with e4m3 Q, K, V and P on the tensor cores, float32 accumulation.
 
     Args:
@@ -339,6 +415,8 @@ def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, smooth_k
             interpreter), D in FP8_HEAD_DIMS, any lengths.
         smooth_k: subtract k's mean over tokens before quantising it (softmax-invariant).
         tiles: launch tiles (BLOCK_M, BLOCK_N also the quantisation blocks) instead of tiles.py's.
+        variant: the kernel's loop variant (tiles.Fp8Variant: TMA loads, warp specialisation, per-block
+            P V) instead of tiles.FP8_VARIANT.
     Returns:
         [B, Lq, H, D] in q's dtype. No host sync: CUDA graphs capture it.
     """
@@ -351,7 +429,7 @@ def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, smooth_k
             raise RuntimeError(f"{what}: {reason}; use the bf16 attention (--attention bf16)")
     config = fp8_blocks(q.shape[-1], tiles)
     quantised = quantise_qkv(q, k, v, config, smooth_k=smooth_k)
-    return fp8_attention_quantised(quantised, q.shape, k.shape[1], q.dtype, config)
+    return fp8_attention_quantised(quantised, q.shape, k.shape[1], q.dtype, config, variant)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,8 +446,8 @@ def quantise_blocks_reference(x: torch.Tensor, block: int, mean: torch.Tensor | 
         xf = xf - mean[:, None, :]
     xf = F.pad(xf, (0, 0, 0, padded - seq_len)).view(batch * heads, padded // block, block, head_dim)
     amax = xf.abs().amax(dim=(2, 3)).clamp_min(SCALE_FLOOR)                         # [B*H, blocks]
-    x8 = (xf * (E4M3_MAX / amax)[:, :, None, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-    return x8.view(batch * heads, padded, head_dim), amax / E4M3_MAX
+    x8 = (xf * e4m3_multiplier(amax)[:, :, None, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return x8.view(batch * heads, padded, head_dim), e4m3_scale(amax)
 
 
 def quantise_channels_transposed_reference(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,8 +456,8 @@ def quantise_channels_transposed_reference(x: torch.Tensor, block: int) -> tuple
     padded = _padded(seq_len, block)
     amax = channel_amax(x).clamp_min(SCALE_FLOOR)                                   # [B*H, D]
     xt = x.float().permute(0, 2, 3, 1).reshape(batch * heads, head_dim, seq_len)
-    xt8 = (xt * (E4M3_MAX / amax)[:, :, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-    return F.pad(xt8.view(torch.uint8), (0, padded - seq_len)).view(torch.float8_e4m3fn), amax / E4M3_MAX
+    xt8 = (xt * e4m3_multiplier(amax)[:, :, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return F.pad(xt8.view(torch.uint8), (0, padded - seq_len)).view(torch.float8_e4m3fn), e4m3_scale(amax)
 
 
 def quantise_qkv_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles: LaunchConfig, *,

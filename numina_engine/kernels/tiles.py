@@ -8,6 +8,8 @@ interpreter always uses _triton.INTERPRETER_CONFIG.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ._triton import LaunchConfig
 
 _SMALL = LaunchConfig(block_m=64, block_n=64, num_warps=4, num_stages=2)
@@ -36,10 +38,11 @@ ATTENTION_TILES: dict[str, dict[int, LaunchConfig]] = {
         128: LaunchConfig(block_m=128, block_n=128, num_warps=8, num_stages=2),
     },
     # e4m3 Q/K/V/P on the FP8 tensor cores (kernels/fp8_attention.py; BLOCK_M / BLOCK_N are also its
-    # quantisation blocks). Not swept on a GPU yet: bench/fp8_attention.py --sweep times FP8_SWEEP_CANDIDATES.
+    # quantisation blocks). 128: the fastest of bench/fp8_attention.py --sweep on an H200 (2 x 32,760 x 12:
+    # 16.87 ms, against 18.67 ms for 128/128/8/3).
     "fp8_attention": {
         64: LaunchConfig(block_m=128, block_n=64, num_warps=4, num_stages=3),
-        128: LaunchConfig(block_m=128, block_n=128, num_warps=8, num_stages=3),
+        128: LaunchConfig(block_m=64, block_n=128, num_warps=4, num_stages=3),
     },
 }
 
@@ -48,10 +51,30 @@ SWEEP_CANDIDATES = tuple(LaunchConfig(*c) for c in (
     (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2), (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3),
     (128, 128, 8, 2), (128, 128, 8, 3)))
 
-# The candidates bench/fp8_attention.py --sweep times for fp8_attention at head_dim 128.
-FP8_SWEEP_CANDIDATES = tuple(LaunchConfig(*c) for c in (
-    (64, 128, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 8, 4),
-    (128, 256, 8, 2), (256, 128, 8, 2)))
+
+
+@dataclass(frozen=True)
+class Fp8Variant:
+    """How fp8_attention's kernel runs its key loop (each a compile-time switch of the one kernel)."""
+    tma: bool = False              # Q, K, V tiles through Hopper's TMA (host tensor descriptors), not pointer loads
+    warp_specialize: bool = False  # tl.range(warp_specialize=True): Triton's automatic producer/consumer warps
+    block_pv: bool = False         # each key block's P V in a fresh accumulator, added to acc in float32
+
+
+# The variant fp8_attention runs unless told otherwise (the plain pointer-load loop until a sweep on the
+# target GPU shows another one faster).
+FP8_VARIANT = Fp8Variant()
+
+# The candidates bench/fp8_attention.py --sweep times for fp8_attention at head_dim 128:
+# (block_m, block_n, num_warps, num_stages), variant.
+_PLAIN, _TMA, _TMA_WS, _BLOCK_PV = Fp8Variant(), Fp8Variant(tma=True), Fp8Variant(tma=True, warp_specialize=True), \
+    Fp8Variant(block_pv=True)
+FP8_SWEEP_CANDIDATES = tuple((LaunchConfig(*c), variant) for c, variant in (
+    ((64, 128, 4, 3), _PLAIN), ((64, 128, 4, 2), _PLAIN), ((64, 128, 4, 4), _PLAIN), ((64, 256, 4, 2), _PLAIN),
+    ((64, 256, 8, 2), _PLAIN), ((64, 128, 8, 3), _PLAIN), ((128, 64, 4, 3), _PLAIN), ((128, 128, 8, 3), _PLAIN),
+    ((64, 128, 4, 3), _BLOCK_PV),
+    ((64, 128, 4, 3), _TMA), ((64, 128, 4, 2), _TMA), ((64, 256, 4, 2), _TMA), ((128, 128, 8, 3), _TMA),
+    ((128, 128, 8, 2), _TMA), ((64, 128, 4, 3), _TMA_WS), ((128, 128, 8, 3), _TMA_WS)))
 
 
 def gpu_tiles(kernel: str, head_dim: int, override: LaunchConfig | None = None) -> LaunchConfig:
