@@ -48,6 +48,7 @@ from .easycache import EasyCache
 from .forward_state import Extraction, ForwardState, Modulation
 from .loading import WanModel
 from .offload import park_dit_on_cpu, place_for_generation
+from .parallel import agree_on_layouts
 from .prompt_clean import clean_prompt
 from .scheduler import FlowUniPCScheduler
 from .settings import MAX_COUNT, GenerationRequest, ResolvedSettings, resolve, scaled_reference_step
@@ -493,6 +494,7 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
         else:
             refined = edit_layout(reference, refined)
             changed = any(not torch.equal(refined[noun], reference[noun]) for noun in reference)
+        refined, changed = agree_on_layouts(model.dit, refined, changed)     # rank 0's, under a ParallelPlan
         plan = build_modulation_plan(refined, positions, model.device, model.dtype) if changed else None
     with timer("preview decode"):
         shown = layout_frames_to_show(ref.preview.shape[1])
