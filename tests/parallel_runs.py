@@ -22,7 +22,8 @@ COUNTS = {"cats": 3, "dogs": 2}
 REQUESTS = {
     "plain": GenerationRequest(prompt=PROMPT, steps=4, numina=False, **SHAPE),
     # the engine's rules: exact PCA, full attention out of the reference block
-    "numina_engine": GenerationRequest(prompt=PROMPT, steps=8, counts=COUNTS, **SHAPE),
+    "numina_engine": GenerationRequest(prompt=PROMPT, steps=10, counts=COUNTS,
+                                     numina_overrides={"easycache_warmup": 1}, **SHAPE),
     # the authors' rules: svd_lowrank PCA (seeded per frame and head), within-frame block output
     "numina_authors": GenerationRequest(prompt=PROMPT, steps=8, counts=COUNTS,
                                         numina_overrides={"mode": "authors"}, **SHAPE),
