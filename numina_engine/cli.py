@@ -261,6 +261,9 @@ def _run(args) -> int:
         _set_cpu_threads(device, prepared.settings)
         result = engine.generate(request, progress=not args.quiet and ranks.is_main)
         if ranks.is_main:                           # every rank holds the same video
+            if world_size > 1:
+                result.report["parallel"] = {"plan": plan.describe(), "ranks": world_size,
+                                             "note": "CUDA graphs are not used under --parallel"}
             paths = engine.save(result, out_dir, preview=True)
             print(json.dumps({name: str(path) for name, path in paths.items()}))
     finally:

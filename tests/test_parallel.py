@@ -6,6 +6,7 @@ One spawn per configuration; each rank runs a plain and two NUMINA generations (
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,3 +107,26 @@ def test_cli_refuses_a_bad_split_before_loading(world, parallel, message, monkey
     argv = ["run", "--prompt", "three cats", "--ckpt-dir", str(TINY_WAN), "--out-dir", str(tmp_path / "out")]
     assert cli.main(argv + (["--parallel", parallel] if parallel else [])) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_under_torchrun_writes_the_outputs_once(tmp_path):
+    """`torchrun --nproc-per-node 2 -m numina_engine run --parallel 1,2`: rank 0 writes the run's outputs."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out_dir = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+               str(free_port()), "-m", "numina_engine", "run", "--prompt", "Three cats chasing two dogs",
+               "--ckpt-dir", str(TINY_WAN), "--device", "cpu", "--size", "48*48", "--frames", "9", "--steps", "4",
+               "--quiet", "--parallel", "1,2", "--out-dir", str(out_dir)]
+    repo = str(Path(__file__).resolve().parents[1])          # this checkout's numina_engine in the ranks
+    path = os.pathsep.join(filter(None, (repo, os.environ.get("PYTHONPATH"))))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('"video"') == 1                 # one rank printed the paths
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["parallel"]["plan"] == "1 CFG x 2 Ulysses"
+    assert (out_dir / "video.mp4").is_file() and (out_dir / "layout.png").is_file()
