@@ -14,9 +14,16 @@ import torch.multiprocessing as mp
 
 from numina_engine import cli
 from numina_engine.engine.parallel import ParallelPlan, choose_plan, parse_parallel
+from numina_engine.engine.sequence_shard import SequenceShard
 from numina_engine.errors import UserInputError
+from numina_engine.kernels import KernelChoice
+from numina_engine.numina.config import NuminaConfig
+from numina_engine.numina.head_scoring import score_heads
+from numina_engine.numina.modulation import bias_for_queries, build_modulation_plan, layout_bias
 from assets_paths import TINY_WAN
 from parallel_runs import REQUESTS, generate_all, run_rank
+from test_modulation import (CONFIG, FRAME_LABELS, FRAME_LABELS_LARGE_REFERENCE, FRAME_LABELS_WITHOUT_REFERENCE,
+                             FRAMES, HEIGHT, TOKENS, WIDTH, random_refined)
 
 RELATIVE_TOLERANCE = 1e-5
 
@@ -130,3 +137,43 @@ def test_cli_under_torchrun_writes_the_outputs_once(tmp_path):
     report = json.loads((out_dir / "report.json").read_text())
     assert report["parallel"]["plan"] == "1 CFG x 2 Ulysses"
     assert (out_dir / "video.mp4").is_file() and (out_dir / "layout.png").is_file()
+
+
+@pytest.mark.parametrize("labels, degree", [(FRAME_LABELS, 4), (FRAME_LABELS, 2), (FRAME_LABELS_WITHOUT_REFERENCE, 4),
+                                            (FRAME_LABELS_LARGE_REFERENCE, 4)])
+def test_ranks_rows_of_the_layout_bias_make_the_whole_bias(labels, degree):
+    """Each rank's PlanRows (its modulated rows, its part of the reference sums, added up over the ranks)
+    give, rank after rank, the bias of one process (105 tokens: padded for 4 ranks)."""
+    generator = torch.Generator().manual_seed(degree)
+    refined = random_refined(generator, labels)
+    plan = build_modulation_plan(refined, {noun: TOKENS[noun] for noun in refined}, "cpu")
+    length = FRAMES * HEIGHT * WIDTH
+    q = torch.randn(length, 4, 16, generator=generator)
+    k = torch.randn(19, 4, 16, generator=generator)
+    delta = torch.tensor(CONFIG.delta(10))
+    shards = [SequenceShard(None, rank, degree, length) for rank in range(degree)]
+    local_q = [shard.local_rows(q, dim=0) for shard in shards]
+    rows = [shard.plan_rows(plan) for shard in shards]
+    sums = sum(part.reference_sums(mine) for part, mine in zip(rows, local_q)) if plan.has_reference else None
+    biases = [bias_for_queries(part.plan, mine.index_select(0, part.queries), k, sums, delta, CONFIG)
+              for part, mine in zip(rows, local_q)]
+    assert torch.equal(torch.cat([part.plan.modulated_queries for part in rows]), plan.modulated_queries)
+    assert torch.equal(torch.cat([part.queries + shard.start for part, shard in zip(rows, shards)]),
+                       plan.modulated_queries)
+    torch.testing.assert_close(torch.cat(biases), layout_bias(plan, q, k, delta, CONFIG), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("head_pca", ["exact", "svd_lowrank"])
+def test_scores_of_a_range_of_heads_are_those_of_all_heads(head_pca):
+    """A Ulysses rank scores its own heads (first_head, total_heads): the scores of one call over all heads."""
+    generator = torch.Generator().manual_seed(3)
+    maps = torch.randn(3, 4, 12, 12, generator=generator).mul(3).softmax(dim=-1)
+    config = NuminaConfig(head_pca=head_pca, pca_seed=5)
+    whole, _ = score_heads(maps, (3, 4), config, kernels=KernelChoice("reference"))
+    for first_frame in (0, 2):                          # a chunk of frames, too
+        parts = [score_heads(maps[first_frame:, heads], (3, 4), config, kernels=KernelChoice("reference"),
+                             first_frame=first_frame, total_frames=3, first_head=heads.start, total_heads=4)[0]
+                 for heads in (slice(0, 2), slice(2, 4))]
+        torch.testing.assert_close(torch.cat(parts, dim=1), whole[first_frame:], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="not heads of 4"):
+        score_heads(maps[:, :2], (3, 4), config, first_head=3, total_heads=4)

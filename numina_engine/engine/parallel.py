@@ -156,6 +156,9 @@ class ParallelDiT(nn.Module):
                 state: ForwardState | None = None) -> torch.Tensor | None:
         """As `WanDiT.forward`: latents [B, C, F, H, W], timestep [B], context [B, T, text_dim]; returns
         float32 [B, out_dim, F, H, W] (None after `state.stop_after_layer`), the same on every rank."""
+        if latents.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("CUDA graphs are not supported under a ParallelPlan: generate with cuda_graphs=False "
+                               "(the CLI does so under --parallel)")
         if self.plan.cfg == 1:
             return self._row_forward(latents, timestep, context, state)
         if latents.shape[0] == 2:
