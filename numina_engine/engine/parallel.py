@@ -3,15 +3,16 @@
 A `ParallelPlan` splits a torchrun world of `cfg x ulysses` ranks: rank r is CFG rank r // ulysses
 (0: the conditional row, 1: the unconditional one) and Ulysses rank r % ulysses within its CFG group.
 `choose_plan` checks the plan against the world size and the model's head count before any weights
-load. `parallelize` puts a `ParallelDiT` in the model's place; the pipeline runs unchanged on every
-rank, and every rank gets the same predictions:
+load. `parallelize` puts a `ParallelDiT` in the model's place; the pipeline runs on every rank (its one
+parallel hook is `agree_on_layouts`), and every rank gets the same predictions:
 
 - CFG parallel (cfg 2): in a batched CFG call each CFG group computes its own row and the two rows
   are all-gathered (one collective per step). A call of the conditional row alone (NUMINA's
   extraction pass, phase 2's first step) runs on CFG group 0 only, and its results (the prediction, or
   the extracted maps) are broadcast to group 1. NUMINA's extraction and bias therefore stay on the
-  conditional row's ranks. Phase 1's EasyCache decides from the predictions and latents, which are
-  then the same tensors on every rank, so every rank takes the same decision.
+  conditional row's ranks. Phase 1's EasyCache decides from the predictions and the latents: each
+  prediction has one producer and reaches every rank by a collective, so they are the same bits on
+  every rank, and so is every decision taken from them.
 - Ulysses (degree P, dividing the head count): a `SequenceShard` in `ForwardState.sequence`
   (sequence_shard.py) gives each rank L/P of the tokens (padded and masked when P does not divide L).
 - The layouts NUMINA plans from are broadcast from rank 0 (`agree_on_layouts`), so that every rank
