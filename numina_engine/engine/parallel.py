@@ -195,7 +195,7 @@ class ParallelDiT(nn.Module):
                       "head_scores": ((frames, self.config.num_heads), torch.float32),
                       "noun_maps": ((extraction.noun_tokens.shape[0], frames, tokens), torch.float32)}
             for name, (shape, dtype) in shapes.items():
-                value = getattr(extraction, name) if self.cfg_rank == 0 else torch.empty(
+                value = getattr(extraction, name).contiguous() if self.cfg_rank == 0 else torch.empty(
                     shape, dtype=dtype, device=latents.device)
                 dist.broadcast(value, src=self.conditional_source, group=self.cfg_group)
                 setattr(extraction, name, value)
