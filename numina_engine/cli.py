@@ -78,6 +78,11 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
     gpu.add_argument("--attention", choices=("bf16", "fp8"), default="bf16",
                      help="the DiT's self-attention: 'bf16' (SDPA, default) or 'fp8' (e4m3 Triton kernel, needs "
                           "compute capability >= 8.9: Ada, Hopper); NUMINA's extraction stays exact")
+    gpu.add_argument("--parallel", default=None, metavar="CFG,ULYSSES",
+                     help="one video on every rank of `torchrun --nproc-per-node N -m numina_engine run ...`: "
+                          "CFG degree (1 or 2) times Ulysses sequence-parallel degree (dividing the head count) "
+                          "= N, e.g. 2,2 on 4 GPUs; default under torchrun: CFG 2 when N is even, the rest Ulysses. "
+                          "Rank 0 writes the outputs; CUDA graphs are off")
     numina = run.add_argument_group("NUMINA")
     numina.add_argument("--counts", default=None,
                         help='JSON object of nouns and counts, e.g. \'{"cats": 3, "dogs": 2}\' '
@@ -233,23 +238,41 @@ def _run(args) -> int:
     from .api import Engine
     from .engine.loading import resolve_device
 
+    from .engine import parallel
+    from .workflow import distributed
+
     # Everything that needs no model is checked before the model loads (5-25 s).
     request = _build_request(args)
-    device = resolve_device(args.device)
+    world_size = parallel.world_size_from_env()
+    plan = None
+    if world_size > 1 or args.parallel is not None:        # the split, against the checkpoint's head count
+        plan = parallel.choose_plan(world_size, parallel.read_dit_config(args.ckpt_dir).num_heads,
+                                    parallel.parse_parallel(args.parallel))
     out_dir = Path(args.out_dir) if args.out_dir else _default_out_dir(args.prompt)
     check_out_dir(out_dir, args.overwrite)
-    engine = Engine.load(args.ckpt_dir, device=device, cuda_graphs=not args.no_cuda_graphs, offload=args.offload,
-                         attention=args.attention)
-    prepared = engine.check(request)            # sizes, nouns, NUMINA settings against this model
-    if engine.model.defaults.note:
-        print(f"note: {engine.model.defaults.note}", file=sys.stderr)
-    if request.numina and prepared.config is None:
-        print("note: NUMINA skipped: the prompt has no counted noun (e.g. \"three cats\"); running plain "
-              "generation. Pass --counts to name nouns to count.", file=sys.stderr)
-    _set_cpu_threads(device, prepared.settings)
-    result = engine.generate(request, progress=not args.quiet)
-    paths = engine.save(result, out_dir, preview=True)
-    print(json.dumps({name: str(path) for name, path in paths.items()}))
+    ranks = distributed.start(args.device)
+    try:
+        device = resolve_device(ranks.device)
+        engine = Engine.load(args.ckpt_dir, device=device, cuda_graphs=not args.no_cuda_graphs and world_size == 1,
+                             offload=args.offload, attention=args.attention)
+        if world_size > 1:
+            engine.model = parallel.parallelize(engine.model, plan, ranks.rank)
+        prepared = engine.check(request)            # sizes, nouns, NUMINA settings against this model
+        if engine.model.defaults.note and ranks.is_main:
+            print(f"note: {engine.model.defaults.note}", file=sys.stderr)
+        if request.numina and prepared.config is None and ranks.is_main:
+            print("note: NUMINA skipped: the prompt has no counted noun (e.g. \"three cats\"); running plain "
+                  "generation. Pass --counts to name nouns to count.", file=sys.stderr)
+        _set_cpu_threads(device, prepared.settings)
+        result = engine.generate(request, progress=not args.quiet and ranks.is_main)
+        if ranks.is_main:                           # every rank holds the same video
+            if world_size > 1:
+                result.report["parallel"] = {"plan": plan.describe(), "ranks": world_size,
+                                             "note": "CUDA graphs are not used under --parallel"}
+            paths = engine.save(result, out_dir, preview=True)
+            print(json.dumps({name: str(path) for name, path in paths.items()}))
+    finally:
+        distributed.stop(ranks)
     return 0
 
 

@@ -7,6 +7,11 @@ the cross-attention as `extract_noun_maps` (each counted noun's probability map 
 `NuminaConfig.extraction_block_output` picks the block's self-attention output: "full" (the true
 attention) or "within_frame" (block-diagonal, as the NUMINA authors' extraction returns it, so
 that block's cross-attention and noun maps see no cross-frame attention).
+
+Under Ulysses (a `SequenceShard`) the self-attention pass gets all tokens and this rank's heads: the
+maps and scores of those heads are made here, the scores gathered from every rank, and each frame's
+best-head map summed in from the rank that holds the head; the cross-attention pass gets this rank's
+token rows, whose noun maps are gathered.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from .. import kernels
 from ..kernels.dispatch import KernelChoice
 from ..numina.config import NuminaConfig
 from ..numina.head_scoring import score_heads
+from .sequence_shard import SequenceShard
 
 MAPS_BYTES_PER_ELEMENT = 4          # the within-frame maps are float32
 # Bytes of within-frame maps one chunk of frames may hold (head scoring needs about half as much
@@ -66,18 +72,22 @@ class Extraction:
 
 
 def extract_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extraction: Extraction,
-                           kernel_choice: KernelChoice) -> torch.Tensor:
+                           kernel_choice: KernelChoice, shard: SequenceShard | None = None) -> torch.Tensor:
     """The reference block's self-attention; fills extraction.self_maps, best_head, head_scores.
 
     q, k, v: [B, L, H, D] (RoPE applied), the video's f*h*w tokens first. Returns [B, L, H, D] in
     q's dtype: the full attention, or the within-frame one (config.extraction_block_output).
+    With `shard`: H is this rank's heads and L the padded sequence (keys past shard.length left out);
+    the extraction's fields hold all heads' results, the same on every rank.
     """
     frames, height, width = extraction.grid
     tokens = height * width
     heads = q.shape[2]
+    total_heads = heads * shard.degree if shard is not None else heads
+    first_head = shard.first_head(total_heads) if shard is not None else 0
     out, frame_lse = kernel_choice.pick(kernels.attention_with_frame_lse, q)(
-        q, k, v, frame_tokens=tokens, num_frames=frames, stats_batch=extraction.batch_index,
-        output=extraction.config.extraction_block_output)
+        q, k, v, frame_tokens=tokens, num_frames=frames, kv_len=shard.length if shard is not None else None,
+        stats_batch=extraction.batch_index, output=extraction.config.extraction_block_output)
     maps_of = kernel_choice.pick(kernels.frame_attention_maps, q)
     chunk = frames_per_chunk(frames, heads, tokens, extraction.maps_budget_bytes)
     best_maps, best_heads, all_scores = [], [], []
@@ -87,8 +97,17 @@ def extract_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ex
         maps = maps_of(q[:, span], k[:, span], frame_lse[:, span], frame_tokens=tokens, num_frames=stop - start,
                        batch=extraction.batch_index)                                    # [c, H, N, N]
         scores, best = score_heads(maps, (height, width), extraction.config, kernels=kernel_choice,
-                                   first_frame=start, total_frames=frames)                  # [c, H], [c]
-        best_maps.append(maps[torch.arange(stop - start, device=maps.device), best])
+                                   first_frame=start, total_frames=frames, first_head=first_head,
+                                   total_heads=total_heads)                                 # [c, H], [c]
+        frame_index = torch.arange(stop - start, device=maps.device)
+        if shard is None:
+            best_maps.append(maps[frame_index, best])
+        else:                               # every rank's scores; each best map from its head's rank
+            scores = shard.gather_heads(scores, dim=1)
+            best = scores.argmax(dim=-1)
+            local = best - first_head
+            mine = ((local >= 0) & (local < heads)).to(maps.dtype)
+            best_maps.append(shard.sum(maps[frame_index, local.clamp(0, heads - 1)] * mine[:, None, None]))
         best_heads.append(best)
         all_scores.append(scores)
         del maps
@@ -99,13 +118,16 @@ def extract_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ex
 
 
 def extract_noun_maps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extraction: Extraction,
-                      kernel_choice: KernelChoice) -> torch.Tensor:
+                      kernel_choice: KernelChoice, shard: SequenceShard | None = None) -> torch.Tensor:
     """The reference block's cross-attention; fills extraction.noun_maps.
 
-    q: [B, L, H, D] video queries; k, v: [B, T, H, D] text keys/values. Returns [B, L, H, D] in q's dtype.
+    q: [B, L, H, D] video queries (with `shard`: this rank's rows); k, v: [B, T, H, D] text
+    keys/values. Returns [B, L, H, D] in q's dtype.
     """
     out, noun_maps = kernel_choice.pick(kernels.cross_attention_with_noun_maps, q)(
         q, k, v, extraction.noun_tokens, maps_batch=extraction.batch_index)
+    if shard is not None:
+        noun_maps = shard.gather_rows(noun_maps, dim=1)
     frames, height, width = extraction.grid
     extraction.noun_maps = noun_maps[:, :frames * height * width].unflatten(1, (frames, height * width))
     return out

@@ -2,7 +2,8 @@
 
 One explicit object instead of flags set on modules: what to extract and where (`Extraction`, with
 the extraction work in extraction.py), the modulation plan and its strength for this step, and
-where to stop. `None` everywhere means plain Wan.
+where to stop, and this rank's share of the tokens under Ulysses sequence parallelism
+(`SequenceShard`, sequence_shard.py). `None` everywhere means plain Wan on one process.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from ..numina.config import NuminaConfig
 from ..numina.modulation import ModulationPlan
 from .extraction import Extraction
+from .sequence_shard import SequenceShard
 
 __all__ = ["Extraction", "ForwardState", "Modulation"]
 
@@ -35,3 +37,4 @@ class ForwardState:
     extraction: Extraction | None = None
     modulation: Modulation | None = None
     stop_after_layer: int | None = None   # return early once this block has run (nothing later is used)
+    sequence: SequenceShard | None = None  # Ulysses: this rank's token rows (None: all tokens here)

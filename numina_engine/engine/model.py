@@ -284,7 +284,9 @@ class WanDiT(nn.Module):
         latents: [B, in_dim, F, H, W] (F, H, W multiples of the patch size), any float dtype.
         timestep: [B] float, 0..1000. context: [B, text_len, text_dim] T5 embeddings, zero-padded to text_len.
         state: the per-forward-call `ForwardState` handed, with each block's index, to
-        `attention.self_attention` and `attention.cross_attention`; None for plain Wan.
+        `attention.self_attention` and `attention.cross_attention`; None for plain Wan. With
+        `state.sequence` (Ulysses) each rank runs the blocks on its own token rows and every rank gets
+        the whole output.
         Returns [B, out_dim, F, H, W] float32, or None when `state.stop_after_layer` ends the call early.
         """
         self._check_inputs(latents, timestep, context)
@@ -303,6 +305,10 @@ class WanDiT(nn.Module):
 
         text = self.text_embedding(context.to(self.text_embedding[0].weight.dtype))       # [B, T, dim]
         rope = self.rope_tables(grid, latents.device)
+        shard = state.sequence if state is not None else None
+        if shard is not None:               # Ulysses: this rank's token rows only (sequence_shard.py)
+            hidden = shard.local_rows(hidden, dim=1)
+            rope = tuple(shard.local_rows(table, dim=0) for table in rope)
 
         for index, block in enumerate(self.blocks):
             hidden = block(hidden, time_modulation, text, rope, layer_index=index, state=state, choice=self.kernels)
@@ -310,6 +316,8 @@ class WanDiT(nn.Module):
                 return None                      # the caller wanted only what this block extracted
 
         patches = self.head(hidden, time_embedding, choice=self.kernels)     # [B, L, pt*ph*pw*out_dim]
+        if shard is not None:
+            patches = shard.gather_rows(patches, dim=1)
         f, h, w = grid
         pt, ph, pw = config.patch_size
         patches = patches.view(batch, f, h, w, pt, ph, pw, config.out_dim)

@@ -51,6 +51,7 @@ from .forward_state import Extraction, ForwardState, Modulation
 from .loading import WanModel
 from .offload import (maps_budget_bytes, offload_mode, park_dit_on_cpu, parks_dit, place_for_generation,
                       text_encoding_device)
+from .parallel import agree_on_layouts
 from .prompt_clean import clean_prompt
 from .scheduler import FlowUniPCScheduler
 from .settings import MAX_COUNT, GenerationRequest, ResolvedSettings, resolve, scaled_reference_step
@@ -520,6 +521,7 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
         else:
             refined = edit_layout(reference, refined)
             changed = any(not torch.equal(refined[noun], reference[noun]) for noun in reference)
+        refined, changed = agree_on_layouts(model.dit, refined, changed)     # rank 0's, under a ParallelPlan
         plan = build_modulation_plan(refined, positions, model.device, model.dtype) if changed else None
     with timer("preview decode"):
         shown = layout_frames_to_show(ref.preview.shape[1])

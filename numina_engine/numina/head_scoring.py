@@ -343,12 +343,14 @@ def structure_scores(gray: torch.Tensor, grid_hw: tuple[int, int], config: Numin
 
 
 def score_heads(maps: torch.Tensor, grid_hw: tuple[int, int], config: NuminaConfig, *,
-                kernels: KernelChoice = AUTO, first_frame: int = 0,
-                total_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                kernels: KernelChoice = AUTO, first_frame: int = 0, total_frames: int | None = None,
+                first_head: int = 0, total_heads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Score every head of every frame and pick the best head per frame (batched, no host sync).
 
     maps: [F, H, N, N] float (within-frame self-attention softmax maps, N = h*w), frames
     first_frame .. first_frame + F - 1 of a video of total_frames (default: these F are the video).
+    Its H heads are heads first_head .. first_head + H - 1 of total_heads (default: all of them; a
+    Ulysses rank scores its own heads), which only the seeding of "svd_lowrank" needs to know.
     Returns (scores [F, H] float32, best_head [F] int64), on the maps' device. The components
     follow config.head_pca; the randomized ones are seeded by config.pca_seed per frame of the video,
     so a video scored in chunks of frames gets the scores of one call.
@@ -358,9 +360,17 @@ def score_heads(maps: torch.Tensor, grid_hw: tuple[int, int], config: NuminaConf
         raise ValueError(f"maps must be [F, H, N, N], got shape {tuple(maps.shape)}")
     frames, heads, n, _ = maps.shape
     check_grid(grid_hw, n)
+    total_heads = heads if total_heads is None else total_heads
+    if not 0 <= first_head <= total_heads - heads:
+        raise ValueError(f"heads {first_head}..{first_head + heads - 1} are not heads of {total_heads}")
     if config.head_pca == "svd_lowrank":
-        total = (first_frame + frames if total_frames is None else total_frames) * heads
-        components = lowrank_principal_components(maps, config.pca_seed, first_frame * heads, total)
+        total = (first_frame + frames if total_frames is None else total_frames) * total_heads
+        if heads == total_heads:
+            components = lowrank_principal_components(maps, config.pca_seed, first_frame * heads, total)
+        else:                               # map (frame, head) has start row frame * total_heads + head
+            components = torch.stack([
+                lowrank_principal_components(maps[f], config.pca_seed, (first_frame + f) * total_heads + first_head,
+                                             total) for f in range(frames)])
     else:
         components = principal_components(maps, kernels=kernels)
     gray = gray_from_components(components).reshape(frames * heads, n)

@@ -28,7 +28,7 @@ import torch
 
 from .config import LABEL_ADDED_BASE, LABEL_REMOVED, NuminaConfig
 
-__all__ = ["ModulationPlan", "build_modulation_plan", "layout_bias"]
+__all__ = ["ModulationPlan", "bias_for_queries", "build_modulation_plan", "layout_bias", "reference_sums"]
 
 
 @dataclass(frozen=True)
@@ -222,6 +222,32 @@ def layout_bias(plan: ModulationPlan, q: torch.Tensor, k: torch.Tensor, delta: t
                          f"got {queries} and {k.shape[0]}")
     if delta.dim() != 0:
         raise ValueError(f"delta must be a 0-dim tensor, got shape {tuple(delta.shape)}")
+    sums = None
+    if plan.has_reference:
+        flat_q = q[:used].reshape(used, heads * head_dim)
+        reference_q = flat_q if plan.reference_queries is None else flat_q.index_select(0, plan.reference_queries)
+        sums = reference_sums(plan.reference_weights, reference_q)
+    return bias_for_queries(plan, q.index_select(0, plan.modulated_queries), k, sums, delta, config)
+
+
+def reference_sums(weights: torch.Tensor, reference_q: torch.Tensor) -> torch.Tensor:
+    """float32 [F * n_nouns, C]: per (frame, noun), the sum of the queries of its reference pixels.
+
+    weights: [F * n_nouns, R] 0/1 (a plan's reference_weights, or some of its columns);
+    reference_q: [R, C] the queries of those R rows (C = heads * head_dim). Sums of disjoint sets of
+    rows add up to the sum of their union (sequence_shard.py adds the ranks' parts).
+    """
+    return _float32_matmul(weights.to(reference_q.dtype), reference_q)
+
+
+def bias_for_queries(plan: ModulationPlan, q_modulated: torch.Tensor, k: torch.Tensor,
+                     sums: torch.Tensor | None, delta: torch.Tensor, config: NuminaConfig) -> torch.Tensor:
+    """float32 [M, T]: the bias of the plan's M modulated queries (see layout_bias).
+
+    q_modulated: [M, H, D] the cross-attention queries of plan.modulated_queries; k: [Lk, H, D] text
+    keys; sums: `reference_sums` over all reference pixels (None when not plan.has_reference).
+    """
+    heads, head_dim = q_modulated.shape[1:]
     delta = delta.to(torch.float32)
     channels = heads * head_dim
     scale = head_dim ** -0.5 / heads
@@ -230,15 +256,11 @@ def layout_bias(plan: ModulationPlan, q: torch.Tensor, k: torch.Tensor, delta: t
     if not plan.has_reference:
         return bias
     k_columns = k.index_select(0, plan.bias_columns.long()).reshape(-1, channels)                 # [T, C]
-    q_modulated = q.index_select(0, plan.modulated_queries).reshape(-1, channels)                 # [M, C]
-    logits = _float32_matmul(q_modulated, k_columns.t()) * scale                                  # [M, T]
+    logits = _float32_matmul(q_modulated.reshape(-1, channels), k_columns.t()) * scale            # [M, T]
     # m[f, n] = scale * <sum of q over the reference pixels of (f, n), mean of k over n's columns> / count.
-    flat_q = q[:used].reshape(used, channels)
-    reference_q = flat_q if plan.reference_queries is None else flat_q.index_select(0, plan.reference_queries)
-    reference_sums = _float32_matmul(plan.reference_weights.to(q.dtype), reference_q)             # [F * N, C]
-    reference_sums = reference_sums.view(plan.num_frames, plan.num_nouns, channels)
+    sums = sums.view(plan.num_frames, plan.num_nouns, channels)
     noun_keys = plan.noun_column_mean @ k_columns.float()                                         # [N, C]
-    reference_mean = (reference_sums * noun_keys).sum(dim=-1) * scale / plan.reference_count      # [F, N]
+    reference_mean = (sums * noun_keys).sum(dim=-1) * scale / plan.reference_count                # [F, N]
     target = delta * reference_mean.index_select(1, plan.column_noun)                             # [F, T]
     return torch.addcmul(bias, target.index_select(0, plan.modulated_frame) - logits, plan.referenced_columns)
 
