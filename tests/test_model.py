@@ -171,7 +171,7 @@ def test_fp8_setting_routes_the_plain_self_attention_calls_only(monkeypatch):
     # The extraction block's call stays exact (extraction.py), whichever attention is set.
     extracted = []
     monkeypatch.setattr(attention, "extract_self_attention",
-                        lambda q, k, v, extraction, kernels: extracted.append(extraction) or attention._sdpa(q, k, v))
+                        lambda q, k, v, extraction, kernels, shard=None: extracted.append(extraction) or attention._sdpa(q, k, v))
     state = ForwardState(extraction=SimpleNamespace(layer=1))
     assert torch.equal(attention.self_attention(q, k, v, layer_index=1, state=state, kernels=fp8), sdpa)
     assert extracted == [state.extraction]
