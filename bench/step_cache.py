@@ -138,25 +138,34 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--ckpt-dir", default=None, help="default: the embedded demo model")
     parser.add_argument("--json", default=None, help="write the results (bench/results_file.py) to this file")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay the steps from CUDA graphs (default off, as bench/countbench_demo.py runs the "
+                             "demo model: each video would capture its own graphs)")
     args = parser.parse_args()
-    engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=True)
+    engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=args.cuda_graphs)
     header = provenance("bench/step_cache.py", device=str(engine.model.device))
     items = benchmark_prompts(args.prompts)
-    started = time.perf_counter()
-    records = [{"index": number, **run_item(engine, item, seed)}
-               for seed in args.seeds for number, item in enumerate(tqdm(items, desc="prompts"))]
     cache = step_cache_for(engine.model, request_for(items[0], args.seeds[0], "plain", True), None, "plain")
-    results = {"checkpoint": str(engine.model.path), "bench_seed": BENCH_SEED, "prompts": len(items),
-               "noise_seeds": args.seeds, "steps": engine.model.defaults.steps,
-               "easycache_tau": cache.tau, "easycache_warmup": cache.warmup,
-               "seconds": round(time.perf_counter() - started, 1),
-               "note": ("each prompt and seed generated as plain and NUMINA, cache off and on; a setting's row "
-                        "takes the cached run of each kind it covers and the uncached one otherwise; PSNR "
-                        "against the uncached video of the same prompt, seed and kind"),
-               "settings": summarise(records), "videos": records}
-    print(table(results["settings"]))
-    if args.json:
-        write_results(args.json, "bench/step_cache.py", results, header=header)
+    started = time.perf_counter()
+
+    def results_of(records: list[dict]) -> dict:
+        return {"checkpoint": str(engine.model.path), "bench_seed": BENCH_SEED,
+                "prompts": len({r["index"] for r in records}), "prompts_asked": len(items),
+                "noise_seeds": sorted({r["seed"] for r in records}), "steps": engine.model.defaults.steps,
+                "cuda_graphs": args.cuda_graphs, "easycache_tau": cache.tau, "easycache_warmup": cache.warmup,
+                "seconds": round(time.perf_counter() - started, 1),
+                "note": ("each prompt and seed generated as plain and NUMINA, cache off and on; a setting's row "
+                         "takes the cached run of each kind it covers and the uncached one otherwise; PSNR "
+                         "against the uncached video of the same prompt, seed and kind"),
+                "settings": summarise(records), "videos": records}
+
+    records = []
+    for seed in args.seeds:
+        for number, item in enumerate(tqdm(items, desc=f"seed {seed}")):
+            records.append({"index": number, **run_item(engine, item, seed)})
+            if args.json:             # rewritten after every prompt: a run stopped early keeps what it did
+                write_results(args.json, "bench/step_cache.py", results_of(records), header=header)
+    print(table(results_of(records)["settings"]))
 
 
 if __name__ == "__main__":

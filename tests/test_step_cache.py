@@ -206,11 +206,13 @@ def test_cached_demo_videos_reuse_steps_and_stay_close(demo):
 @needs_cuda
 @pytest.mark.gpu
 def test_cached_steps_replay_no_graph_and_graphs_match_eager_runs():
-    """Graphs on and off give the same cached video bit for bit; only computed steps replay a graph."""
-    engine = Engine.load(TINY_WAN, device="cuda")
-    request = GenerationRequest(prompt=PROMPT, width=256, height=256, frames=17, steps=8, counts=COUNTS,
-                                cache_steps="all", numina_overrides={"reference_step": 3, "modulation_center": -16.0,
-                                                                     "easycache_tau": 1e9, "easycache_warmup": 0})
+    """Graphs on and off give the same cached video bit for bit; only computed steps replay a graph. The
+    demo model (pixel space: no diffusers needed, which the GPU image lacks), NUMINA's phase 2 modulated
+    for steps 0-3 of 8 as in test_phase_two_never_reuses_across_the_modulation_stop."""
+    engine = Engine.load(device="cuda")
+    request = GenerationRequest(prompt=DEMO_PROMPT, steps=8, counts={"apples": 3, "trees": 2}, cache_steps="all",
+                                numina_overrides={"reference_step": 3, "modulation_center": -16.0,
+                                                  "easycache_tau": 1e9, "easycache_warmup": 0})
     graphed = pipeline.generate(engine.model, request, progress=False, cuda_graphs=True,
                                 edit_layout=plant_an_added_instance)
     eager = pipeline.generate(engine.model, request, progress=False, cuda_graphs=False,

@@ -227,7 +227,8 @@ def render_step_cache() -> str:
     lines = [f"{results['prompts']} unseen prompts x {len(results['noise_seeds'])} noise seed(s), "
              f"{results['steps']} steps, tau {results['easycache_tau']}, warm-up {results['easycache_warmup']} steps; "
              f"accuracy: frame-wise counting accuracy (the world's exact counter), in brackets the paired difference "
-             f"to off; PSNR: to the uncached video of the same prompt and seed, mean / min over the videos.", "",
+             f"to off; PSNR: to the uncached video of the same prompt, seed and kind, mean / min over the videos; "
+             f"times: mean wall time per video on this device; NUMINA as the checkpoint ships it.", "",
              "| --cache-steps | plain accuracy | plain PSNR | plain steps reused | plain denoising | NUMINA accuracy "
              "| NUMINA PSNR | phase-2 steps reused | phase 2 |", "| --- |" + " ---: |" * 8]
     for setting, row in results["settings"].items():
