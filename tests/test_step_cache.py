@@ -6,6 +6,7 @@ modulation stops; the regenerate-plain way of phase 2 caches as a plain run does
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -19,6 +20,7 @@ from numina_engine.engine.settings import check_request_values
 from numina_engine.errors import UserInputError
 from numina_engine.numina.config import LABEL_ADDED_BASE
 from assets_paths import TINY_WAN
+from full_stack import requires_full_stack
 
 PROMPT = "Three cats chasing two dogs"
 COUNTS = {"cats": 3, "dogs": 2}
@@ -100,6 +102,16 @@ def test_a_bad_cache_steps_value_exits_2_and_lists_the_valid_ones(capsys):
     assert all(f"'{value}'" in err for value in easycache.CACHE_STEPS)
     with pytest.raises(UserInputError, match="'sometimes' is not one of off, plain, phase2, all"):
         check_request_values(GenerationRequest(prompt=PROMPT, cache_steps="sometimes"))
+
+
+@requires_full_stack("av")
+def test_the_cli_passes_cache_steps_to_report_json(tmp_path, capsys):
+    code = cli.main(["run", "--prompt", DEMO_PROMPT, "--no-numina", "--steps", "8", "--cache-steps", "plain",
+                     "--out-dir", str(tmp_path), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    cache = json.loads((tmp_path / "report.json").read_text())["step_cache"]
+    assert cache["cache_steps"] == "plain" and cache["denoising"]["cached"] is True
+    assert cache["denoising"]["steps_computed"] + cache["denoising"]["steps_reused"] == 8
 
 
 # -------------------------------------------------------------------------------- whole generations
