@@ -23,6 +23,11 @@ estimate over ours. With --steps below 50, per-step times are also extrapolated 
     python bench/e2e.py --steps 50 --force-modulation [--skip-graphs-off] [--json e2e.json]
     python bench/e2e.py --config 14B --size 1280*720 --steps 2 --force-modulation --skip-graphs-off \
         --offload text-encoder
+
+--cache-steps plain|phase2|all times the plain and NUMINA runs with EasyCache beyond phase 1 (the warm-up
+run stays uncached). With random weights the cache's decisions say nothing about video quality: only the
+time of the steps it computes and reuses is meaningful (bench/step_cache.py measures quality on the demo
+model).
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.random_wan import random_wan  # noqa: E402
 from numina_engine.engine import pipeline  # noqa: E402
+from numina_engine.engine.easycache import CACHE_STEPS  # noqa: E402
 from numina_engine.engine.loading import WanModel  # noqa: E402
 from numina_engine.engine.offload import OFFLOAD_MODES  # noqa: E402
 from numina_engine.engine.settings import GenerationRequest, parse_size  # noqa: E402
@@ -80,6 +86,7 @@ def timed_run(model: WanModel, request: GenerationRequest, *, cuda_graphs: bool,
     return {"total_s": time.perf_counter() - start, "phases_s": result.timings_s,
             "peak_gpu_memory_gib": result.report.get("peak_gpu_memory_gib", {}),
             "cuda_graphs": result.report["cuda_graphs"], "numina": result.report.get("numina", {}),
+            "step_cache": result.report.get("step_cache", {}),
             **({"frames": result.frames} if keep_frames else {})}
 
 
@@ -127,6 +134,18 @@ def print_table(runs: dict[str, dict]) -> None:
               + f" | {memory.get('allocated', 0):.1f} | {memory.get('reserved', 0):.1f} |")
 
 
+CACHE_NOTE = ("random weights: which steps EasyCache reuses says nothing about video quality (trained weights "
+              "may reuse other steps); only the time of computed and reused steps is meaningful")
+
+
+def print_cache_steps(runs: dict[str, dict]) -> None:
+    """Steps computed / reused per run and phase (report.json's step_cache)."""
+    for name, run in runs.items():
+        phases = {phase: f"{entry['steps_computed']} computed / {entry['steps_reused']} reused"
+                  for phase, entry in run["step_cache"].items() if phase != "cache_steps"}
+        print(f"{name}: " + "; ".join(f"{phase} {text}" for phase, text in phases.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=("1.3B", "14B"), default="1.3B", help="Wan2.1 DiT size")
@@ -140,6 +159,8 @@ def main() -> None:
                         help="timing aid: make phase 2 run even when refinement changes nothing (see add_disc)")
     parser.add_argument("--skip-graphs-off", action="store_true",
                         help="leave out the plain run with CUDA graphs off (saves one plain run's time)")
+    parser.add_argument("--cache-steps", choices=CACHE_STEPS, default="off",
+                        help="EasyCache beyond phase 1 for the timed runs (random weights: time only, not quality)")
     args = parser.parse_args()
     device = torch.device("cuda")
     model = random_wan(args.config, device,
@@ -152,11 +173,11 @@ def main() -> None:
     warmup = timed_run(model, GenerationRequest(**common, steps=WARMUP_STEPS,
                                                 numina_overrides={"reference_step": WARMUP_STEPS - 1}),
                        cuda_graphs=True, force_modulation=True, offload=args.offload)
-    plain_request = GenerationRequest(**common, steps=steps, numina=False)
+    plain_request = GenerationRequest(**common, steps=steps, numina=False, cache_steps=args.cache_steps)
     runs = {"plain": timed_run(model, plain_request, cuda_graphs=True, offload=args.offload)}
     if not args.skip_graphs_off:
         runs["plain, graphs off"] = timed_run(model, plain_request, cuda_graphs=False, offload=args.offload)
-    numina_request = GenerationRequest(**common, steps=steps,
+    numina_request = GenerationRequest(**common, steps=steps, cache_steps=args.cache_steps,
                                        numina_overrides={"reference_step": min(FULL_REFERENCE_STEP, steps - 1)})
     runs["NUMINA"] = timed_run(model, numina_request, cuda_graphs=True, force_modulation=args.force_modulation,
                                offload=args.offload)
@@ -166,6 +187,7 @@ def main() -> None:
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "config": args.config,
               "offload": args.offload, "steps": steps,
               "frames": args.frames, "size": args.size, "forced_modulation": args.force_modulation,
+              "cache_steps": args.cache_steps,
               "warmup_run": {"steps": WARMUP_STEPS, "total_s": warmup["total_s"]},
               "runs": runs,
               "plain_step_s": plain_step,
@@ -185,8 +207,13 @@ def main() -> None:
         result["authors_estimate_over_numina_50_steps"] = {
             "ratio": AUTHORS_ESTIMATE_S / numina_50_s, "authors_estimate_s": AUTHORS_ESTIMATE_S,
             "numina_s": numina_50_s, "numina_s_is": "measured" if measured else "extrapolated"}
+    if args.cache_steps != "off":
+        result["cache_steps_note"] = CACHE_NOTE
     print(json.dumps(result, indent=2, default=str))
     print_table(runs)
+    if args.cache_steps != "off":
+        print_cache_steps(runs)
+        print(f"note: {CACHE_NOTE}")
     if args.json:
         from bench.results_file import write_results
         write_results(args.json, "bench/e2e.py", result)

@@ -26,6 +26,7 @@ OUTPUT_NAMES = ("video.mp4", "video_preview.mp4", "layout.png", "report.json")  
 CPU_THREADS = 2
 TINY_PIXELS = 64 * 64
 EXIT_INTERRUPTED = 130
+CACHE_STEPS = ("off", "plain", "phase2", "all")     # engine/easycache.py CACHE_STEPS (tests/test_step_cache.py)
 
 
 def demo_defaults() -> dict:
@@ -83,6 +84,10 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
                           "CFG degree (1 or 2) times Ulysses sequence-parallel degree (dividing the head count) "
                           "= N, e.g. 2,2 on 4 GPUs; default under torchrun: CFG 2 when N is even, the rest Ulysses. "
                           "Rank 0 writes the outputs; CUDA graphs are off")
+    gpu.add_argument("--cache-steps", choices=CACHE_STEPS, default="off",
+                     help="EasyCache (phase 1's rule and tau/warm-up) beyond phase 1: 'plain' caches plain "
+                          "generation, 'phase2' NUMINA's phase 2, 'all' both (default off; phase 1 caches "
+                          "either way)")
     numina = run.add_argument_group("NUMINA")
     numina.add_argument("--counts", default=None,
                         help='JSON object of nouns and counts, e.g. \'{"cats": 3, "dogs": 2}\' '
@@ -220,6 +225,7 @@ def _build_request(args):
 
     request = GenerationRequest(prompt=args.prompt, seed=args.seed, numina=not args.no_numina,
                                 counts=parse_counts_json(args.counts) if args.counts is not None else None,
+                                cache_steps=args.cache_steps,
                                 **_shared_request_options(args))
     check_request_values(request)
     return request

@@ -82,8 +82,10 @@ def render_e2e() -> str:
                          + f" | {run['peak_gpu_memory_gib']['allocated']:.1f} GiB |")
         numina = results["runs"]["NUMINA"]["numina"]
         authors = results["authors_estimate_over_numina_50_steps"]
+        cache = results.get("cache_steps", "off")
         lines += ["", f"{results['steps']} steps, {results['size']}, {results['frames']} frames, forced modulation "
-                      f"{'on' if results['forced_modulation'] else 'off'}: **NUMINA / plain = "
+                      f"{'on' if results['forced_modulation'] else 'off'}"
+                      f"{f', --cache-steps {cache}' if cache != 'off' else ''}: **NUMINA / plain = "
                       f"{results['numina_over_plain']:.3f}** (target <= 1.3); phase 1 computed "
                       f"{numina['phase1_steps_computed']} passes and reused {numina['phase1_steps_reused']}, phase 2 "
                       f"modulated {numina['phase2_modulated_steps']} steps; CUDA graphs off / on per plain step "
@@ -289,10 +291,37 @@ def render_memory() -> str:
                                    f"each step replays the same CUDA graph).", "", _source(path, data)])
 
 
-RENDERERS = {"cli_threads": render_cli_threads, "fp8_attention": render_fp8_attention, "memory": render_memory, "demo_workflow": render_demo_workflow, "e2e": render_e2e, "countbench_demo": render_countbench_demo,
-             "numina_stages": render_numina_stages,
+def render_step_cache() -> str:
+    files = _load("step_cache_*.json")
+    if not files:
+        return _missing("python bench/step_cache.py --prompts 100 --device cuda --json docs/results/step_cache_<gpu>.json")
+    path, data = files[0]
+    results = data["results"]
+    lines = [f"{results['prompts']} unseen prompts x {len(results['noise_seeds'])} noise seed(s), "
+             f"{results['steps']} steps, tau {results['easycache_tau']}, warm-up {results['easycache_warmup']} steps; "
+             f"accuracy: frame-wise counting accuracy (the world's exact counter), in brackets the paired difference "
+             f"to off; PSNR: to the uncached video of the same prompt, seed and kind, mean / min over the videos; "
+             f"times: mean wall time per video on this device; NUMINA as the checkpoint ships it.", "",
+             "| --cache-steps | plain accuracy | plain PSNR | plain steps reused | plain denoising | NUMINA accuracy "
+             "| NUMINA PSNR | phase-2 steps reused | phase 2 |", "| --- |" + " ---: |" * 8]
+    for setting, row in results["settings"].items():
+        cells = []
+        for kind, seconds in (("plain", "denoising_s_mean"), ("numina", "phase2_s_mean")):
+            r = row[kind]
+            psnr = r["psnr_db_to_off"]
+            psnr_text = ("identical" if psnr["changed_videos"] == 0 else
+                         f"{psnr['mean_over_changed']:.1f} / {psnr['min']:.1f} dB")
+            cells += [f"{r['accuracy']:.3f} ({r['accuracy_minus_off']:+.3f})", psnr_text,
+                      f"{r['steps_reused_mean']:.1f} of {results['steps']}", f"{r[seconds]:.2f} s"]
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", _source(path, data)])
+
+
+RENDERERS = {"cli_threads": render_cli_threads, "e2e": render_e2e, "countbench_demo": render_countbench_demo,
+             "numina_stages": render_numina_stages, "demo_workflow": render_demo_workflow,
              "modulated_cross_attention": render_modulated_cross_attention, "kernels": render_kernels,
-             "dit_forward": render_dit_forward}
+             "dit_forward": render_dit_forward, "fp8_attention": render_fp8_attention, "memory": render_memory,
+             "step_cache": render_step_cache}
 
 
 def render(text: str) -> str:

@@ -4,7 +4,7 @@
     counts     which nouns to count (--counts, else parsed from the prompt) and their token positions
     encode     umT5 embeddings of the prompt and the negative prompt
     noise      Wan's seeded float32 noise
-    plain:     denoise every step, decode
+    plain:     denoise every step (--cache-steps plain|all: EasyCache reuses stable steps), decode
     NUMINA:
       phase 1  denoise up to the reference step (EasyCache may reuse cached outputs on stable steps);
                at the reference step run only the conditional pass, only up to the reference layer,
@@ -17,7 +17,8 @@
                prediction: same latents, same timestep, no bias on that row); if refinement changed
                nothing (counts already right, or no frame could be planned: report.json says which
                and why), `when_nothing_to_modulate` picks: plain Wan2.1 regenerated from the noise
-               (the authors), or phase 1 run on to the end
+               (the authors), or phase 1 run on to the end; --cache-steps phase2|all: EasyCache here too,
+               never handing the biased transformation to a step after the bias stops (easycache.py)
       decode   VAE to uint8 frames
 
 CFG batches the conditional and unconditional passes as rows 0 and 1 of one forward call. On a GPU
@@ -45,7 +46,7 @@ from ..numina.prompt_counts import counted_nouns_from_phrases, parse_counted_nou
 from ..numina.refinement import refine_layout, summarize_refinement
 from ..numina.token_mapping import map_noun_tokens
 from .cuda_graphs import StepGraphs
-from .easycache import EasyCache
+from .easycache import EasyCache, caches
 from .extraction import DEFAULT_MAPS_BUDGET_BYTES
 from .forward_state import Extraction, ForwardState, Modulation
 from .loading import WanModel
@@ -289,19 +290,29 @@ def timestep_at(scheduler: FlowUniPCScheduler, index: int, device: torch.device)
 def denoise(model: WanModel, latents: torch.Tensor, context: torch.Tensor, scheduler: FlowUniPCScheduler,
             settings: ResolvedSettings, steps: range, *, state_at=lambda step: None, progress: bool = True,
             desc: str = "denoising", graphs: StepGraphs | None = None,
-            first_uncond: torch.Tensor | None = None) -> torch.Tensor:
+            first_uncond: torch.Tensor | None = None, cache: EasyCache | None = None) -> torch.Tensor:
     """Run scheduler steps `steps` from `latents` (float32 [C, F, H, W]); returns the latents after them.
 
     `state_at(step)` gives each step's ForwardState (None: plain); `graphs` replays the forwards.
     `first_uncond`: the unconditional prediction of the first step, already known (float32, like
-    `latents`); that step then runs the conditional row alone.
+    `latents`); that step then runs the conditional row alone. `cache`: EasyCache deciding which steps
+    reuse the cached transformation instead of running the forward (a reused step replays no graph); a
+    step with a ForwardState is of kind "modulated", so the cache never hands a biased transformation to
+    an unbiased step or the reverse.
     """
     for index in tqdm(steps, desc=desc, disable=not progress, leave=False):
         timestep = timestep_at(scheduler, index, model.device)
-        if first_uncond is not None and index == steps[0]:
-            cond, uncond = conditional_prediction(model, latents, timestep, context, state_at(index)), first_uncond
+        state = state_at(index)
+        kind = None if state is None else "modulated"
+        if cache is not None and not cache.must_compute(index, kind):
+            cond, uncond = cache.reuse(index, latents)
         else:
-            cond, uncond = flow_predictions(model, latents, timestep, context, state_at(index), graphs)
+            if first_uncond is not None and index == steps[0]:
+                cond, uncond = conditional_prediction(model, latents, timestep, context, state), first_uncond
+            else:
+                cond, uncond = flow_predictions(model, latents, timestep, context, state, graphs)
+            if cache is not None:
+                cache.record(index, latents, cond, uncond, kind)
         latents = scheduler.step(guide(cond, uncond, settings.guide_scale), latents, index)
     return latents
 
@@ -346,8 +357,9 @@ class ReferencePass:
                                         # phase 1 ran no step)
     extraction: Extraction
     scheduler: FlowUniPCScheduler
-    computed_steps: int
+    computed_steps: int             # denoising steps computed + the reference step's extraction forward
     reused_steps: int
+    step_cache: dict                # EasyCache.summary() of the denoising steps before the reference step
 
 
 def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, settings: ResolvedSettings,
@@ -365,11 +377,11 @@ def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, 
         if cache.must_compute(index):
             cond, uncond = flow_predictions(model, latents, timestep_at(scheduler, index, model.device), context,
                                             graphs=graphs)
-            cache.record(latents, cond, uncond)
+            cache.record(index, latents, cond, uncond)
             if index == 0:
                 first_uncond = uncond
         else:
-            cond, uncond = cache.reuse(latents)
+            cond, uncond = cache.reuse(index, latents)
         velocity = guide(cond, uncond, settings.guide_scale)
         if index == config.reference_step - 1:     # x0 estimate of the last step, for layout.png
             preview = latents - scheduler.sigmas[index].to(model.device) * velocity
@@ -385,7 +397,8 @@ def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, 
     model.dit(latents.to(model.dtype).unsqueeze(0), timestep, context[COND:COND + 1], state=state)
     return ReferencePass(latents=latents, preview=preview, first_uncond=first_uncond, extraction=extraction,
                          scheduler=scheduler,
-                         computed_steps=cache.computed + 1, reused_steps=cache.skipped)
+                         computed_steps=cache.computed + 1, reused_steps=len(cache.reused),
+                         step_cache=cache.summary())
 
 
 def plan_layouts(ref: ReferencePass, counts: dict[str, int], config: NuminaConfig):
@@ -423,6 +436,17 @@ def prepare(model: WanModel, request: GenerationRequest) -> Prepared:
     config = numina_config_for(model, request, settings.steps)
     counts, positions = counted_nouns(model, request, settings.prompt, config.token_scope, config.token_match)
     return Prepared(settings, counts, positions, config if counts else None)
+
+
+def step_cache_for(model: WanModel, request: GenerationRequest, config: NuminaConfig | None, run: str) -> EasyCache:
+    """EasyCache for a denoising run past phase 1, `run` "plain" (plain generation) or "phase2" (NUMINA's
+    phase 2): on when request.cache_steps covers it, with phase 1's tau and warm-up (`config`'s; for a
+    plain run, config None, the checkpoint's NUMINA settings, then the request's overrides)."""
+    if config is None:
+        given = {**model.defaults.numina, **request.numina_overrides}
+        config = NuminaConfig().with_overrides(**{name: given[name] for name in ("easycache_tau", "easycache_warmup")
+                                                  if name in given})
+    return EasyCache(config.easycache_tau, config.easycache_warmup, enabled=caches(request.cache_steps, run))
 
 
 def engine_report(graphs: StepGraphs, *, offload: str, timer: PhaseTimer) -> dict:
@@ -501,11 +525,13 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
         report["sigma_grid"] = sigma_grid
         scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device,
                                        sigma_grid=sigma_grid)
+        cache = step_cache_for(model, request, None, "plain")
         with timer("denoising"):
             latents = denoise(model, noise, context, scheduler, settings, range(settings.steps), progress=progress,
-                              graphs=graphs)
+                              graphs=graphs, cache=cache)
             graphs.release()
         frames = decode_video(model, latents, timer, offload=parks_dit(offload))
+        report["step_cache"] = {"cache_steps": request.cache_steps, "denoising": cache.summary()}
         report.update(engine_report(graphs, offload=offload, timer=timer))
         return GenerationResult(frames=frames, settings=settings, timings_s=timer.seconds, report=report)
 
@@ -531,17 +557,19 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
 
     # Phase 2: regenerate from the same noise with the layout bias; when refinement changed nothing,
     # regenerate plain Wan2.1 from the noise or run phase 1 on (config.when_nothing_to_modulate).
+    # --cache-steps phase2|all: EasyCache on every way; only the modulated one has biased steps.
+    cache = step_cache_for(model, request, config, "phase2")
     with timer("phase 2"):
         if plan is None and config.when_nothing_to_modulate == "regenerate_plain":
             scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device,
                                            sigma_grid=config.sigma_grid)
             latents = denoise(model, noise, context, scheduler, settings, range(settings.steps),
-                              progress=progress, desc="plain regeneration", graphs=graphs)
+                              progress=progress, desc="plain regeneration", graphs=graphs, cache=cache)
             modulated_steps = 0
         elif plan is None:
             latents = denoise(model, ref.latents, context, ref.scheduler, settings,
                               range(config.reference_step, settings.steps), progress=progress,
-                              desc="phase 1, continued", graphs=graphs)
+                              desc="phase 1, continued", graphs=graphs, cache=cache)
             modulated_steps = 0
         else:
             delta = torch.zeros((), dtype=torch.float32, device=model.device)
@@ -557,7 +585,7 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
                                            sigma_grid=config.sigma_grid)
             latents = denoise(model, noise, context, scheduler, settings, range(settings.steps),
                               state_at=state_at, progress=progress, desc="phase 2", graphs=graphs,
-                              first_uncond=ref.first_uncond)
+                              first_uncond=ref.first_uncond, cache=cache)
             modulated_steps = sum(config.should_modulate(s) for s in range(settings.steps))
         graphs.release()
     frames = decode_video(model, latents, timer, offload=parks_dit(offload))
@@ -592,6 +620,11 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
         "phase1_steps_reused": ref.reused_steps,
         "phase2_modulated_steps": modulated_steps,
     }
+    phase2_cache = cache.summary()
+    if plan is not None:          # where the bias stops: a computed step, the cache starts over there
+        phase2_cache["modulation_stops_at"] = next(
+            (step for step in range(settings.steps) if not config.should_modulate(step)), None)
+    report["step_cache"] = {"cache_steps": request.cache_steps, "phase 1": ref.step_cache, "phase 2": phase2_cache}
     report.update(engine_report(graphs, offload=offload, timer=timer))
     return GenerationResult(frames=frames, settings=settings, timings_s=timer.seconds, report=report,
                             layout=layout)

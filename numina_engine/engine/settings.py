@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import UserInputError
+from .easycache import CACHE_STEPS
 from .loading import LatentGeometry, ModelDefaults
 
 # Wan2.1's default negative prompt (wan/configs/shared_config.py, sample_neg_prompt).
@@ -35,6 +36,9 @@ class GenerationRequest:
     # with `counts`: each noun's count phrase as written in the prompt ({"apples": "three shiny apples"}),
     # for token_scope "phrase" without a parse (machines without spaCy); None: found by the parser
     count_phrases: dict[str, str] | None = None
+    # EasyCache beyond phase 1 (easycache.py, CACHE_STEPS): "off", "plain" (plain generation), "phase2"
+    # (NUMINA's phase 2) or "all"; phase 1 follows NuminaConfig.easycache_enabled either way
+    cache_steps: str = "off"
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,9 @@ def check_request_values(request: GenerationRequest) -> None:
             raise UserInputError(f"{flag} {value} must be a finite number, e.g. {flag} 5.0")
     if request.shift is not None and request.shift <= 0:
         raise UserInputError(f"--shift {request.shift} must be positive")
+    if request.cache_steps not in CACHE_STEPS:
+        raise UserInputError(f"--cache-steps {request.cache_steps!r} is not one of {', '.join(CACHE_STEPS)}: "
+                             f"'plain' caches plain generation, 'phase2' NUMINA's phase 2, 'all' both, 'off' neither")
     if request.counts is not None and not request.counts:
         raise UserInputError('--counts is empty: give a JSON object like {"cats": 3}, or leave it out to '
                              "count the nouns of the prompt")
