@@ -52,7 +52,7 @@ def generate_recording_latents(engine: Engine, request: GenerationRequest, *, cu
     decoded = []
     vae = engine.model.vae
     real_decode = vae.decode
-    vae.decode = lambda latents: decoded.append(latents.clone()) or real_decode(latents)
+    vae.decode = lambda latents, **kwargs: decoded.append(latents.clone()) or real_decode(latents, **kwargs)
     try:
         result = pipeline.generate(engine.model, request, progress=False, cuda_graphs=cuda_graphs,
                                    edit_layout=edit_layout)

@@ -21,9 +21,9 @@ def record_decodes(engine: Engine, monkeypatch) -> list[tuple[int, ...]]:
     shapes = []
     real_decode = engine.model.vae.decode
 
-    def decode(latents):
+    def decode(latents, **kwargs):
         shapes.append(tuple(latents.shape))
-        return real_decode(latents)
+        return real_decode(latents, **kwargs)
 
     monkeypatch.setattr(engine.model.vae, "decode", decode)
     return shapes

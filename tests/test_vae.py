@@ -244,3 +244,68 @@ def test_missing_or_malformed_files_raise_checkpoint_error(tmp_path):
     torch.save(state, tmp_path / VAE_FILE)
     with pytest.raises(CheckpointError, match="up_blocks.1.resnets.0.conv2.bias"):
         WanVAE.from_official(tmp_path / VAE_FILE)
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_the_last_latent_frame_keeps_no_cache(checkpoints, frames):
+    """Each chunk reads the cache the chunks before left; the last one's writes are dropped, so a one-frame
+    clip (the NUMINA preview) holds no cache at all, and the frames stay those of the whole decode."""
+    folder, _ = checkpoints
+    vae = WanVAE.from_diffusers(folder / "vae")
+    cached_after = []
+    hook = vae.model.decoder.register_forward_hook(lambda module, args, kwargs, out: cached_after.append(
+        sum(isinstance(entry, torch.Tensor) for entry in kwargs["feat_cache"])), with_kwargs=True)
+    latents = random_latents(batch=1, frames=frames, seed=9)
+    chunked = vae.decode(latents)
+    hook.remove()
+    mean, inverse_std = vae._statistics()
+    with torch.no_grad():
+        whole = pixels_to_uint8(vae.model.decode(latents / inverse_std + mean).sample)
+    assert torch.equal(chunked, whole)
+    assert cached_after[-1] == 0 and all(count > 0 for count in cached_after[:-1]) and len(cached_after) == frames
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cache_on_the_cpu_decodes_the_same_frames_on_a_gpu(checkpoints):
+    folder, _ = checkpoints
+    vae = WanVAE.from_diffusers(folder / "vae", device="cuda")
+    latents = random_latents(batch=2, frames=4, height=5, width=7, seed=10).cuda()
+    mean, inverse_std = vae._statistics()
+    with torch.no_grad():
+        whole = torch.cat([pixels_to_uint8(vae.model.decode(z / inverse_std + mean).sample) for z in latents.split(1)])
+    assert torch.equal(vae.decode(latents, cache_on_cpu=True), whole)
+    assert torch.equal(vae.decode(latents), whole) and whole.float().std() > 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_wan21_vae_at_480p_on_a_gpu_exact_and_the_cpu_cache_lowers_the_peak():
+    """Wan2.1's VAE (diffusers' default config, random weights) decoding 3 latent frames at 832x480: every
+    way gives AutoencoderKLWan.decode's frames; the peak allocated memory above the weights, per way, is
+    printed (pytest -s); the cache on the CPU (3.5 GiB at this size) must take >= 2 GiB off it."""
+    torch.manual_seed(0)
+    model = AutoencoderKLWan().to("cuda").eval().requires_grad_(False)
+    for param in model.parameters():
+        param.normal_(0, 0.02)
+    vae = WanVAE(model, model.config.latents_mean, model.config.latents_std)
+    latents = torch.randn(1, 16, 3, 60, 104, generator=torch.Generator().manual_seed(11)).cuda()
+    mean, inverse_std = vae._statistics()
+
+    def peak_gib(decode):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        frames = decode()
+        torch.cuda.synchronize()
+        return frames.cpu(), (torch.cuda.max_memory_allocated() - start) / 2 ** 30
+
+    with torch.no_grad():
+        whole, whole_gib = peak_gib(lambda: pixels_to_uint8(model.decode(latents / inverse_std + mean).sample))
+    chunked, chunked_gib = peak_gib(lambda: vae.decode(latents))
+    on_cpu, on_cpu_gib = peak_gib(lambda: vae.decode(latents, cache_on_cpu=True))
+    print(f"\nWan2.1 VAE, 3 latent frames at 832x480, peak allocated above the weights: AutoencoderKLWan.decode "
+          f"{whole_gib:.2f} GiB, chunked {chunked_gib:.2f} GiB, chunked with the cache on the CPU {on_cpu_gib:.2f} GiB")
+    assert torch.equal(chunked, whole) and torch.equal(on_cpu, whole) and whole.float().std() > 1
+    assert on_cpu_gib <= chunked_gib - 2.0

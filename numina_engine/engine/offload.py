@@ -8,7 +8,10 @@ Three modes (`offload_mode`):
   for the encoding (`TextEncoder.encode(device=)`: 0.47 GB on the GPU at a time, the same context
   as the encoder on the GPU computes). For Wan2.1-14B at 720p on an 80 GB card.
 - "full" (`--offload`): that, and the DiT leaves the GPU while the VAE decodes, so the decode's
-  activations get its memory (it comes back at the start of the next generation), and the NUMINA
+  activations get its memory (it comes back at the start of the next generation), the VAE keeps its
+  causal convolutions' cache in CPU memory (`vae.py`, HostFeatureCache: Wan2.1's VAE caches 3.5 GiB
+  at 832x480; counted tensor by tensor on the CPU, a decode's live tensors peak at 6.8 GiB with the
+  cache on the device and 3.8 GiB without), and the NUMINA
   extraction holds less of its attention maps at a time (FULL_OFFLOAD_MAPS_BUDGET_BYTES). For
   Wan2.1-1.3B on an 8 GB card. (The official Wan2.1 scripts have --t5_cpu, which encodes on the CPU,
   and --offload_model.)

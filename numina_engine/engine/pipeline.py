@@ -338,12 +338,12 @@ def preview_frames(model: WanModel, preview_latents: torch.Tensor, shown: list[i
 def decode_video(model: WanModel, latents: torch.Tensor, timer: PhaseTimer, *, offload: bool) -> torch.Tensor:
     """uint8 [T, H, W, 3] on the CPU from float32 latents [C, F, h, w] (the VAE decodes in time
     chunks); with `offload` the DiT moves to the CPU first (timed as "offload"), so that the VAE gets
-    its GPU memory."""
+    its GPU memory, and the VAE keeps its causal cache in CPU memory (vae.py, HostFeatureCache)."""
     if offload:
         with timer("offload"):
             park_dit_on_cpu(model)
     with timer("decode"):
-        return model.vae.decode(latents.unsqueeze(0))[0].cpu()
+        return model.vae.decode(latents.unsqueeze(0), cache_on_cpu=offload)[0].cpu()
 
 
 # --------------------------------------------------------------------------------------------- phases

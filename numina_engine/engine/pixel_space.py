@@ -41,8 +41,9 @@ class PixelSpace:
         return self
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Float latents [B, 3, T, H, W] -> uint8 frames [B, T, H, W, 3] on `device` (as WanVAE.decode maps)."""
+    def decode(self, latents: torch.Tensor, *, cache_on_cpu: bool = False) -> torch.Tensor:
+        """Float latents [B, 3, T, H, W] -> uint8 frames [B, T, H, W, 3] on `device` (as WanVAE.decode maps).
+        `cache_on_cpu` is WanVAE.decode's; pixel space has no cache, so it changes nothing."""
         if latents.ndim != 5 or latents.shape[1] != 3 or not latents.is_floating_point():
             raise ValueError(f"decode() takes float latents [B, 3, T, H, W], got {latents.dtype} {tuple(latents.shape)}")
         return pixels_to_uint8(latents.to(self.device))

@@ -178,6 +178,32 @@ def pixels_to_uint8(video: torch.Tensor) -> torch.Tensor:
     return ((video + 1) / 2 * 255).to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous()
 
 
+class HostFeatureCache(list):
+    """diffusers' causal-convolution cache list (AutoencoderKLWan._feat_map: per convolution None, "Rep" or
+    its last input frames [1, C, <=2, H, W]) that keeps each cached tensor in pinned CPU memory.
+
+    A convolution reads its entry (AutoencoderKLWan's layers move it to their input's device, for that
+    convolution only) and then writes its new input frames, which are copied to the CPU as they are
+    written (asynchronously, in stream order): the GPU holds one convolution's cache at a time. Costs
+    two copies of the cache per latent frame over PCIe (about 7.4 GB at 480p).
+    """
+
+    def __setitem__(self, index, value):
+        if isinstance(value, torch.Tensor) and value.is_cuda:
+            host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+            host.copy_(value, non_blocking=True)
+            value = host
+        super().__setitem__(index, value)
+
+
+class DroppedFeatureCache(list):
+    """The cache list for the last latent frame of a decode: reads what the frames before left, drops
+    what it writes (nothing reads it later; each convolution reads its entry before writing it)."""
+
+    def __setitem__(self, index, value):
+        super().__setitem__(index, None)
+
+
 class WanVAE:
     """Wan2.1 VAE: normalised latents <-> uint8 RGB frames.
 
@@ -261,13 +287,15 @@ class WanVAE:
         return mean.to(self.device, self.dtype), inverse_std.to(self.device, self.dtype)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, *, cache_on_cpu: bool = False) -> torch.Tensor:
         """Normalised latents (any float dtype) [B, z_dim, F, h, w] -> uint8 frames [B, T, H, W, 3] on the VAE's device.
 
         Pixels are clamped to [-1, 1] and mapped to 0..255 by truncation, as Wan's cache_video and
         diffusers' export_to_video do.
         One sample is decoded at a time, in time chunks (`decoded_chunks`): the result is the same as
         AutoencoderKLWan.decode's, bit for bit, without its float32 video on the device.
+        `cache_on_cpu`: keep the causal convolutions' cache in CPU memory between chunks (`HostFeatureCache`),
+        for a GPU that cannot hold it beside one chunk's activations (--offload); the same frames.
         """
         if latents.ndim != 5 or latents.shape[1] != self.z_dim or not latents.is_floating_point():
             raise ValueError(f"decode() takes float latents [B, {self.z_dim}, F, h, w], got "
@@ -276,10 +304,10 @@ class WanVAE:
         videos = []
         for sample in latents.split(1):
             z = sample.to(self.device, self.dtype) / inverse_std + mean
-            videos.append(torch.cat(list(self.decoded_chunks(z)), dim=1))
+            videos.append(torch.cat(list(self.decoded_chunks(z, cache_on_cpu=cache_on_cpu)), dim=1))
         return torch.cat(videos)
 
-    def decoded_chunks(self, z: torch.Tensor) -> Iterator[torch.Tensor]:
+    def decoded_chunks(self, z: torch.Tensor, *, cache_on_cpu: bool = False) -> Iterator[torch.Tensor]:
         """uint8 frames [1, T_i, H, W, 3] of each latent frame of un-normalised latents z [1, z_dim, F, h, w]
         (the VAE's dtype and device), in order: 1 frame for the first, temporal_factor for each other.
 
@@ -289,6 +317,12 @@ class WanVAE:
         (3 x 81 x 480 x 832 x 4 bytes = 388 MB at Wan2.1's 480p, 896 MB at 720p) nor the copies its
         concatenation and clamping make, only one latent frame's activations and the cache. The
         conversion is elementwise, so the frames equal the whole decode's exactly.
+
+        The cache (2 frames of every causal convolution's input: 3.7 GB at 480p, 8.3 GB at 720p for
+        Wan2.1's VAE) is what the next latent frame reads, so the last latent frame's writes are dropped
+        (`DroppedFeatureCache`; a one-frame clip, as the NUMINA preview decodes, then holds none), and
+        with `cache_on_cpu` it lives in pinned CPU memory (`HostFeatureCache`). Only where the cache is
+        kept changes, never a value or an operation, so the frames stay exact.
         """
         model = self.model
         if getattr(model.config, "patch_size", None) is not None or getattr(model, "use_tiling", False):
@@ -296,15 +330,20 @@ class WanVAE:
                              "tiling or patchification (Wan2.2's VAE); this VAE has one of them")
         first_chunk = "first_chunk" in inspect.signature(model.decoder.forward).parameters   # diffusers >= 0.35
         model.clear_cache()
+        cache = (HostFeatureCache if cache_on_cpu else list)(model._feat_map)
         try:
             x = model.post_quant_conv(z)
-            for index in range(x.shape[2]):
+            frames = x.shape[2]
+            for index in range(frames):
+                if index == frames - 1:
+                    cache = DroppedFeatureCache(cache)
                 model._conv_idx = [0]
                 extra = {"first_chunk": index == 0} if first_chunk else {}
-                pixels = model.decoder(x[:, :, index:index + 1], feat_cache=model._feat_map,
-                                       feat_idx=model._conv_idx, **extra)
+                pixels = model.decoder(x[:, :, index:index + 1], feat_cache=cache, feat_idx=model._conv_idx, **extra)
                 yield pixels_to_uint8(pixels)
+                del pixels
         finally:
+            del cache
             model.clear_cache()
 
     @torch.no_grad()
