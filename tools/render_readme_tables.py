@@ -272,8 +272,16 @@ def render_memory() -> str:
     files = _load("memory_*.json")
     if not files:
         return _missing("python -m bench.memory_peak --json docs/results/memory_<gpu>.json")
-    path, data = files[0]
-    rows = data["results"]["rows"]
+    # every file's rows, newest first; a (model, size, run, offload) row measured again replaces the older one
+    rows, used = {}, []
+    for path, data in files:
+        fresh = [row for row in data["results"]["rows"]
+                 if (row["config"], row["size"], row["mode"], row["offload"]) not in rows]
+        for row in fresh:
+            rows[(row["config"], row["size"], row["mode"], row["offload"])] = row
+        if fresh:
+            used.append((path, data))
+    rows = list(rows.values())
     lines = ["| model, size | run | offload | peak allocated | peak reserved | largest phase | goal | video = no offload "
              "| total time |", "| --- | --- | --- | ---: | ---: | --- | --- | --- | ---: |"]
     for row in rows:
@@ -288,7 +296,7 @@ def render_memory() -> str:
                      + (f" ({row['note']})" if row.get("note") else "") + " |")
     steps = sorted({row["steps"] for row in rows})
     return "\n".join(lines + ["", f"{'/'.join(map(str, steps))} denoising steps a run (the peak does not grow with steps: "
-                                   f"each step replays the same CUDA graph).", "", _source(path, data)])
+                                   f"each step replays the same CUDA graph).", ""] + [_source(path, data) for path, data in used])
 
 
 def render_step_cache() -> str:
