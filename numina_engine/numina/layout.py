@@ -152,14 +152,10 @@ def build_layouts(self_maps: torch.Tensor, noun_maps: torch.Tensor, grid_hw: tup
     backend = _resolve_backend(backend)
     noun_maps = noun_maps.to(device=device, dtype=torch.float32)
 
-    features = layout_features(self_maps, grid_hw)
+    clusters = cluster_proposals(layout_features(self_maps, grid_hw), config, backend)
     if backend == "torch":
-        bandwidth = _bandwidth(features, config, estimate_bandwidth)
-        clusters = mean_shift(features, bandwidth, bin_seeding=config.meanshift_bin_seeding)
         focus = focus_masks(noun_maps, grid_hw, config)
     else:
-        bandwidth = _bandwidth(features.cpu(), config, estimate_bandwidth_sklearn)
-        clusters = mean_shift_sklearn(features.cpu(), bandwidth, bin_seeding=config.meanshift_bin_seeding).to(device)
         focus = focus_masks_sklearn(noun_maps, grid_hw, config).to(device)
     n_nouns = noun_maps.shape[0]
     labels = assign_instances(clusters, focus.reshape(n_nouns, frames, n), config.semantic_overlap_tau)
@@ -167,6 +163,17 @@ def build_layouts(self_maps: torch.Tensor, noun_maps: torch.Tensor, grid_hw: tup
     if most > MAX_INSTANCES:
         raise ValueError(f"a frame has {most} instances; layout labels allow at most {MAX_INSTANCES}")
     return labels.reshape(n_nouns, frames, h, w).to(torch.int32)
+
+
+def cluster_proposals(features: torch.Tensor, config: NuminaConfig, backend: str = "auto") -> torch.Tensor:
+    """MeanShift cluster labels int64 [F, N] (0..K-1 per frame, on features' device) of layout
+    features [F, N, d] (layout_features), with config's bandwidth rule (step 2 of the module doc)."""
+    backend = _resolve_backend(backend)
+    if backend == "torch":
+        bandwidth = _bandwidth(features, config, estimate_bandwidth)
+        return mean_shift(features, bandwidth, bin_seeding=config.meanshift_bin_seeding)
+    bandwidth = _bandwidth(features.cpu(), config, estimate_bandwidth_sklearn)
+    return mean_shift_sklearn(features.cpu(), bandwidth, bin_seeding=config.meanshift_bin_seeding).to(features.device)
 
 
 def _bandwidth(features: torch.Tensor, config: NuminaConfig, estimator) -> torch.Tensor:

@@ -1,0 +1,234 @@
+"""NUMINA's layout settings on the demo model, measured offline against the counting world's truth.
+
+For N validation prompts (bench/numina_stages.py's VALIDATION_SEED, never the benchmark's), the plain
+trajectory runs once per prompt (EasyCache off, noise seed numina_stages.NOISE_SEED), probed at every
+candidate (layer, step) by an extraction forward (numina_stages.plain_trajectory); what the layout stage
+needs is kept (MeanShift features of the selected self-attention heads, the nouns' cross-attention maps,
+both token scopes) with the final plain video's true objects (demo/oracle.component_layout). Then the
+layout stage (numina/layout.py: cluster_proposals, focus_masks, assign_instances, the pieces of
+build_layouts) is rebuilt for every setting from the cached maps, and scored as numina_stages scores its
+stage 3 (numina_stages.instance_scores / summarise): instance recall and precision (IoU >= 0.5) and how
+often the layout's count per noun and frame is the true one.
+
+Sweep: per (step, layer) and token scope, every combination of
+  bandwidth rule (meanshift_quantile values, or a fixed meanshift_bandwidth) x cross_attn_peak_ratio x
+  dbscan_eps x dbscan_min_samples x semantic_overlap_tau.
+Clusters are computed once per (step, layer, bandwidth rule), focus masks once per focus setting, and
+identical label maps are scored once. The rest of NuminaConfig is the model's (numina_engine.json).
+
+    python bench/layout_settings.py [--prompts 10] [--device cuda] [--out docs/results/layout_settings_cpu.json]
+        [--cache FILE]   # reuse / write the cached maps (torch.save), e.g. to re-sweep without the model
+
+Writes the results file (bench/results_file.py's header) with: the current settings' row per
+(step, layer, scope), the best settings by rule (max F1 of instance matching, ties by count exact) per
+(step, layer, scope), and every row of the sweep at the model's reference (step, layer).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.countbench_demo import benchmark_prompts  # noqa: E402
+from bench.numina_stages import (NOISE_SEED, SCOPES, VALIDATION_SEED, match_instances,  # noqa: E402
+                                 plain_trajectory)
+from bench.results_file import provenance, write_results  # noqa: E402
+from numina_engine import Engine, GenerationRequest  # noqa: E402
+from numina_engine.demo.counter import count_world_nouns  # noqa: E402
+from numina_engine.demo.oracle import component_layout  # noqa: E402
+from numina_engine.demo.world import count_phrases  # noqa: E402
+from numina_engine.engine import pipeline  # noqa: E402
+from numina_engine.numina.config import NuminaConfig  # noqa: E402
+from numina_engine.numina.layout import assign_instances, cluster_proposals, focus_masks, layout_features  # noqa: E402
+
+DEFAULT_STEPS = (4, 6, 8, 10)
+# bandwidth rules: ("quantile", q) estimates it like the authors; ("bandwidth", b) fixes it
+BANDWIDTH_RULES = (("quantile", 0.2), ("quantile", 0.1), ("quantile", 0.05), ("quantile", 0.03),
+                   ("quantile", 0.02), ("bandwidth", 0.05), ("bandwidth", 0.1), ("bandwidth", 0.15),
+                   ("bandwidth", 0.2), ("bandwidth", 0.3))
+PEAK_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+DBSCAN_EPS = (1.0, 1.5, 2.0)
+DBSCAN_MIN_SAMPLES = (1, 3, 5)
+OVERLAP_TAUS = (0.1, 0.2, 0.3, 0.5, 0.7)
+
+
+def collect(engine: Engine, item: dict, probes: set) -> dict:
+    """One prompt's cache: {prompt, target, nouns, grid, features {(step, layer): float64 [F, N, 5]},
+    maps {(step, layer): float32 [2 * n_nouns, F, N]} (numina_stages' row order), truth {noun: int32
+    [F, h, w]} of the final plain video, plain_counts {noun: [per frame]}}; tensors on the CPU."""
+    run = plain_trajectory(engine, item, probes, keep_self_maps=probes)
+    features = {key: layout_features(maps, run.grid[1:]).cpu() for key, maps in run.self_maps.items()}
+    return {"prompt": item["prompt"], "target": item["target"], "nouns": run.nouns, "grid": run.grid,
+            "features": features, "maps": run.maps,
+            "truth": {n: component_layout(run.frames, n, run.patch) for n in run.nouns},
+            "plain_counts": count_world_nouns(run.frames, run.nouns)}
+
+
+def bandwidth_config(config: NuminaConfig, rule: tuple[str, float]) -> NuminaConfig:
+    kind, value = rule
+    if kind == "quantile":
+        return config.with_overrides(meanshift_bandwidth=None, meanshift_quantile=value)
+    return config.with_overrides(meanshift_bandwidth=value)
+
+
+def current_settings(config: NuminaConfig) -> dict:
+    """The swept fields' values in `config`."""
+    rule = ("bandwidth", config.meanshift_bandwidth) if config.meanshift_bandwidth is not None \
+        else ("quantile", config.meanshift_quantile)
+    return {"bandwidth_rule": list(rule), "cross_attn_peak_ratio": config.cross_attn_peak_ratio,
+            "dbscan_eps": config.dbscan_eps, "dbscan_min_samples": config.dbscan_min_samples,
+            "semantic_overlap_tau": config.semantic_overlap_tau}
+
+
+class Scorer:
+    """Instance scores of label maps against the truth, each distinct (prompt, noun, frame, labels)
+    matched once (numina_stages.match_instances)."""
+
+    def __init__(self):
+        self._seen: dict = {}
+
+    def frame(self, key: tuple, labels: torch.Tensor, truth: torch.Tensor) -> tuple[int, int, int]:
+        memo = (key, labels.numpy().tobytes())
+        if memo not in self._seen:
+            self._seen[memo] = match_instances(labels, truth)
+        return self._seen[memo]
+
+
+def totals(scores: list[tuple[int, int, int]]) -> dict:
+    """numina_stages.summarise's instance figures from per (noun, frame) (matched, found, true)."""
+    matched = sum(s[0] for s in scores)
+    found = sum(s[1] for s in scores)
+    true = sum(s[2] for s in scores)
+    recall, precision = matched / max(1, true), matched / max(1, found)
+    return {"recall": round(recall, 4), "precision": round(precision, 4),
+            "f1": round(2 * recall * precision / max(1e-12, recall + precision), 4),
+            "count_exact": round(sum(s[1] == s[2] for s in scores) / max(1, len(scores)), 4),
+            "found": found, "true": true}
+
+
+def sweep_probe(caches: list[dict], key: tuple[int, int], scope: str, config: NuminaConfig, scorer: Scorer,
+                grid: dict) -> list[dict]:
+    """Every setting of `grid` ({bandwidth_rules, peak_ratios, eps, min_samples, taus}) at probe `key`
+    = (step, layer) for one token scope: [{settings..., recall, precision, f1, count_exact, found, true}]."""
+    s = SCOPES.index(scope)
+    per_prompt = []
+    for index, cache in enumerate(caches):
+        n = len(cache["nouns"])
+        per_prompt.append((index, cache, cache["maps"][key][s * n:(s + 1) * n]))
+    rows = []
+    focus_settings = list(itertools.product(grid["peak_ratios"], grid["eps"], grid["min_samples"]))
+    focus_cache: dict = {}
+    for rule in grid["bandwidth_rules"]:
+        rule_config = bandwidth_config(config, rule)
+        clusters = [cluster_proposals(cache["features"][key], rule_config) for _, cache, _ in per_prompt]
+        for ratio, eps, min_samples in focus_settings:
+            focus_config = config.with_overrides(cross_attn_peak_ratio=ratio, dbscan_eps=eps,
+                                                 dbscan_min_samples=min_samples)
+            focus = focus_cache.get((ratio, eps, min_samples))
+            if focus is None:
+                focus = [focus_masks(maps, tuple(cache["grid"][1:]), focus_config).flatten(-2)
+                         for _, cache, maps in per_prompt]
+                focus_cache[(ratio, eps, min_samples)] = focus
+            for tau in grid["taus"]:
+                scores = []
+                for (index, cache, _), c, fm in zip(per_prompt, clusters, focus):
+                    h, w = cache["grid"][1:]
+                    labels = assign_instances(c, fm, tau).reshape(len(cache["nouns"]), -1, h, w).to(torch.int32)
+                    for row, noun in enumerate(cache["nouns"]):
+                        for f in range(labels.shape[1]):
+                            scores.append(scorer.frame((index, noun, f), labels[row, f], cache["truth"][noun][f]))
+                rows.append({"bandwidth_rule": list(rule), "cross_attn_peak_ratio": ratio, "dbscan_eps": eps,
+                             "dbscan_min_samples": min_samples, "semantic_overlap_tau": tau, **totals(scores)})
+    return rows
+
+
+def best_row(rows: list[dict]) -> dict:
+    """The choice rule: max F1 of instance matching, ties broken by count exact, then recall."""
+    return max(rows, key=lambda r: (r["f1"], r["count_exact"], r["recall"]))
+
+
+def settings_of(row: dict) -> dict:
+    return {k: row[k] for k in ("bandwidth_rule", "cross_attn_peak_ratio", "dbscan_eps", "dbscan_min_samples",
+                                "semantic_overlap_tau")}
+
+
+def row_for(rows: list[dict], settings: dict) -> dict | None:
+    return next((r for r in rows if settings_of(r) == settings), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=10)
+    parser.add_argument("--ckpt-dir", default=None, help="default: the embedded demo model")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--layers", default=None, help="comma-separated candidate layers (default: all)")
+    parser.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)), help="candidate steps")
+    parser.add_argument("--cache", type=Path, default=None, help="read the cached maps from FILE if it exists, "
+                        "else write them there")
+    parser.add_argument("--out", type=Path, default=Path("docs/results/layout_settings_cpu.json"))
+    args = parser.parse_args()
+    engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=False)
+    header = provenance("bench/layout_settings.py", device=str(engine.model.device))
+    items = benchmark_prompts(args.prompts, seed=VALIDATION_SEED)
+    config = pipeline.prepare(engine.model, GenerationRequest(
+        prompt=items[0]["prompt"], counts=items[0]["target"], count_phrases=count_phrases(items[0]["prompt"]))).config
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else list(range(engine.model.dit.config.num_layers))
+    steps = [int(x) for x in args.steps.split(",")]
+    probes = {(step, layer) for step in steps for layer in layers}
+    started = time.perf_counter()
+    if args.cache is not None and args.cache.exists():
+        caches = torch.load(args.cache)
+        if len(caches) < len(items):
+            raise SystemExit(f"{args.cache} holds {len(caches)} prompts, fewer than --prompts {len(items)}")
+        caches = caches[:len(items)]
+    else:
+        with torch.inference_mode():
+            caches = [collect(engine, item, probes) for item in tqdm(items, desc="prompts")]
+        if args.cache is not None:
+            torch.save(caches, args.cache)
+    collect_s = time.perf_counter() - started
+    grid = {"bandwidth_rules": BANDWIDTH_RULES, "peak_ratios": PEAK_RATIOS, "eps": DBSCAN_EPS,
+            "min_samples": DBSCAN_MIN_SAMPLES, "taus": OVERLAP_TAUS}
+    current = current_settings(config)
+    reference = (config.reference_step, config.reference_layer)
+    scorer = Scorer()
+    per_probe, reference_rows = [], {}
+    started = time.perf_counter()
+    for key in tqdm(sorted(probes), desc="probes"):
+        for scope in SCOPES:
+            rows = sweep_probe(caches, key, scope, config, scorer, grid)
+            best = best_row(rows)
+            per_probe.append({"step": key[0], "layer": key[1], "scope": scope,
+                              "current": row_for(rows, current), "best": best})
+            if key == reference:
+                reference_rows[scope] = rows
+    sweep_s = time.perf_counter() - started
+    for entry in sorted(per_probe, key=lambda e: -e["best"]["f1"])[:10]:
+        b, c = entry["best"], entry["current"]
+        print(f"step {entry['step']:2d} layer {entry['layer']} {entry['scope']:6s} best f1 {b['f1']:.3f} "
+              f"(R {b['recall']:.3f} P {b['precision']:.3f} exact {b['count_exact']:.3f}) {settings_of(b)}; "
+              f"current f1 {c['f1'] if c else float('nan'):.3f}")
+    results = {
+        "validation_seed": VALIDATION_SEED, "noise_seed": NOISE_SEED, "prompts": len(caches),
+        "prompt_texts": [c["prompt"] for c in caches],
+        "reference_step": config.reference_step, "reference_layer": config.reference_layer, "mode": config.mode,
+        "choice_rule": "max F1 of instance matching (IoU >= 0.5) against the final plain video's objects, "
+                       "ties by count exact, then recall",
+        "current_settings": current,
+        "grid": {k: [list(v) if isinstance(v, tuple) else v for v in vals] for k, vals in grid.items()},
+        "per_probe": per_probe, "reference_probe_rows": reference_rows,
+        "collect_seconds": round(collect_s, 1), "sweep_seconds": round(sweep_s, 1)}
+    write_results(args.out, "bench/layout_settings.py", results, header=header)
+    print(f"wrote {args.out} (collect {collect_s:.0f} s, sweep {sweep_s:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
