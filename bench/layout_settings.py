@@ -12,16 +12,19 @@ often the layout's count per noun and frame is the true one.
 
 Sweep: per (step, layer) and token scope, every combination of
   bandwidth rule (meanshift_quantile values, or a fixed meanshift_bandwidth) x cross_attn_peak_ratio x
-  dbscan_eps x dbscan_min_samples x semantic_overlap_tau.
+  dbscan_eps x dbscan_min_samples x semantic_overlap_tau (the authors' construction, layout_instances
+  "meanshift"), and of cross_attn_peak_ratio x dbscan_eps x dbscan_min_samples for the engine rule
+  layout_instances "focus_clusters" (the focus region's DBSCAN clusters are the instances).
 Clusters are computed once per (step, layer, bandwidth rule), focus masks once per focus setting, and
 identical label maps are scored once. The rest of NuminaConfig is the model's (numina_engine.json).
 
     python bench/layout_settings.py [--prompts 10] [--device cuda] [--out docs/results/layout_settings_cpu.json]
         [--cache FILE]   # reuse / write the cached maps (torch.save), e.g. to re-sweep without the model
 
-Writes the results file (bench/results_file.py's header) with: the current settings' row per
-(step, layer, scope), the best settings by rule (max F1 of instance matching, ties by count exact) per
-(step, layer, scope), and every row of the sweep at the model's reference (step, layer).
+Writes the results file (bench/results_file.py's header) with: per (step, layer, scope) the current
+settings' row and, per layout_instances rule, the best settings by the choice rule (max F1 of instance
+matching, ties by count exact, then recall); the best overall per rule; every row of the sweep at the
+model's reference (step, layer).
 """
 from __future__ import annotations
 
@@ -47,9 +50,11 @@ from numina_engine.demo.oracle import component_layout  # noqa: E402
 from numina_engine.demo.world import count_phrases  # noqa: E402
 from numina_engine.engine import pipeline  # noqa: E402
 from numina_engine.numina.config import NuminaConfig  # noqa: E402
-from numina_engine.numina.layout import assign_instances, cluster_proposals, focus_masks, layout_features  # noqa: E402
+from numina_engine.numina.layout import (assign_instances, cluster_proposals, focus_clusters, focus_masks,  # noqa: E402
+                                         layout_features)
 
 DEFAULT_STEPS = (4, 6, 8, 10)
+INSTANCE_RULES = ("meanshift", "focus_clusters")          # NuminaConfig.layout_instances
 # bandwidth rules: ("quantile", q) estimates it like the authors; ("bandwidth", b) fixes it
 BANDWIDTH_RULES = (("quantile", 0.2), ("quantile", 0.1), ("quantile", 0.05), ("quantile", 0.03),
                    ("quantile", 0.02), ("bandwidth", 0.05), ("bandwidth", 0.1), ("bandwidth", 0.15),
@@ -83,9 +88,11 @@ def current_settings(config: NuminaConfig) -> dict:
     """The swept fields' values in `config`."""
     rule = ("bandwidth", config.meanshift_bandwidth) if config.meanshift_bandwidth is not None \
         else ("quantile", config.meanshift_quantile)
-    return {"bandwidth_rule": list(rule), "cross_attn_peak_ratio": config.cross_attn_peak_ratio,
-            "dbscan_eps": config.dbscan_eps, "dbscan_min_samples": config.dbscan_min_samples,
-            "semantic_overlap_tau": config.semantic_overlap_tau}
+    meanshift = config.layout_instances == "meanshift"
+    return {"layout_instances": config.layout_instances, "bandwidth_rule": list(rule) if meanshift else None,
+            "cross_attn_peak_ratio": config.cross_attn_peak_ratio, "dbscan_eps": config.dbscan_eps,
+            "dbscan_min_samples": config.dbscan_min_samples,
+            "semantic_overlap_tau": config.semantic_overlap_tau if meanshift else None}
 
 
 class Scorer:
@@ -114,10 +121,24 @@ def totals(scores: list[tuple[int, int, int]]) -> dict:
             "found": found, "true": true}
 
 
+def _score(caches: list[dict], labels_of, scorer: Scorer) -> list[tuple[int, int, int]]:
+    """(matched, found, true) per prompt, noun and frame of the layouts labels_of(index) int
+    [n_nouns, F, h, w] against each cache's truth."""
+    scores = []
+    for index, cache in enumerate(caches):
+        labels = labels_of(index)
+        for row, noun in enumerate(cache["nouns"]):
+            for f in range(labels.shape[1]):
+                scores.append(scorer.frame((index, noun, f), labels[row, f], cache["truth"][noun][f]))
+    return scores
+
+
 def sweep_probe(caches: list[dict], key: tuple[int, int], scope: str, config: NuminaConfig, scorer: Scorer,
                 grid: dict) -> list[dict]:
     """Every setting of `grid` ({bandwidth_rules, peak_ratios, eps, min_samples, taus}) at probe `key`
-    = (step, layer) for one token scope: [{settings..., recall, precision, f1, count_exact, found, true}]."""
+    = (step, layer) for one token scope: [{settings..., recall, precision, f1, count_exact, found, true}].
+    layout_instances "meanshift" rows: every combination; "focus_clusters" rows (no MeanShift, no tau):
+    every focus setting."""
     s = SCOPES.index(scope)
     per_prompt = []
     for index, cache in enumerate(caches):
@@ -138,15 +159,19 @@ def sweep_probe(caches: list[dict], key: tuple[int, int], scope: str, config: Nu
                          for _, cache, maps in per_prompt]
                 focus_cache[(ratio, eps, min_samples)] = focus
             for tau in grid["taus"]:
-                scores = []
-                for (index, cache, _), c, fm in zip(per_prompt, clusters, focus):
-                    h, w = cache["grid"][1:]
-                    labels = assign_instances(c, fm, tau).reshape(len(cache["nouns"]), -1, h, w).to(torch.int32)
-                    for row, noun in enumerate(cache["nouns"]):
-                        for f in range(labels.shape[1]):
-                            scores.append(scorer.frame((index, noun, f), labels[row, f], cache["truth"][noun][f]))
-                rows.append({"bandwidth_rule": list(rule), "cross_attn_peak_ratio": ratio, "dbscan_eps": eps,
-                             "dbscan_min_samples": min_samples, "semantic_overlap_tau": tau, **totals(scores)})
+                scores = _score(caches, lambda i: assign_instances(clusters[i], focus[i], tau).reshape(
+                    len(caches[i]["nouns"]), -1, *caches[i]["grid"][1:]).to(torch.int32), scorer)
+                rows.append({"layout_instances": "meanshift", "bandwidth_rule": list(rule),
+                             "cross_attn_peak_ratio": ratio, "dbscan_eps": eps, "dbscan_min_samples": min_samples,
+                             "semantic_overlap_tau": tau, **totals(scores)})
+    for ratio, eps, min_samples in focus_settings:
+        focus_config = config.with_overrides(cross_attn_peak_ratio=ratio, dbscan_eps=eps,
+                                             dbscan_min_samples=min_samples)
+        scores = _score(caches, lambda i: focus_clusters(per_prompt[i][2], tuple(caches[i]["grid"][1:]), focus_config)
+                        .reshape(len(caches[i]["nouns"]), -1, *caches[i]["grid"][1:]).to(torch.int32), scorer)
+        rows.append({"layout_instances": "focus_clusters", "bandwidth_rule": None, "cross_attn_peak_ratio": ratio,
+                     "dbscan_eps": eps, "dbscan_min_samples": min_samples, "semantic_overlap_tau": None,
+                     **totals(scores)})
     return rows
 
 
@@ -156,7 +181,7 @@ def best_row(rows: list[dict]) -> dict:
 
 
 def settings_of(row: dict) -> dict:
-    return {k: row[k] for k in ("bandwidth_rule", "cross_attn_peak_ratio", "dbscan_eps", "dbscan_min_samples",
+    return {k: row[k] for k in ("layout_instances", "bandwidth_rule", "cross_attn_peak_ratio", "dbscan_eps", "dbscan_min_samples",
                                 "semantic_overlap_tau")}
 
 
@@ -171,6 +196,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--layers", default=None, help="comma-separated candidate layers (default: all)")
     parser.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)), help="candidate steps")
+    parser.add_argument("--scopes", default=",".join(SCOPES), help="token scopes to sweep")
     parser.add_argument("--cache", type=Path, default=None, help="read the cached maps from FILE if it exists, "
                         "else write them there")
     parser.add_argument("--out", type=Path, default=Path("docs/results/layout_settings_cpu.json"))
@@ -183,12 +209,20 @@ def main() -> None:
     layers = [int(x) for x in args.layers.split(",")] if args.layers else list(range(engine.model.dit.config.num_layers))
     steps = [int(x) for x in args.steps.split(",")]
     probes = {(step, layer) for step in steps for layer in layers}
+    scopes = args.scopes.split(",")
+    if not set(scopes) <= set(SCOPES):
+        parser.error(f"--scopes: each of {list(SCOPES)}, got {args.scopes!r}")
     started = time.perf_counter()
     if args.cache is not None and args.cache.exists():
         caches = torch.load(args.cache)
         if len(caches) < len(items):
             raise SystemExit(f"{args.cache} holds {len(caches)} prompts, fewer than --prompts {len(items)}")
         caches = caches[:len(items)]
+        if [c["prompt"] for c in caches] != [item["prompt"] for item in items]:
+            raise SystemExit(f"{args.cache} holds other prompts than VALIDATION_SEED's first {len(items)}")
+        missing = sorted(probes - set(caches[0]["maps"]))
+        if missing:
+            raise SystemExit(f"{args.cache} lacks the (step, layer) probes {missing}")
     else:
         with torch.inference_mode():
             caches = [collect(engine, item, probes) for item in tqdm(items, desc="prompts")]
@@ -203,19 +237,29 @@ def main() -> None:
     per_probe, reference_rows = [], {}
     started = time.perf_counter()
     for key in tqdm(sorted(probes), desc="probes"):
-        for scope in SCOPES:
+        for scope in scopes:
             rows = sweep_probe(caches, key, scope, config, scorer, grid)
-            best = best_row(rows)
-            per_probe.append({"step": key[0], "layer": key[1], "scope": scope,
-                              "current": row_for(rows, current), "best": best})
+            per_probe.append({"step": key[0], "layer": key[1], "scope": scope, "current": row_for(rows, current),
+                              "best": {rule: best_row([r for r in rows if r["layout_instances"] == rule])
+                                       for rule in INSTANCE_RULES}})
             if key == reference:
                 reference_rows[scope] = rows
     sweep_s = time.perf_counter() - started
-    for entry in sorted(per_probe, key=lambda e: -e["best"]["f1"])[:10]:
-        b, c = entry["best"], entry["current"]
-        print(f"step {entry['step']:2d} layer {entry['layer']} {entry['scope']:6s} best f1 {b['f1']:.3f} "
-              f"(R {b['recall']:.3f} P {b['precision']:.3f} exact {b['count_exact']:.3f}) {settings_of(b)}; "
-              f"current f1 {c['f1'] if c else float('nan'):.3f}")
+    best = {}
+    for rule in INSTANCE_RULES:
+        print(f"best settings by the choice rule, layout_instances {rule}:")
+        ranked = sorted(per_probe, key=lambda e: -e["best"][rule]["f1"])
+        for entry in ranked[:5]:
+            b, c = entry["best"][rule], entry["current"]
+            print(f"  step {entry['step']:2d} layer {entry['layer']} {entry['scope']:6s} f1 {b['f1']:.3f} "
+                  f"(recall {b['recall']:.3f} precision {b['precision']:.3f} count exact {b['count_exact']:.3f}) "
+                  f"{settings_of(b)}; current settings there: f1 {c['f1']:.3f}")
+        best[rule] = {k: ranked[0][k] for k in ("step", "layer", "scope")} | {"row": ranked[0]["best"][rule]}
+    for scope, rows in reference_rows.items():
+        c = row_for(rows, current)
+        print(f"current settings at the reference (step {reference[0]}, layer {reference[1]}), {scope}: "
+              f"f1 {c['f1']:.3f} recall {c['recall']:.3f} precision {c['precision']:.3f} "
+              f"count exact {c['count_exact']:.3f}")
     results = {
         "validation_seed": VALIDATION_SEED, "noise_seed": NOISE_SEED, "prompts": len(caches),
         "prompt_texts": [c["prompt"] for c in caches],
@@ -224,7 +268,7 @@ def main() -> None:
                        "ties by count exact, then recall",
         "current_settings": current,
         "grid": {k: [list(v) if isinstance(v, tuple) else v for v in vals] for k, vals in grid.items()},
-        "per_probe": per_probe, "reference_probe_rows": reference_rows,
+        "best": best, "per_probe": per_probe, "reference_probe_rows": reference_rows,
         "collect_seconds": round(collect_s, 1), "sweep_seconds": round(sweep_s, 1)}
     write_results(args.out, "bench/layout_settings.py", results, header=header)
     print(f"wrote {args.out} (collect {collect_s:.0f} s, sweep {sweep_s:.0f} s)")
