@@ -115,3 +115,14 @@ def test_totals_and_the_choice_rule():
     rows = [{"f1": 0.5, "count_exact": 0.2, "recall": 0.9}, {"f1": 0.5, "count_exact": 0.4, "recall": 0.1},
             {"f1": 0.4, "count_exact": 0.9, "recall": 0.9}]
     assert best_row(rows) is rows[1]
+
+
+def test_e2e_paired_statistics():
+    from bench.layout_settings_e2e import paired
+
+    videos = [{"index": i, "seed": s, "plain": {"accuracy": p}, "x": {"accuracy": x}}
+              for i, s, p, x in [(0, 0, 0.5, 1.0), (1, 0, 0.5, 0.0), (0, 1, 0.0, 0.5), (1, 1, 1.0, 1.0)]]
+    got = paired(videos, "x")
+    assert got["per_seed"] == {"0": 0.5, "1": 0.75} and got["mean"] == 0.625
+    assert got["paired_difference_to_plain"] == 0.125          # prompt 0: +0.5, prompt 1: -0.25
+    assert (got["prompts_better"], got["prompts_worse"]) == (1, 1)
