@@ -185,8 +185,84 @@ def settings_of(row: dict) -> dict:
                                 "semantic_overlap_tau")}
 
 
+def settings_config(config: NuminaConfig, row: dict) -> NuminaConfig:
+    """`config` with a sweep row's settings."""
+    if row["layout_instances"] == "meanshift":
+        config = bandwidth_config(config, tuple(row["bandwidth_rule"])).with_overrides(
+            semantic_overlap_tau=row["semantic_overlap_tau"])
+    return config.with_overrides(layout_instances=row["layout_instances"],
+                                 cross_attn_peak_ratio=row["cross_attn_peak_ratio"], dbscan_eps=row["dbscan_eps"],
+                                 dbscan_min_samples=row["dbscan_min_samples"])
+
+
 def row_for(rows: list[dict], settings: dict) -> dict | None:
     return next((r for r in rows if settings_of(r) == settings), None)
+
+
+PALETTE = ((40, 40, 40), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128))
+PANEL_SCALE = 8
+FIGURE = Path(__file__).resolve().parents[1] / "docs" / "layout_settings_diagnosis.png"
+
+
+def _panel(labels: torch.Tensor) -> "Image.Image":
+    """An RGB picture of int labels [h, w] (0 dark grey, k > 0 the palette's colour k mod 11 + 1)."""
+    from PIL import Image
+
+    colours = torch.tensor(PALETTE, dtype=torch.uint8)
+    index = torch.where(labels > 0, (labels.long() - 1) % (len(PALETTE) - 1) + 1, 0)
+    picture = Image.fromarray(colours[index].numpy())
+    return picture.resize((labels.shape[1] * PANEL_SCALE, labels.shape[0] * PANEL_SCALE), Image.NEAREST)
+
+
+def diagnosis_figure(cache: dict, key: tuple[int, int], configs: dict, path: Path, frame: int = 0) -> Path:
+    """A png of one prompt's layout stage at probe `key` = (step, layer), noun scope, one frame: per noun a
+    row of the final video's true objects, the noun map, then per named config of `configs` its
+    MeanShift clusters (meanshift configs only), focus region and instances."""
+    from PIL import Image, ImageDraw
+
+    h, w = cache["grid"][1:]
+    n = len(cache["nouns"])
+    maps = cache["maps"][key][:n]
+    rows = []
+    for row, noun in enumerate(cache["nouns"]):
+        heat = maps[row, frame] / maps[row, frame].max()
+        panels = [("truth", cache["truth"][noun][frame]), ("noun map", (heat * 10).round().clamp(0, 10).reshape(h, w))]
+        for name, config in configs.items():
+            focus = focus_masks(maps[row:row + 1], (h, w), config)[0, frame]
+            if config.layout_instances == "meanshift":
+                clusters = cluster_proposals(cache["features"][key][frame:frame + 1], config)[0]
+                labels = assign_instances(clusters[None], focus.flatten()[None, None], config.semantic_overlap_tau)[0, 0]
+                panels.append((f"{name}: clusters", clusters.reshape(h, w) + 1))
+            else:
+                labels = focus_clusters(maps[row:row + 1, frame:frame + 1], (h, w), config)[0, 0]
+            panels += [(f"{name}: focus", focus.long()), (f"{name}: instances", labels.reshape(h, w))]
+        rows.append((noun, panels))
+    size, gap, title = w * PANEL_SCALE, 6, 14
+    columns = max(len(p) for _, p in rows)
+    figure = Image.new("RGB", (columns * (size + gap) + 70, len(rows) * (size + title + gap) + 20), (255, 255, 255))
+    draw = ImageDraw.Draw(figure)
+    draw.text((4, 4), f"{cache['prompt']}  (step {key[0]}, layer {key[1]}, frame {frame})", fill=(0, 0, 0))
+    for r, (noun, panels) in enumerate(rows):
+        y = 20 + r * (size + title + gap)
+        draw.text((4, y + title + size // 2), noun, fill=(0, 0, 0))
+        for c, (name, labels) in enumerate(panels):
+            x = 70 + c * (size + gap)
+            draw.text((x, y), name, fill=(0, 0, 0))
+            picture = _panel(labels) if name != "noun map" else _heat(labels)
+            figure.paste(picture, (x, y + title))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.save(path)
+    return path
+
+
+def _heat(levels: torch.Tensor) -> "Image.Image":
+    """A grey-scale picture of levels [h, w] in 0..10."""
+    from PIL import Image
+
+    grey = (levels * 25.5).to(torch.uint8).numpy()
+    picture = Image.fromarray(grey).convert("RGB")
+    return picture.resize((levels.shape[1] * PANEL_SCALE, levels.shape[0] * PANEL_SCALE), Image.NEAREST)
 
 
 def main() -> None:
@@ -200,6 +276,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None, help="read the cached maps from FILE if it exists, "
                         "else write them there")
     parser.add_argument("--out", type=Path, default=Path("docs/results/layout_settings_cpu.json"))
+    parser.add_argument("--figure", type=int, default=None, metavar="I",
+                        help="also draw prompt I's layout stage at the reference probe (current settings and, per "
+                             "layout_instances rule, the best there) to docs/layout_settings_diagnosis.png")
     args = parser.parse_args()
     engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=False)
     header = provenance("bench/layout_settings.py", device=str(engine.model.device))
@@ -260,6 +339,11 @@ def main() -> None:
         print(f"current settings at the reference (step {reference[0]}, layer {reference[1]}), {scope}: "
               f"f1 {c['f1']:.3f} recall {c['recall']:.3f} precision {c['precision']:.3f} "
               f"count exact {c['count_exact']:.3f}")
+    if args.figure is not None:
+        there = next(e for e in per_probe if (e["step"], e["layer"]) == reference and e["scope"] == "noun")
+        configs = {"current": config, **{f"best {rule}": settings_config(config, there["best"][rule])
+                                         for rule in INSTANCE_RULES}}
+        print("drew", diagnosis_figure(caches[args.figure], reference, configs, FIGURE))
     results = {
         "validation_seed": VALIDATION_SEED, "noise_seed": NOISE_SEED, "prompts": len(caches),
         "prompt_texts": [c["prompt"] for c in caches],

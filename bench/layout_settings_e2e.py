@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import countbench_demo  # noqa: E402
 from bench.countbench_demo import benchmark_prompts, run_seed  # noqa: E402
 from bench.numina_stages import VALIDATION_SEED  # noqa: E402
 from bench.results_file import provenance, write_results  # noqa: E402
@@ -33,9 +34,11 @@ from numina_engine import Engine  # noqa: E402
 MODES = ("engine-noun", "engine-phrase")
 
 
-def paired(videos: list[dict], mode: str, baseline: str = "plain") -> dict:
-    """Mean per seed, paired per-prompt difference to `baseline` (mean over seeds), prompts better/worse.
+def paired(videos: list[dict], mode: str, baseline: str = "plain", label: str = "plain") -> dict:
+    """Mean per seed, paired per-prompt difference to `baseline` (mean over seeds; its key named by
+    `label`), prompts better/worse.
     videos: countbench_demo.run_seed records (every seed's, each with index, seed, {mode: {accuracy}})."""
+    key = f"paired_difference_to_{label}"
     seeds = sorted({v["seed"] for v in videos})
     per_seed = {str(s): round(statistics.fmean(v[mode]["accuracy"] for v in videos if v["seed"] == s), 4)
                 for s in seeds}
@@ -44,7 +47,7 @@ def paired(videos: list[dict], mode: str, baseline: str = "plain") -> dict:
         by_prompt.setdefault(v["index"], []).append(v[mode]["accuracy"] - v[baseline]["accuracy"])
     diffs = [statistics.fmean(d) for d in by_prompt.values()]
     return {"per_seed": per_seed, "mean": round(statistics.fmean(per_seed.values()), 4),
-            f"paired_difference_to_{baseline}": round(statistics.fmean(diffs), 4),
+            key: round(statistics.fmean(diffs), 4),
             "prompts_better": sum(d > 0 for d in diffs), "prompts_worse": sum(d < 0 for d in diffs)}
 
 
@@ -72,24 +75,27 @@ def main() -> None:
     engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=False)
     header = provenance("bench/layout_settings_e2e.py", device=str(engine.model.device))
     items = benchmark_prompts(args.prompts, seed=VALIDATION_SEED)
-    videos: dict[str, list[dict]] = {}
+    # each candidate's rows as modes of countbench_demo.run_seed, so that every (prompt, seed) runs plain once
+    rows = {f"{mode}@{name}": {**countbench_demo.MODES[mode], **overrides}
+            for name, overrides in candidates.items() for mode in MODES}
+    countbench_demo.MODES.update(rows)
+    videos: list[dict] = []
     started = time.perf_counter()
     with torch.inference_mode():
-        for name, overrides in candidates.items():
-            for seed in args.seeds:
-                videos.setdefault(name, []).extend(
-                    run_seed(engine, items, seed, list(MODES), Path("."), examples=0, overrides_for_all=overrides))
-    summary = {name: {"overrides": candidates[name], "plain": {k: paired(v, "plain")[k] for k in ("per_seed", "mean")},
-                      **{mode: paired(v, mode) for mode in MODES}} for name, v in videos.items()}
-    for name in candidates:
+        for seed in args.seeds:
+            videos += run_seed(engine, items, seed, list(rows), Path("."), examples=0)
+    summary = {"plain": {k: paired(videos, "plain")[k] for k in ("per_seed", "mean")}}
+    for name, overrides in candidates.items():
+        summary[name] = {"overrides": overrides, **{mode: paired(videos, f"{mode}@{name}") for mode in MODES}}
         if name != "current":     # the same prompts and seeds, mode by mode: candidate - current
             for mode in MODES:
-                joined = [{**c, "current": a[mode]} for c, a in zip(videos[name], videos["current"])]
-                summary[name][f"{mode} vs current"] = paired(joined, mode, baseline="current")
-    for name, s in summary.items():
-        line = ", ".join(f"{mode} {s[mode]['mean']:.3f} ({s[mode]['paired_difference_to_plain']:+.3f}, "
-                         f"{s[mode]['prompts_better']}/{s[mode]['prompts_worse']})" for mode in MODES)
-        print(f"{name}: plain {s['plain']['mean']:.3f}; {line}")
+                summary[name][f"{mode} vs current"] = paired(videos, f"{mode}@{name}", baseline=f"{mode}@current",
+                                                              label="current")
+    print(f"plain {summary['plain']['mean']:.3f}")
+    for name in candidates:
+        s = summary[name]
+        print(f"{name}: " + ", ".join(f"{mode} {s[mode]['mean']:.3f} ({s[mode]['paired_difference_to_plain']:+.3f}, "
+                                      f"{s[mode]['prompts_better']}/{s[mode]['prompts_worse']})" for mode in MODES))
     write_results(args.out, "bench/layout_settings_e2e.py", {
         "validation_seed": VALIDATION_SEED, "prompts": len(items), "noise_seeds": args.seeds,
         "seconds": round(time.perf_counter() - started, 1), "summary": summary, "videos": videos}, header=header)

@@ -126,3 +126,24 @@ def test_e2e_paired_statistics():
     assert got["per_seed"] == {"0": 0.5, "1": 0.75} and got["mean"] == 0.625
     assert got["paired_difference_to_plain"] == 0.125          # prompt 0: +0.5, prompt 1: -0.25
     assert (got["prompts_better"], got["prompts_worse"]) == (1, 1)
+
+
+def test_settings_config_round_trips_through_current_settings():
+    from bench.layout_settings import settings_config
+
+    for config in (CONFIG, CONFIG.with_overrides(meanshift_bandwidth=0.3, semantic_overlap_tau=0.5),
+                   CONFIG.with_overrides(layout_instances="focus_clusters", cross_attn_peak_ratio=0.6)):
+        row = current_settings(config)
+        assert current_settings(settings_config(NuminaConfig(mode="engine"), row)) == row
+
+
+def test_diagnosis_figure_draws_every_noun(tmp_path):
+    from PIL import Image
+
+    from bench.layout_settings import diagnosis_figure
+
+    cache = synthetic_cache(torch.Generator().manual_seed(3))
+    configs = {"current": CONFIG, "focus": CONFIG.with_overrides(layout_instances="focus_clusters")}
+    path = diagnosis_figure(cache, (8, 6), configs, tmp_path / "d.png")
+    with Image.open(path) as picture:       # 2 nouns x (truth, map, 3 meanshift panels, 2 focus panels)
+        assert picture.size[0] > 7 * 6 * 8 and picture.size[1] > 2 * 7 * 8
