@@ -19,7 +19,12 @@ Clusters are computed once per (step, layer, bandwidth rule), focus masks once p
 identical label maps are scored once. The rest of NuminaConfig is the model's (numina_engine.json).
 
     python bench/layout_settings.py [--prompts 10] [--device cuda] [--out docs/results/layout_settings_cpu.json]
+        [--layers 3,4,6] [--steps 6,8,10] [--scopes noun,phrase] [--grid full|small] [--figure I]
         [--cache FILE]   # reuse / write the cached maps (torch.save), e.g. to re-sweep without the model
+
+Cost: the collection is one plain trajectory plus one extraction forward per probe and prompt (CPU, 2
+cores: ~20 s a prompt for 32 probes); the full grid sweeps ~2,700 settings per probe and scope (CPU:
+~3.5 s per prompt, probe and scope); --grid small 180.
 
 Writes the results file (bench/results_file.py's header) with: per (step, layer, scope) the current
 settings' row and, per layout_instances rule, the best settings by the choice rule (max F1 of instance
@@ -63,6 +68,13 @@ PEAK_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 DBSCAN_EPS = (1.0, 1.5, 2.0)
 DBSCAN_MIN_SAMPLES = (1, 3, 5)
 OVERLAP_TAUS = (0.1, 0.2, 0.3, 0.5, 0.7)
+GRIDS = {
+    "full": {"bandwidth_rules": BANDWIDTH_RULES, "peak_ratios": PEAK_RATIOS, "eps": DBSCAN_EPS,
+             "min_samples": DBSCAN_MIN_SAMPLES, "taus": OVERLAP_TAUS},
+    # 15x fewer settings around the shipped ones and the best of the 16-prompt CPU sweep (for N = 100)
+    "small": {"bandwidth_rules": (("quantile", 0.2), ("quantile", 0.1), ("bandwidth", 0.3)),
+              "peak_ratios": (0.3, 0.5, 0.6), "eps": (1.0, 1.5, 2.0), "min_samples": (3, 5), "taus": (0.2, 0.3, 0.5)},
+}
 
 
 def collect(engine: Engine, item: dict, probes: set) -> dict:
@@ -126,7 +138,7 @@ def _score(caches: list[dict], labels_of, scorer: Scorer) -> list[tuple[int, int
     [n_nouns, F, h, w] against each cache's truth."""
     scores = []
     for index, cache in enumerate(caches):
-        labels = labels_of(index)
+        labels = labels_of(index).cpu()
         for row, noun in enumerate(cache["nouns"]):
             for f in range(labels.shape[1]):
                 scores.append(scorer.frame((index, noun, f), labels[row, f], cache["truth"][noun][f]))
@@ -272,6 +284,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--layers", default=None, help="comma-separated candidate layers (default: all)")
     parser.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)), help="candidate steps")
+    parser.add_argument("--grid", choices=list(GRIDS), default="full", help="which settings to sweep")
     parser.add_argument("--scopes", default=",".join(SCOPES), help="token scopes to sweep")
     parser.add_argument("--cache", type=Path, default=None, help="read the cached maps from FILE if it exists, "
                         "else write them there")
@@ -308,9 +321,13 @@ def main() -> None:
         if args.cache is not None:
             torch.save(caches, args.cache)
     collect_s = time.perf_counter() - started
-    grid = {"bandwidth_rules": BANDWIDTH_RULES, "peak_ratios": PEAK_RATIOS, "eps": DBSCAN_EPS,
-            "min_samples": DBSCAN_MIN_SAMPLES, "taus": OVERLAP_TAUS}
+    grid = GRIDS[args.grid]
     current = current_settings(config)
+    if (tuple(current["bandwidth_rule"]) not in grid["bandwidth_rules"]
+            or current["cross_attn_peak_ratio"] not in grid["peak_ratios"] or current["dbscan_eps"] not in grid["eps"]
+            or current["dbscan_min_samples"] not in grid["min_samples"]
+            or current["semantic_overlap_tau"] not in grid["taus"]):
+        raise SystemExit(f"the model's settings {current} are not in --grid {args.grid}: nothing to compare with")
     reference = (config.reference_step, config.reference_layer)
     scorer = Scorer()
     per_probe, reference_rows = [], {}
@@ -351,7 +368,7 @@ def main() -> None:
         "choice_rule": "max F1 of instance matching (IoU >= 0.5) against the final plain video's objects, "
                        "ties by count exact, then recall",
         "current_settings": current,
-        "grid": {k: [list(v) if isinstance(v, tuple) else v for v in vals] for k, vals in grid.items()},
+        "grid_name": args.grid, "grid": {k: [list(v) if isinstance(v, tuple) else v for v in vals] for k, vals in grid.items()},
         "best": best, "per_probe": per_probe, "reference_probe_rows": reference_rows,
         "collect_seconds": round(collect_s, 1), "sweep_seconds": round(sweep_s, 1)}
     write_results(args.out, "bench/layout_settings.py", results, header=header)

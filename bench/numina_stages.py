@@ -22,7 +22,8 @@ to the probed layer) at the probed steps; NUMINA's phase 1 follows it up to Easy
 
     python bench/numina_stages.py [--prompts 100] [--device cuda] [--out DIR]
 
-Writes DIR/stages.json (header: device, date, commit) and prints the tables.
+Writes DIR/stages.json (header: device, date, commit) after every prompt (a run stopped by a time limit
+keeps the prompts it finished: results.prompts of results.prompts_asked) and prints the tables.
 """
 from __future__ import annotations
 
@@ -318,6 +319,22 @@ def main() -> None:
     engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=False)
     header = provenance("bench/numina_stages.py", device=str(engine.model.device))
     items = benchmark_prompts(args.prompts, seed=VALIDATION_SEED)
+    config = pipeline.prepare(engine.model, GenerationRequest(
+        prompt=items[0]["prompt"], counts=items[0]["target"], count_phrases=count_phrases(items[0]["prompt"]))).config
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def write(records: list[dict], trials: list[dict]) -> dict:
+        """DIR/stages.json over the prompts done so far (rewritten after each: a run stopped early keeps them)."""
+        summary = summarise(records, trials)
+        payload = {**header, "results": {
+            "validation_seed": VALIDATION_SEED, "noise_seed": NOISE_SEED, "prompts": len(records),
+            "prompts_asked": len(items),
+            "reference_layer": config.reference_layer, "reference_step": config.reference_step,
+            "mode": config.mode, "summary": summary, "trials": trials,
+            "records": [{k: v for k, v in r.items() if k != "auc"} for r in records]}}
+        (args.out / "stages.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        return summary
+
     records, trials = [], []
     with torch.inference_mode():
         for item in tqdm(items, desc="prompts"):
@@ -326,18 +343,8 @@ def main() -> None:
                 trials += controllability(engine, item, record["frames"], record["plain_counts"])
             del record["frames"]
             records.append(record)
-    summary = summarise(records, trials)
-    config = pipeline.prepare(engine.model, GenerationRequest(
-        prompt=items[0]["prompt"], counts=items[0]["target"], count_phrases=count_phrases(items[0]["prompt"]))).config
+            summary = write(records, trials)
     print_tables(summary, config)
-    args.out.mkdir(parents=True, exist_ok=True)
-    payload = {**header, "results": {
-        "validation_seed": VALIDATION_SEED, "noise_seed": NOISE_SEED, "prompts": len(items),
-        "reference_layer": config.reference_layer, "reference_step": config.reference_step,
-        "mode": config.mode, "summary": summary, "trials": trials,
-        "records": [{k: v for k, v in r.items() if k != "auc"} for r in records]}}
-    (args.out / "stages.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-
 
 if __name__ == "__main__":
     main()
