@@ -11,6 +11,7 @@ mean per seed, the paired per-prompt difference to plain (mean over seeds) and p
     python bench/layout_settings_e2e.py --prompts 8 --seeds 0 1 \\
         --candidate focus '{"layout_instances": "focus_clusters", "cross_attn_peak_ratio": 0.4}' \\
         [--device cuda] [--out docs/results/layout_settings_e2e_cpu.json]
+    python bench/layout_settings_e2e.py --merge SEED0.json SEED1.json ... --out FILE   # one file per seed -> one
 """
 from __future__ import annotations
 
@@ -51,6 +52,45 @@ def paired(videos: list[dict], mode: str, baseline: str = "plain", label: str = 
             "prompts_better": sum(d > 0 for d in diffs), "prompts_worse": sum(d < 0 for d in diffs)}
 
 
+def summarise(videos: list[dict], candidates: dict[str, dict]) -> dict:
+    """Per candidate and mode: paired() to plain and, for every candidate but "current", to current; printed."""
+    summary = {"plain": {k: paired(videos, "plain")[k] for k in ("per_seed", "mean")}}
+    for name, overrides in candidates.items():
+        summary[name] = {"overrides": overrides, **{mode: paired(videos, f"{mode}@{name}") for mode in MODES}}
+        if name != "current":     # the same prompts and seeds, mode by mode: candidate - current
+            for mode in MODES:
+                summary[name][f"{mode} vs current"] = paired(videos, f"{mode}@{name}", baseline=f"{mode}@current",
+                                                              label="current")
+    print(f"plain {summary['plain']['mean']:.3f}")
+    for name in candidates:
+        s = summary[name]
+        print(f"{name}: " + ", ".join(f"{mode} {s[mode]['mean']:.3f} ({s[mode]['paired_difference_to_plain']:+.3f}, "
+                                      f"{s[mode]['prompts_better']}/{s[mode]['prompts_worse']})" for mode in MODES))
+    return summary
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """One results file from several runs of this script on other noise seeds (same prompts, candidates)."""
+    parts = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    first = parts[0]["results"]
+    candidates = {name: first["summary"][name]["overrides"] for name in first["summary"] if name != "plain"}
+    for path, part in zip(paths, parts):
+        r = part["results"]
+        if r["prompts"] != first["prompts"] or {n: r["summary"][n]["overrides"] for n in candidates} != candidates:
+            raise SystemExit(f"{path}: other prompts or candidates than {paths[0]}")
+    videos = [v for part in parts for v in part["results"]["videos"]]
+    seeds = sorted({v["seed"] for v in videos})
+    if len(seeds) * first["prompts"] != len(videos):
+        raise SystemExit(f"the files repeat a noise seed or miss prompts: seeds {seeds}, {len(videos)} videos")
+    header = {k: v for k, v in parts[0].items() if k != "results"}
+    header["argv"] = [a for part in parts for a in part["argv"]]
+    write_results(out, "bench/layout_settings_e2e.py", {
+        "validation_seed": VALIDATION_SEED, "prompts": first["prompts"], "noise_seeds": seeds,
+        "merged_from": [str(p) for p in paths], "seconds": [part["results"]["seconds"] for part in parts],
+        "summary": summarise(videos, candidates), "videos": videos}, header=header)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=8)
@@ -60,7 +100,12 @@ def main() -> None:
     parser.add_argument("--ckpt-dir", default=None, help="default: the embedded demo model")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=Path("docs/results/layout_settings_e2e_cpu.json"))
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="FILE",
+                        help="only merge results files of runs on other noise seeds into --out")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     candidates = {"current": {}}
     for name, text in args.candidate:
         try:
@@ -84,18 +129,7 @@ def main() -> None:
     with torch.inference_mode():
         for seed in args.seeds:
             videos += run_seed(engine, items, seed, list(rows), Path("."), examples=0)
-    summary = {"plain": {k: paired(videos, "plain")[k] for k in ("per_seed", "mean")}}
-    for name, overrides in candidates.items():
-        summary[name] = {"overrides": overrides, **{mode: paired(videos, f"{mode}@{name}") for mode in MODES}}
-        if name != "current":     # the same prompts and seeds, mode by mode: candidate - current
-            for mode in MODES:
-                summary[name][f"{mode} vs current"] = paired(videos, f"{mode}@{name}", baseline=f"{mode}@current",
-                                                              label="current")
-    print(f"plain {summary['plain']['mean']:.3f}")
-    for name in candidates:
-        s = summary[name]
-        print(f"{name}: " + ", ".join(f"{mode} {s[mode]['mean']:.3f} ({s[mode]['paired_difference_to_plain']:+.3f}, "
-                                      f"{s[mode]['prompts_better']}/{s[mode]['prompts_worse']})" for mode in MODES))
+    summary = summarise(videos, candidates)
     write_results(args.out, "bench/layout_settings_e2e.py", {
         "validation_seed": VALIDATION_SEED, "prompts": len(items), "noise_seeds": args.seeds,
         "seconds": round(time.perf_counter() - started, 1), "summary": summary, "videos": videos}, header=header)

@@ -147,3 +147,25 @@ def test_diagnosis_figure_draws_every_noun(tmp_path):
     path = diagnosis_figure(cache, (8, 6), configs, tmp_path / "d.png")
     with Image.open(path) as picture:       # 2 nouns x (truth, map, 3 meanshift panels, 2 focus panels)
         assert picture.size[0] > 7 * 6 * 8 and picture.size[1] > 2 * 7 * 8
+
+
+def test_e2e_merge_joins_seeds(tmp_path):
+    import json
+
+    from bench.layout_settings_e2e import MODES, merge
+    from bench.results_file import write_results
+
+    candidates = {"current": {}, "c": {"cross_attn_peak_ratio": 0.5}}
+    paths = []
+    for seed in (0, 1):
+        videos = [{"index": i, "seed": seed, "plain": {"accuracy": 0.5},
+                   **{f"{m}@{n}": {"accuracy": 1.0 if n == "c" else 0.5 * seed} for m in MODES for n in candidates}}
+                  for i in range(2)]
+        summary = {"plain": {}, **{n: {"overrides": o} for n, o in candidates.items()}}
+        paths.append(write_results(tmp_path / f"s{seed}.json", "bench/layout_settings_e2e.py",
+                                   {"prompts": 2, "seconds": 1.0, "summary": summary, "videos": videos}, argv=[]))
+    merge(paths, tmp_path / "all.json")
+    merged = json.loads((tmp_path / "all.json").read_text())["results"]
+    assert merged["noise_seeds"] == [0, 1] and len(merged["videos"]) == 4
+    assert merged["summary"]["c"]["engine-noun vs current"]["paired_difference_to_current"] == 0.75
+    assert merged["summary"]["current"]["engine-noun"]["per_seed"] == {"0": 0.0, "1": 0.5}
