@@ -22,7 +22,8 @@ to the probed layer) at the probed steps; NUMINA's phase 1 follows it up to Easy
 
     python bench/numina_stages.py [--prompts 100] [--device cuda] [--out DIR]
 
-Writes DIR/stages.json (header: device, date, commit) and prints the tables.
+Writes DIR/stages.json (header: device, date, commit) after every prompt (a run stopped by a time limit
+keeps the prompts it finished: results.prompts of results.prompts_asked) and prints the tables.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -69,23 +71,26 @@ def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
 
 def match_instances(found: torch.Tensor, truth: torch.Tensor) -> tuple[int, int, int]:
     """(matched, found instances, true instances) of two label maps [h, w] (0 = background), matched
-    greedily by IoU >= MATCH_IOU."""
-    found_ids = [int(i) for i in found.unique() if i > 0]
-    true_ids = [int(i) for i in truth.unique() if i > 0]
-    pairs = []
-    for a in found_ids:
-        fa = found == a
-        for b in true_ids:
-            tb = truth == b
-            iou = (fa & tb).sum().item() / max(1, (fa | tb).sum().item())
-            if iou >= MATCH_IOU:
-                pairs.append((iou, a, b))
+    greedily by IoU >= MATCH_IOU (highest IoU first; ties by higher found label, then true label)."""
+    found_ids, found_index = found.flatten().unique(return_inverse=True)
+    true_ids, true_index = truth.flatten().unique(return_inverse=True)
+    # confusion [distinct found values, distinct true values] of pixel counts, background included
+    confusion = torch.bincount(found_index * len(true_ids) + true_index,
+                               minlength=len(found_ids) * len(true_ids)).reshape(len(found_ids), len(true_ids))
+    confusion = confusion[found_ids > 0][:, true_ids > 0].to(torch.float64)
+    a_ids, b_ids = found_ids[found_ids > 0].tolist(), true_ids[true_ids > 0].tolist()
+    # an instance's area: all its pixels, background of the other map included
+    area_a = torch.bincount(found_index, minlength=len(found_ids))[found_ids > 0].to(torch.float64)
+    area_b = torch.bincount(true_index, minlength=len(true_ids))[true_ids > 0].to(torch.float64)
+    union = area_a[:, None] + area_b[None, :] - confusion
+    iou = confusion / union.clamp_min(1.0)
+    pairs = [(iou[i, j].item(), a_ids[i], b_ids[j]) for i, j in (iou >= MATCH_IOU).nonzero().tolist()]
     used_a, used_b = set(), set()
     for _, a, b in sorted(pairs, reverse=True):
         if a not in used_a and b not in used_b:
             used_a.add(a)
             used_b.add(b)
-    return len(used_a), len(found_ids), len(true_ids)
+    return len(used_a), len(a_ids), len(b_ids)
 
 
 def scope_tables(model, request: GenerationRequest, settings, config, counts) -> dict[str, torch.Tensor]:
@@ -97,8 +102,31 @@ def scope_tables(model, request: GenerationRequest, settings, config, counts) ->
     return tables
 
 
-def probe_prompt(engine: Engine, item: dict) -> dict:
-    """Stages 1-3 for one prompt: the plain trajectory, probed at PROBED_STEPS x every layer."""
+@dataclass
+class PlainTrajectory:
+    """One prompt's plain (EasyCache-off) trajectory, probed by extraction forwards.
+
+    `maps`: {(step, layer): noun maps float32 [2 * n_nouns, F, N] on the CPU}, rows the noun scope's
+    nouns then the phrase scope's (SCOPES order); `self_maps`: {(step, layer): float32 [F, N, N]} for
+    the probes asked to keep them (on the model's device); `frames` / `preview_frames`: uint8 [F_px, H, W, 3] of the final video
+    and of the x0 estimate of the step before the reference step; `grid` (f, h, w) of the token grid.
+    """
+    nouns: list[str]
+    config: object
+    grid: tuple[int, int, int]
+    patch: tuple[int, int]
+    maps: dict
+    self_maps: dict
+    frames: torch.Tensor
+    preview_frames: torch.Tensor
+
+
+SCOPES = ("noun", "phrase")
+
+
+def plain_trajectory(engine: Engine, item: dict, probes: set, keep_self_maps: set) -> PlainTrajectory:
+    """Run `item`'s plain trajectory (NOISE_SEED), probing every (step, layer) of `probes` with an
+    extraction forward (run only up to the layer); self maps kept for the probes in `keep_self_maps`."""
     model = engine.model
     request = GenerationRequest(prompt=item["prompt"], seed=NOISE_SEED, counts=item["target"],
                                 count_phrases=count_phrases(item["prompt"]))
@@ -112,34 +140,57 @@ def probe_prompt(engine: Engine, item: dict) -> dict:
     scheduler = pipeline.FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device,
                                             sigma_grid=config.sigma_grid)
     grid = model.dit.token_grid(latents.shape)
-    layers = model.dit.config.num_layers
-    noun_maps, reference_extraction, preview = {}, None, None
+    maps, self_maps, preview = {}, {}, None
     for index in range(settings.steps):
         timestep = pipeline.timestep_at(scheduler, index, model.device)
-        if index in PROBED_STEPS or index == config.reference_step:
-            for layer in range(layers):
-                extraction = Extraction(layer=layer, grid=grid, noun_tokens=both, config=config)
-                model.dit(latents.to(model.dtype).unsqueeze(0), timestep, context[:1],
-                          state=ForwardState(extraction=extraction, stop_after_layer=layer))
-                noun_maps[(index, layer)] = extraction.noun_maps.float().cpu()     # [2n, F, N]
-                if index == config.reference_step and layer == config.reference_layer:
-                    reference_extraction = extraction
+        for layer in sorted(layer for step, layer in probes if step == index):
+            extraction = Extraction(layer=layer, grid=grid, noun_tokens=both, config=config)
+            model.dit(latents.to(model.dtype).unsqueeze(0), timestep, context[:1],
+                      state=ForwardState(extraction=extraction, stop_after_layer=layer))
+            maps[(index, layer)] = extraction.noun_maps.float().cpu()     # [2n, F, N]
+            if (index, layer) in keep_self_maps:
+                self_maps[(index, layer)] = extraction.self_maps.float()
         cond, uncond = pipeline.flow_predictions(model, latents, timestep, context)
         velocity = pipeline.guide(cond, uncond, settings.guide_scale)
         if index == config.reference_step - 1:       # the x0 estimate layout.png shows (pipeline.reference_pass)
             preview = latents - scheduler.sigmas[index].to(model.device) * velocity
         latents = scheduler.step(velocity, latents, index)
     frames = model.vae.decode(latents.unsqueeze(0))[0].cpu()
-    preview_frames = model.vae.decode(preview.unsqueeze(0))[0].cpu()
-    patch = tuple(model.dit.config.patch_size[1:])
-    nouns = list(counts)
+    preview_frames = model.vae.decode(preview.unsqueeze(0))[0].cpu() if preview is not None else None
+    return PlainTrajectory(nouns=list(counts), config=config, grid=tuple(grid),
+                           patch=tuple(model.dit.config.patch_size[1:]), maps=maps, self_maps=self_maps,
+                           frames=frames, preview_frames=preview_frames)
+
+
+def instance_scores(labels: torch.Tensor, truth: dict, nouns: list[str]) -> dict[str, int]:
+    """Layout labels int [n_nouns, F, h, w] (rows in `nouns` order) against true layouts {noun: [F, h, w]}:
+    {matched, found, true, count_exact, frames} summed over nouns and frames (see summarise)."""
+    matched = found = true = exact = frames_seen = 0
+    for row, noun in enumerate(nouns):
+        for f in range(labels.shape[1]):
+            m, a, b = match_instances(labels[row, f].cpu(), truth[noun][f])
+            matched, found, true = matched + m, found + a, true + b
+            exact += int(a == b)
+            frames_seen += 1
+    return {"matched": matched, "found": found, "true": true, "count_exact": exact, "frames": frames_seen}
+
+
+def probe_prompt(engine: Engine, item: dict) -> dict:
+    """Stages 1-3 for one prompt: the plain trajectory, probed at PROBED_STEPS x every layer."""
+    config = pipeline.prepare(engine.model, GenerationRequest(
+        prompt=item["prompt"], counts=item["target"], count_phrases=count_phrases(item["prompt"]))).config
+    layers = engine.model.dit.config.num_layers
+    reference = (config.reference_step, config.reference_layer)
+    probes = {(step, layer) for step in (*PROBED_STEPS, config.reference_step) for layer in range(layers)}
+    run = plain_trajectory(engine, item, probes, keep_self_maps={reference})
+    nouns, frames, grid, patch = run.nouns, run.frames, run.grid, run.patch
     truth = {n: component_layout(frames, n, patch) for n in nouns}
-    preview_truth = {n: component_layout(preview_frames, n, patch) for n in nouns}
+    preview_truth = {n: component_layout(run.preview_frames, n, patch) for n in nouns}
 
     # 2. localisation
     auc: dict[str, list] = {}
-    for (step, layer), maps in noun_maps.items():
-        for s, scope in enumerate(("noun", "phrase")):
+    for (step, layer), maps in run.maps.items():
+        for s, scope in enumerate(SCOPES):
             for row, noun in enumerate(nouns):
                 mask = token_masks(noun_pixel_masks(frames, noun), patch) >= 0.5            # [F, h, w]
                 for f in range(grid[0]):
@@ -148,20 +199,11 @@ def probe_prompt(engine: Engine, item: dict) -> dict:
                         auc.setdefault(f"{scope}|{step}|{layer}", []).append(value)
     # 3. instances: the layout at the reference (layer, step), per scope
     instances = {}
-    for s, scope in enumerate(("noun", "phrase")):
+    for s, scope in enumerate(SCOPES):
         rows = slice(s * len(nouns), (s + 1) * len(nouns))
-        labels = build_layouts(reference_extraction.self_maps, reference_extraction.noun_maps[rows],
-                               grid[1:], config)
+        labels = build_layouts(run.self_maps[reference], run.maps[reference][rows], grid[1:], run.config)
         for against, layouts in (("final", truth), ("preview", preview_truth)):
-            matched = found = true = exact = frames_seen = 0
-            for row, noun in enumerate(nouns):
-                for f in range(grid[0]):
-                    m, a, b = match_instances(labels[row, f].cpu(), layouts[noun][f])
-                    matched, found, true = matched + m, found + a, true + b
-                    exact += int(a == b)
-                    frames_seen += 1
-            instances[f"{scope}|{against}"] = {"matched": matched, "found": found, "true": true,
-                                               "count_exact": exact, "frames": frames_seen}
+            instances[f"{scope}|{against}"] = instance_scores(labels, layouts, nouns)
     plain_counts = count_world_nouns(frames, nouns)
     return {"prompt": item["prompt"], "target": item["target"], "plain_counts": plain_counts,
             "auc": auc, "instances": instances, "frames": frames}
@@ -277,6 +319,22 @@ def main() -> None:
     engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=False)
     header = provenance("bench/numina_stages.py", device=str(engine.model.device))
     items = benchmark_prompts(args.prompts, seed=VALIDATION_SEED)
+    config = pipeline.prepare(engine.model, GenerationRequest(
+        prompt=items[0]["prompt"], counts=items[0]["target"], count_phrases=count_phrases(items[0]["prompt"]))).config
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def write(records: list[dict], trials: list[dict]) -> dict:
+        """DIR/stages.json over the prompts done so far (rewritten after each: a run stopped early keeps them)."""
+        summary = summarise(records, trials)
+        payload = {**header, "results": {
+            "validation_seed": VALIDATION_SEED, "noise_seed": NOISE_SEED, "prompts": len(records),
+            "prompts_asked": len(items),
+            "reference_layer": config.reference_layer, "reference_step": config.reference_step,
+            "mode": config.mode, "summary": summary, "trials": trials,
+            "records": [{k: v for k, v in r.items() if k != "auc"} for r in records]}}
+        (args.out / "stages.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        return summary
+
     records, trials = [], []
     with torch.inference_mode():
         for item in tqdm(items, desc="prompts"):
@@ -285,18 +343,8 @@ def main() -> None:
                 trials += controllability(engine, item, record["frames"], record["plain_counts"])
             del record["frames"]
             records.append(record)
-    summary = summarise(records, trials)
-    config = pipeline.prepare(engine.model, GenerationRequest(
-        prompt=items[0]["prompt"], counts=items[0]["target"], count_phrases=count_phrases(items[0]["prompt"]))).config
+            summary = write(records, trials)
     print_tables(summary, config)
-    args.out.mkdir(parents=True, exist_ok=True)
-    payload = {**header, "results": {
-        "validation_seed": VALIDATION_SEED, "noise_seed": NOISE_SEED, "prompts": len(items),
-        "reference_layer": config.reference_layer, "reference_step": config.reference_step,
-        "mode": config.mode, "summary": summary, "trials": trials,
-        "records": [{k: v for k, v in r.items() if k != "auc"} for r in records]}}
-    (args.out / "stages.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-
 
 if __name__ == "__main__":
     main()

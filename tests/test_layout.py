@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from numina_engine.numina.config import NuminaConfig
-from numina_engine.numina.layout import (assign_instances, build_layouts, count_instances, focus_masks,
-                                         focus_masks_sklearn, layout_features)
+from numina_engine.numina.layout import (assign_instances, build_layouts, count_instances, focus_clusters,
+                                         focus_clusters_sklearn, focus_masks, focus_masks_sklearn, layout_features)
 from numina_engine.numina.meanshift import (estimate_bandwidth, estimate_bandwidth_sklearn, mean_shift,
                                             mean_shift_sklearn)
 
@@ -134,6 +134,63 @@ def test_focus_masks_equal_dbscan(eps, min_samples, ratio):
     ours = focus_masks(noun_maps, (h, w), config)
     assert ours.shape == (2, 12, h, w) and ours.dtype == torch.bool
     assert torch.equal(ours, focus_masks_sklearn(noun_maps, (h, w), config))
+
+
+def same_partition_where(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor) -> bool:
+    """Whether label vectors a, b [n] partition the pixels `where` (bool [n]) alike."""
+    return bool(where.sum() == 0) or same_partition(a[where], b[where])
+
+
+@pytest.mark.parametrize("eps, min_samples, ratio", [(1.5, 3, 0.3), (1.0, 1, 0.5), (2.2, 5, 0.2), (3.0, 5, 0.05)])
+def test_focus_clusters_are_the_dbscan_clusters(eps, min_samples, ratio):
+    """Support = focus_masks; core pixels partitioned as scikit-learn's DBSCAN does; every pixel as
+    scikit-learn assigns it except border pixels within eps of two clusters; numbered by first pixel."""
+    from sklearn.cluster import DBSCAN
+
+    g = torch.Generator().manual_seed(int(eps * 10) + min_samples + 100)
+    h, w = 13, 17
+    field = torch.nn.functional.interpolate(torch.randn(2, 6, 4, 5, generator=g), size=(h, w), mode="bicubic")
+    noun_maps = torch.softmax(3.0 * field.reshape(2, 6, h * w), dim=-1)
+    config = CONFIG.with_overrides(dbscan_eps=eps, dbscan_min_samples=min_samples, cross_attn_peak_ratio=ratio)
+    ours = focus_clusters(noun_maps, (h, w), config)
+    reference = focus_clusters_sklearn(noun_maps, (h, w), config)
+    assert ours.shape == (2, 6, h * w) and ours.dtype == torch.int64
+    assert torch.equal(ours > 0, focus_masks(noun_maps, (h, w), config).flatten(-2))
+    several = 0
+    for s in range(2):
+        for f in range(6):
+            frame = noun_maps[s, f].numpy()
+            pixels = np.flatnonzero(frame >= ratio * frame.max())
+            coords = np.stack([pixels // w, pixels % w], axis=1)
+            fitted = DBSCAN(eps=eps, min_samples=min_samples).fit(coords)
+            core = torch.zeros(h * w, dtype=torch.bool)
+            core[pixels[fitted.core_sample_indices_]] = True
+            assert same_partition_where(ours[s, f], reference[s, f], core)
+            # border pixels reached by one cluster only are assigned alike
+            distances = np.sqrt(((coords[:, None] - coords[None]) ** 2).sum(-1))
+            reach = [set(fitted.labels_[(distances[i] <= eps) & np.isin(np.arange(len(pixels)),
+                                                                       fitted.core_sample_indices_)])
+                     for i in range(len(pixels))]
+            plain = torch.zeros(h * w, dtype=torch.bool)
+            plain[pixels[[len(r) == 1 for r in reach]]] = True
+            assert same_partition_where(ours[s, f], reference[s, f], plain | core)
+            firsts = [int(torch.nonzero(ours[s, f] == k)[0]) for k in range(1, int(ours[s, f].max()) + 1)]
+            assert set(ours[s, f].tolist()) - {0} == set(range(1, len(firsts) + 1)) and firsts == sorted(firsts)
+            several += len(firsts) > 1
+    assert several > 0                      # some maps do have several clusters
+
+
+def test_focus_clusters_give_the_planted_blobs():
+    g = torch.Generator().manual_seed(7)
+    h, w = 11, 15
+    config = CONFIG.with_overrides(layout_instances="focus_clusters", cross_attn_peak_ratio=0.3,
+                                   dbscan_eps=1.5, dbscan_min_samples=3)
+    for k in (1, 2, 3, 4):
+        self_map, noun, blob_id = planted_frame(h, w, k, g)
+        labels = build_layouts(self_map[None], noun[None, None], (h, w), config)
+        assert same_partition(labels.flatten(), blob_id)
+        assert torch.equal(labels, build_layouts(self_map[None], noun[None, None], (h, w), config, backend="sklearn"))
+    assert AUTHORS.layout_instances == "meanshift"
 
 
 def test_assign_instances_matches_per_frame_loop():

@@ -42,6 +42,7 @@ BEHAVIOURS: dict[str, tuple[tuple, object, object]] = {
     "when_nothing_to_modulate": (("regenerate_plain", "continue"), "regenerate_plain", "continue"),
     "sigma_grid": (("wan", "diffusers"), "wan", "diffusers"),
     "token_match": (("authors", "words"), "authors", "words"),
+    "layout_instances": (("meanshift", "focus_clusters"), "meanshift", "meanshift"),
 }
 
 
@@ -58,6 +59,8 @@ class NuminaConfig:
     when_nothing_to_modulate: str = _FROM_MODE           # "regenerate_plain" (authors) | "continue"
     sigma_grid: str = _FROM_MODE                         # scheduler grid: "wan" (authors) | "diffusers"
     token_match: str = _FROM_MODE                        # noun -> tokens: "authors" | "words"
+    layout_instances: str = _FROM_MODE                   # instances: "meanshift" proposals kept by the focus
+    #                                                      (authors) | "focus_clusters" (the focus's DBSCAN clusters)
     pca_seed: int = 0                                    # seed of the randomized PCA (the run's seed)
     explicit_behaviours: frozenset = field(default=frozenset(), init=False, compare=False, repr=False)
 

@@ -14,7 +14,9 @@ Following the NUMINA authors' construction, per frame:
   4. per noun, the proposals whose overlap with the focus is at least semantic_overlap_tau of
      their area become instances 1, 2, ... in cluster order.
 Each frame is clustered once and shared by all nouns (the authors recluster per noun, which
-gives the same clusters).
+gives the same clusters). With config.layout_instances "focus_clusters" (an engine rule, README
+"Known differences") steps 1, 2 and 4 are skipped: the instances are the DBSCAN clusters of step 3's
+focus region itself (focus_clusters).
 
 Backends: "torch" runs everything on the maps' device (mean_shift/estimate_bandwidth from
 meanshift.py; the DBSCAN focus as two convolutions: a candidate pixel is kept iff it is a core
@@ -77,6 +79,16 @@ def _disk(eps: float, device: torch.device) -> torch.Tensor:
     return ((offsets[:, None] ** 2 + offsets[None, :] ** 2) <= eps * eps).to(torch.float32)[None, None]
 
 
+def _focus_parts(noun_maps: torch.Tensor, grid_hw: tuple[int, int], config: NuminaConfig):
+    """(candidates, core, disk) of each noun map's DBSCAN: bool [B, 1, h, w] twice (B = the maps'
+    leading elements), and the eps disk (see _disk)."""
+    h, w = check_grid(grid_hw, noun_maps.shape[-1])
+    candidates = _peak_candidates(noun_maps, config.cross_attn_peak_ratio).reshape(-1, 1, h, w)
+    disk = _disk(config.dbscan_eps, noun_maps.device)
+    neighbours = F.conv2d(candidates.to(torch.float32), disk, padding=disk.shape[-1] // 2)
+    return candidates, candidates & (neighbours > config.dbscan_min_samples - 0.5), disk
+
+
 def focus_masks(noun_maps: torch.Tensor, grid_hw: tuple[int, int], config: NuminaConfig) -> torch.Tensor:
     """DBSCAN focus region of each noun map, by convolution (exact, batched, on the maps' device).
 
@@ -85,13 +97,71 @@ def focus_masks(noun_maps: torch.Tensor, grid_hw: tuple[int, int], config: Numin
     within dbscan_eps, and candidates within dbscan_eps of such a core pixel.
     """
     h, w = check_grid(grid_hw, noun_maps.shape[-1])
-    candidates = _peak_candidates(noun_maps, config.cross_attn_peak_ratio).reshape(-1, 1, h, w)
-    disk = _disk(config.dbscan_eps, noun_maps.device)
-    pad = disk.shape[-1] // 2
-    neighbours = F.conv2d(candidates.to(torch.float32), disk, padding=pad)
-    core = candidates & (neighbours > config.dbscan_min_samples - 0.5)
-    reached = F.conv2d(core.to(torch.float32), disk, padding=pad) > 0.5
+    candidates, core, disk = _focus_parts(noun_maps, grid_hw, config)
+    reached = F.conv2d(core.to(torch.float32), disk, padding=disk.shape[-1] // 2) > 0.5
     return (candidates & reached).reshape(*noun_maps.shape[:-1], h, w)
+
+
+def _disk_max(labels: torch.Tensor, disk: torch.Tensor) -> torch.Tensor:
+    """Per pixel, the largest label within the disk: labels [B, 1, h, w] float32 (exact integers)."""
+    b, _, h, w = labels.shape
+    size = disk.shape[-1]
+    patches = F.unfold(labels, kernel_size=size, padding=size // 2)         # [B, size*size, h*w]
+    inside = disk.flatten().bool()
+    return patches[:, inside].amax(dim=1).reshape(b, 1, h, w)
+
+
+def focus_clusters(noun_maps: torch.Tensor, grid_hw: tuple[int, int], config: NuminaConfig) -> torch.Tensor:
+    """The DBSCAN clusters of each noun map's focus region as instances (layout_instances
+    "focus_clusters"), batched on the maps' device.
+
+    noun_maps: [..., N] float, N = h*w row-major. Returns int64 [..., N]: 0 outside the focus region
+    (focus_masks), else the cluster: core pixels within dbscan_eps of each other share one (connected
+    components of the core pixels); a border pixel takes the highest-numbered cluster among the core
+    pixels within dbscan_eps of it. Clusters are numbered 1, 2, ... in row-major order of their first
+    pixel.
+    """
+    h, w = check_grid(grid_hw, noun_maps.shape[-1])
+    candidates, core, disk = _focus_parts(noun_maps, grid_hw, config)
+    index = torch.arange(1, h * w + 1, dtype=torch.float32, device=noun_maps.device).reshape(1, 1, h, w)
+    labels = torch.where(core, index, 0.0)
+    while True:                       # propagate the largest index through each component of core pixels
+        grown = torch.where(core, _disk_max(labels, disk), 0.0)
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    labels = torch.where(candidates & ~core, _disk_max(labels, disk), labels).flatten(1).long()   # [B, N]
+    return _renumber_by_first_pixel(labels).reshape(*noun_maps.shape[:-1], h * w)
+
+
+def _renumber_by_first_pixel(labels: torch.Tensor) -> torch.Tensor:
+    """labels int64 [B, N] with values in 0..N -> 0 kept, the others 1..K per row in order of first pixel."""
+    b, n = labels.shape
+    position = torch.arange(n, device=labels.device).expand(b, n)
+    first = torch.full((b, n + 1), n, dtype=torch.long, device=labels.device)
+    first.scatter_reduce_(1, labels, position, reduce="amin")
+    first[:, 0] = n + 1                                                  # background sorts last
+    rank = torch.empty_like(first)
+    rank.scatter_(1, first.argsort(dim=1, stable=True), torch.arange(n + 1, device=labels.device).expand(b, n + 1))
+    return torch.where(labels > 0, rank.gather(1, labels) + 1, 0)
+
+
+def focus_clusters_sklearn(noun_maps: torch.Tensor, grid_hw: tuple[int, int], config: NuminaConfig) -> torch.Tensor:
+    """Reference for focus_clusters: scikit-learn DBSCAN's clusters of each map's candidate pixels
+    (CPU), numbered by first pixel. A border pixel within eps of two clusters may be assigned to either
+    (scikit-learn: the first that reaches it); elsewhere equal to focus_clusters."""
+    from sklearn.cluster import DBSCAN
+
+    h, w = check_grid(grid_hw, noun_maps.shape[-1])
+    maps = noun_maps.detach().cpu().reshape(-1, h * w).numpy()
+    labels = np.zeros(maps.shape, dtype=np.int64)
+    for i, frame in enumerate(maps):
+        pixels = np.flatnonzero(frame >= config.cross_attn_peak_ratio * frame.max())
+        coords = np.stack([pixels // w, pixels % w], axis=1)
+        found = DBSCAN(eps=config.dbscan_eps, min_samples=config.dbscan_min_samples).fit_predict(coords)
+        labels[i, pixels] = found + 1                                     # noise (-1) -> 0
+    labels = _renumber_by_first_pixel(torch.from_numpy(labels))
+    return labels.reshape(*noun_maps.shape[:-1], h * w)
 
 
 def focus_masks_sklearn(noun_maps: torch.Tensor, grid_hw: tuple[int, int], config: NuminaConfig) -> torch.Tensor:
@@ -152,21 +222,32 @@ def build_layouts(self_maps: torch.Tensor, noun_maps: torch.Tensor, grid_hw: tup
     backend = _resolve_backend(backend)
     noun_maps = noun_maps.to(device=device, dtype=torch.float32)
 
-    features = layout_features(self_maps, grid_hw)
-    if backend == "torch":
-        bandwidth = _bandwidth(features, config, estimate_bandwidth)
-        clusters = mean_shift(features, bandwidth, bin_seeding=config.meanshift_bin_seeding)
-        focus = focus_masks(noun_maps, grid_hw, config)
-    else:
-        bandwidth = _bandwidth(features.cpu(), config, estimate_bandwidth_sklearn)
-        clusters = mean_shift_sklearn(features.cpu(), bandwidth, bin_seeding=config.meanshift_bin_seeding).to(device)
-        focus = focus_masks_sklearn(noun_maps, grid_hw, config).to(device)
     n_nouns = noun_maps.shape[0]
-    labels = assign_instances(clusters, focus.reshape(n_nouns, frames, n), config.semantic_overlap_tau)
+    if config.layout_instances == "focus_clusters":
+        cluster = focus_clusters if backend == "torch" else focus_clusters_sklearn
+        labels = cluster(noun_maps, grid_hw, config).to(device)
+    else:
+        clusters = cluster_proposals(layout_features(self_maps, grid_hw), config, backend)
+        if backend == "torch":
+            focus = focus_masks(noun_maps, grid_hw, config)
+        else:
+            focus = focus_masks_sklearn(noun_maps, grid_hw, config).to(device)
+        labels = assign_instances(clusters, focus.reshape(n_nouns, frames, n), config.semantic_overlap_tau)
     most = int(labels.max()) if labels.numel() else 0
     if most > MAX_INSTANCES:
         raise ValueError(f"a frame has {most} instances; layout labels allow at most {MAX_INSTANCES}")
     return labels.reshape(n_nouns, frames, h, w).to(torch.int32)
+
+
+def cluster_proposals(features: torch.Tensor, config: NuminaConfig, backend: str = "auto") -> torch.Tensor:
+    """MeanShift cluster labels int64 [F, N] (0..K-1 per frame, on features' device) of layout
+    features [F, N, d] (layout_features), with config's bandwidth rule (step 2 of the module doc)."""
+    backend = _resolve_backend(backend)
+    if backend == "torch":
+        bandwidth = _bandwidth(features, config, estimate_bandwidth)
+        return mean_shift(features, bandwidth, bin_seeding=config.meanshift_bin_seeding)
+    bandwidth = _bandwidth(features.cpu(), config, estimate_bandwidth_sklearn)
+    return mean_shift_sklearn(features.cpu(), bandwidth, bin_seeding=config.meanshift_bin_seeding).to(features.device)
 
 
 def _bandwidth(features: torch.Tensor, config: NuminaConfig, estimator) -> torch.Tensor:
