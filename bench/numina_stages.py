@@ -308,6 +308,36 @@ def print_tables(summary: dict, config) -> None:
         print(f"   {key}: success {v['success_rate']:.2f} moved the right way {v['moved_rate']:.2f} ({v['trials']})")
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """"I/N" -> (I, N) with 0 <= I < N."""
+    try:
+        shard, shards = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes I/N (e.g. 0/2), got {text!r}") from None
+    if not 0 <= shard < shards:
+        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return shard, shards
+
+
+def merge_shards(out: Path) -> dict:
+    """DIR/stages.json from DIR/stages_shard*.json (each shard's records keep their AUC lists): the summary
+    over every shard's prompts, as one process would have written it; the header of the first shard."""
+    parts = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(out.glob("stages_shard*.json"))]
+    if not parts:
+        raise SystemExit(f"no stages_shard*.json in {out}")
+    records = [r for part in parts for r in part["results"]["records"]]
+    trials = [t for part in parts for t in part["results"]["trials"]]
+    first = parts[0]["results"]
+    summary = summarise(records, trials)
+    payload = {**{k: v for k, v in parts[0].items() if k != "results"}, "results": {
+        **{k: first[k] for k in ("validation_seed", "noise_seed", "reference_layer", "reference_step", "mode")},
+        "prompts": len(records), "prompts_asked": first["prompts_asked"], "shards": len(parts),
+        "summary": summary, "trials": trials, "records": [{k: v for k, v in r.items() if k != "auc"} for r in records]}}
+    (out / "stages.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    print(f"{len(records)} prompts from {len(parts)} shards")
+    return payload
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=100)
@@ -315,9 +345,18 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=Path("numina_stages_results"))
     parser.add_argument("--no-control", action="store_true", help="skip stage 4 (regenerations)")
+    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                        help="only the prompts whose index is I modulo N (processes in parallel), written to "
+                             "DIR/stages_shard<I>of<N>.json; --merge DIR makes DIR/stages.json of them")
+    parser.add_argument("--merge", type=Path, default=None, metavar="DIR",
+                        help="only merge DIR/stages_shard*.json into DIR/stages.json and print the tables")
     args = parser.parse_args()
+    if args.merge is not None:
+        merge_shards(args.merge)
+        return
     engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=False)
     header = provenance("bench/numina_stages.py", device=str(engine.model.device))
+    shard, shards = args.shard
     items = benchmark_prompts(args.prompts, seed=VALIDATION_SEED)
     config = pipeline.prepare(engine.model, GenerationRequest(
         prompt=items[0]["prompt"], counts=items[0]["target"], count_phrases=count_phrases(items[0]["prompt"]))).config
@@ -331,13 +370,14 @@ def main() -> None:
             "prompts_asked": len(items),
             "reference_layer": config.reference_layer, "reference_step": config.reference_step,
             "mode": config.mode, "summary": summary, "trials": trials,
-            "records": [{k: v for k, v in r.items() if k != "auc"} for r in records]}}
-        (args.out / "stages.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+            "records": [{k: v for k, v in r.items() if k != "auc" or shards > 1} for r in records]}}
+        name = "stages.json" if shards == 1 else f"stages_shard{shard}of{shards}.json"
+        (args.out / name).write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
         return summary
 
     records, trials = [], []
     with torch.inference_mode():
-        for item in tqdm(items, desc="prompts"):
+        for item in tqdm(items[shard::shards], desc="prompts"):
             record = probe_prompt(engine, item)
             if not args.no_control:
                 trials += controllability(engine, item, record["frames"], record["plain_counts"])

@@ -282,3 +282,24 @@ def test_counts_already_right_regenerate_nothing(engine):
     plain = engine.generate(GenerationRequest(prompt=request.prompt, steps=6, numina=False,
                                               numina_overrides={"mode": "engine"}), progress=False)
     assert torch.equal(result.frames, plain.frames)
+
+
+def test_checkpoint_behaviour_settings_are_engine_mode_choices():
+    """The demo checkpoint names layout_instances="focus_clusters" (its engine-mode choice): engine mode takes it,
+    authors mode keeps the authors' MeanShift rule, and a request's own setting wins in either mode."""
+    from numina_engine import Engine
+    from numina_engine.engine.pipeline import numina_config_for
+
+    model = Engine.load(device="cpu").model
+    assert model.defaults.numina["layout_instances"] == "focus_clusters"
+
+    def config(**overrides):
+        request = GenerationRequest(prompt="Three apples.", counts={"apples": 3}, numina_overrides=overrides)
+        return numina_config_for(model, request, 20)
+
+    assert config(mode="engine").layout_instances == "focus_clusters"
+    assert config().layout_instances == "focus_clusters"                 # the default mode is engine
+    authors = config(mode="authors")
+    assert authors.layout_instances == "meanshift"
+    assert authors.reference_layer == model.defaults.numina["reference_layer"]   # spatial settings still apply
+    assert config(mode="authors", layout_instances="focus_clusters").layout_instances == "focus_clusters"

@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, UserInputError
-from ..numina.config import BEHAVIOURS, NuminaConfig
+from ..numina.config import BEHAVIOURS, DEFAULT_MODE, NuminaConfig
 from ..numina.layout import build_layouts, count_instances
 from ..numina.modulation import build_modulation_plan
 from ..numina.prompt_counts import counted_nouns_from_phrases, parse_counted_nouns
@@ -130,9 +130,15 @@ def numina_config_for(model: WanModel, request: GenerationRequest, steps: int) -
     """The authors' defaults, then the checkpoint's scaled settings, then the request's overrides.
 
     Without a requested reference step, the checkpoint's is scaled to `steps` (same fraction of the run).
+    Behaviour fields in the checkpoint's settings (numina/config.py BEHAVIOURS) are its engine-mode
+    choices: in authors mode they are left out, so that mode keeps every authors' rule unless the
+    request itself sets one.
     """
-    overrides = {**model.defaults.numina, **request.numina_overrides, "total_steps": steps,
-                 "pca_seed": request.seed}
+    checkpoint = dict(model.defaults.numina)
+    mode = request.numina_overrides.get("mode", checkpoint.get("mode", DEFAULT_MODE))
+    if mode == "authors":
+        checkpoint = {name: value for name, value in checkpoint.items() if name not in BEHAVIOURS}
+    overrides = {**checkpoint, **request.numina_overrides, "total_steps": steps, "pca_seed": request.seed}
     user_step = request.numina_overrides.get("reference_step")
     if user_step is None:
         overrides["reference_step"] = scaled_reference_step(steps, *checkpoint_reference_step(model))
