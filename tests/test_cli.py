@@ -115,12 +115,12 @@ def test_counts_override_and_plain_runs(tmp_path, capsys):
 
 
 def test_few_steps_scale_the_reference_step_and_say_so(tmp_path, capsys):
-    """--steps 4 on the demo model (reference step 8 of 20): the reference step becomes 40% of 4 = 2."""
+    """--steps 4 on the demo model (reference step 10 of 20): the reference step becomes 50% of 4 = 2."""
     code, _, err = run_cli(capsys, "run", "--prompt", PROMPT, "--steps", "4", "--out-dir", str(tmp_path), "--quiet")
     assert code == 0, err
     numina = json.loads((tmp_path / "report.json").read_text())["numina"]
     assert numina["reference_step"] == 2
-    assert numina["reference_step_source"] == ("the checkpoint's 8 of 20 steps scaled to 4 steps "
+    assert numina["reference_step_source"] == ("the checkpoint's 10 of 20 steps scaled to 4 steps "
                                                "(--reference-step not given)")
 
 
