@@ -237,9 +237,9 @@ def test_help_shows_the_defaults_of_both_models_as_they_are():
     (["--counts", json.dumps([FIRST])], "must be a non-empty JSON object"),
     (["--reference-layer", "9"], "past the model's last block"),
     (["--reference-step", "40"], "--reference-step 40 is not a step of a 20-step run \\(0 to 19\\): lower "
-                                 "--reference-step or raise --steps, or leave --reference-step out to use 8"),
+                                 "--reference-step or raise --steps, or leave --reference-step out to use 10"),
     (["--steps", "5", "--reference-step", "8"], "--reference-step 8 is not a step of a 5-step run \\(0 to 4\\).*"
-                                                "to use 2 \\(the checkpoint's 8 of 20 steps, scaled\\)"),
+                                                "to use 2 \\(the checkpoint's 10 of 20 steps, scaled\\)"),
     (["--prompt", " ".join(["two dogs"] * 1000)],
      "the prompt asks for 2000 'dogs' \\(counted from the prompt, every mention added up\\).*pass --counts"),
 ])

@@ -150,6 +150,11 @@ class ParallelDiT(nn.Module):
     def config(self) -> WanConfig:
         return self.dit.config
 
+    @property
+    def kernels(self):
+        """The wrapped DiT's KernelChoice (which attention it runs: report.json names it)."""
+        return self.dit.kernels
+
     def token_grid(self, latent_shape) -> tuple[int, int, int]:
         return self.dit.token_grid(latent_shape)
 
