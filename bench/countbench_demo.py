@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.results_file import provenance  # noqa: E402
+from bench.shards import parse_shard  # noqa: E402
 from numina_engine import Engine, GenerationRequest  # noqa: E402
 from numina_engine.demo.counter import count_world_nouns, video_accuracy  # noqa: E402
 from numina_engine.demo.oracle import component_layout  # noqa: E402
@@ -183,17 +184,6 @@ def summarise(out: Path) -> dict:
     return payload
 
 
-def _shard(text: str) -> tuple[int, int]:
-    """"I/N" -> (I, N) with 0 <= I < N."""
-    try:
-        shard, shards = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard takes I/N (e.g. 0/2), got {text!r}") from None
-    if not 0 <= shard < shards:
-        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
-    return shard, shards
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=100)
@@ -206,7 +196,7 @@ def main() -> None:
                         help="save video, layout.png and report of the first N numina-phrase runs of each seed")
     parser.add_argument("--numina-overrides", type=json.loads, default={}, metavar="JSON",
                         help='NuminaConfig fields for every NUMINA mode, e.g. \'{"reference_layer": 4}\' (recorded)')
-    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+    parser.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N",
                         help="run only the prompts whose index is I modulo N (processes in parallel; "
                              "--summarise merges the shards)")
     parser.add_argument("--summarise", type=Path, default=None, metavar="DIR",

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.countbench_demo import benchmark_prompts  # noqa: E402
 from bench.results_file import provenance  # noqa: E402
+from bench.shards import parse_shard  # noqa: E402
 from numina_engine import Engine, GenerationRequest  # noqa: E402
 from numina_engine.demo.counter import count_world_nouns  # noqa: E402
 from numina_engine.demo.world import count_phrases  # noqa: E402
@@ -308,17 +309,6 @@ def print_tables(summary: dict, config) -> None:
         print(f"   {key}: success {v['success_rate']:.2f} moved the right way {v['moved_rate']:.2f} ({v['trials']})")
 
 
-def _shard(text: str) -> tuple[int, int]:
-    """"I/N" -> (I, N) with 0 <= I < N."""
-    try:
-        shard, shards = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard takes I/N (e.g. 0/2), got {text!r}") from None
-    if not 0 <= shard < shards:
-        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
-    return shard, shards
-
-
 def merge_shards(out: Path) -> dict:
     """DIR/stages.json from DIR/stages_shard*.json (each shard's records keep their AUC lists): the summary
     over every shard's prompts, as one process would have written it; the header of the first shard."""
@@ -345,7 +335,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=Path("numina_stages_results"))
     parser.add_argument("--no-control", action="store_true", help="skip stage 4 (regenerations)")
-    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+    parser.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N",
                         help="only the prompts whose index is I modulo N (processes in parallel), written to "
                              "DIR/stages_shard<I>of<N>.json; --merge DIR makes DIR/stages.json of them")
     parser.add_argument("--merge", type=Path, default=None, metavar="DIR",

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.shards import parse_shard
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -50,4 +52,4 @@ def test_summarise_merges_shards_and_keeps_prompts_done_in_every_seed(tmp_path):
 def test_bad_shard_is_refused(text):
     import argparse
     with pytest.raises(argparse.ArgumentTypeError):
-        _bench()._shard(text)
+        parse_shard(text)
