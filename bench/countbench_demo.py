@@ -85,15 +85,18 @@ def oracle_editor(engine: Engine, request: GenerationRequest, plain_frames: torc
 
 
 def run_seed(engine: Engine, items: list[tuple[int, dict]], seed: int, modes: list[str], out: Path, examples: int,
-             written=lambda videos: None, overrides_for_all: dict | None = None) -> list[dict]:
+             written=lambda videos: None, overrides_for_all: dict | None = None,
+             extra_modes: dict[str, dict] | None = None) -> list[dict]:
     """Every (prompt index, prompt) in every mode with noise `seed`: one record per prompt; `written(videos)`
-    after each. `overrides_for_all`: NuminaConfig fields set in every NUMINA mode (e.g. another reference layer)."""
+    after each. `overrides_for_all`: NuminaConfig fields set in every NUMINA mode (e.g. another reference layer).
+    `extra_modes`: more modes, name -> NuminaConfig overrides, beside MODES."""
+    table = {**MODES, **(extra_modes or {})}
     videos = []
     for number, item in tqdm(items, desc=f"seed {seed}"):
         record = {"index": number, "prompt": item["prompt"], "target": item["target"], "seed": seed}
         plain_frames = None
         for mode in ["plain"] + [m for m in modes if m != "plain"]:
-            overrides = MODES[mode]
+            overrides = table[mode]
             request = GenerationRequest(prompt=item["prompt"], seed=seed, numina=overrides is not None,
                                         counts=item["target"] if overrides is not None else None,
                                         count_phrases=count_phrases(item["prompt"]) if overrides is not None else None,

@@ -57,20 +57,21 @@ FULL_STEPS = 50
 FULL_REFERENCE_STEP = NuminaConfig().reference_step
 
 
+def disc_added(labels: torch.Tensor) -> torch.Tensor:
+    """labels int32 [F, h, w] with a disc of radius 3 tokens at the centre marked added (100) in every frame."""
+    _, h, w = labels.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=labels.device), torch.arange(w, device=labels.device), indexing="ij")
+    edited = labels.clone()
+    edited[:, (ys - h // 2) ** 2 + (xs - w // 2) ** 2 <= 9] = 100
+    return edited
+
+
 def add_disc(reference: dict[str, torch.Tensor], refined: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Layout edit (pipeline.generate's edit_layout): random weights give layouts that refinement may
     leave as they are (e.g. one instance covering the frame), so phase 2 would not run. For timing
-    only: add one disc of radius 3 tokens per noun and frame to the refined layout, so that phase 2
-    regenerates with a real modulation plan. The output video is meaningless either way (random weights)."""
-    edited = {}
-    for noun, labels in refined.items():
-        _, h, w = labels.shape
-        ys, xs = torch.meshgrid(torch.arange(h, device=labels.device), torch.arange(w, device=labels.device),
-                                indexing="ij")
-        disc = (ys - h // 2) ** 2 + (xs - w // 2) ** 2 <= 9
-        edited[noun] = labels.clone()
-        edited[noun][:, disc] = 100
-    return edited
+    only: add one disc of radius 3 tokens per noun and frame to the refined layout (disc_added), so that
+    phase 2 regenerates with a real modulation plan. The output video is meaningless either way (random weights)."""
+    return {noun: disc_added(labels) for noun, labels in refined.items()}
 
 
 def timed_run(model: WanModel, request: GenerationRequest, *, cuda_graphs: bool, force_modulation: bool = False,

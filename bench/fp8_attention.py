@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from bench.dit_forward import forward_inputs
 from bench.timing import graph_replay_ms, median_ms, relative_error
 from numina_engine.engine.config import WAN_1_3B
 from numina_engine.engine.model import WanDiT
@@ -50,7 +51,6 @@ HEAD_DIM = 128
 CASES = (("1.3B 832x480x81", 2, 32760, 12), ("1.3B 1280x720x81", 2, 75600, 12), ("14B 1280x720x81", 2, 75600, 40))
 TARGET_RATIO = 0.6             # FP8 (quantisation included) / cuDNN bf16
 TARGET_FORWARD_MS = 380.0      # one 1.3B forward at 832x480x81
-GRID = (21, 30, 52)            # token grid of 832x480x81 (as bench/dit_forward.py)
 
 
 def attention_inputs(batch: int, tokens: int, heads: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -137,16 +137,6 @@ def sweep_rows(tokens: int, repeats: int) -> list[dict]:
         rows.append(row)
         torch.cuda.empty_cache()
     return rows
-
-
-def forward_inputs(batch: int):
-    """bench/dit_forward.py's inputs: 832x480x81 latents, timestep 757, 40 text tokens then zero padding."""
-    gen = torch.Generator(DEVICE).manual_seed(1)
-    latents = torch.randn(batch, 16, GRID[0], GRID[1] * 2, GRID[2] * 2, generator=gen, device=DEVICE)
-    timestep = torch.full((batch,), 757.0, device=DEVICE)
-    context = torch.randn(batch, WAN_1_3B.text_len, WAN_1_3B.text_dim, generator=gen, device=DEVICE)
-    context[:, 40:] = 0
-    return latents, timestep, context.to(torch.bfloat16)
 
 
 def forward_section(batch: int, repeats: int) -> dict:

@@ -323,10 +323,11 @@ def main() -> None:
     collect_s = time.perf_counter() - started
     grid = GRIDS[args.grid]
     current = current_settings(config)
-    if (tuple(current["bandwidth_rule"]) not in grid["bandwidth_rules"]
+    meanshift = current["layout_instances"] == "meanshift"    # focus_clusters has no bandwidth or tau
+    if ((meanshift and (tuple(current["bandwidth_rule"]) not in grid["bandwidth_rules"]
+                        or current["semantic_overlap_tau"] not in grid["taus"]))
             or current["cross_attn_peak_ratio"] not in grid["peak_ratios"] or current["dbscan_eps"] not in grid["eps"]
-            or current["dbscan_min_samples"] not in grid["min_samples"]
-            or current["semantic_overlap_tau"] not in grid["taus"]):
+            or current["dbscan_min_samples"] not in grid["min_samples"]):
         raise SystemExit(f"the model's settings {current} are not in --grid {args.grid}: nothing to compare with")
     reference = (config.reference_step, config.reference_layer)
     scorer = Scorer()

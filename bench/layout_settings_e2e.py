@@ -123,12 +123,12 @@ def main() -> None:
     # each candidate's rows as modes of countbench_demo.run_seed, so that every (prompt, seed) runs plain once
     rows = {f"{mode}@{name}": {**countbench_demo.MODES[mode], **overrides}
             for name, overrides in candidates.items() for mode in MODES}
-    countbench_demo.MODES.update(rows)
     videos: list[dict] = []
     started = time.perf_counter()
     with torch.inference_mode():
         for seed in args.seeds:
-            videos += run_seed(engine, items, seed, list(rows), Path("."), examples=0)
+            videos += run_seed(engine, list(enumerate(items)), seed, list(rows), Path("."), examples=0,
+                               extra_modes=rows)
     summary = summarise(videos, candidates)
     write_results(args.out, "bench/layout_settings_e2e.py", {
         "validation_seed": VALIDATION_SEED, "prompts": len(items), "noise_seeds": args.seeds,

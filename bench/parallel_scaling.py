@@ -6,7 +6,7 @@ after a warm-up (Triton compilation, cuDNN plans):
 
     plain    --steps CFG steps from the seeded noise
     numina   phase 1 up to --reference-step (EasyCache off, so every rank count runs the same steps), the
-             extraction forward, the layouts with a disc planted per noun and frame (bench/e2e.py's add_disc,
+             extraction forward, the layouts with a disc planted per noun and frame (bench/e2e.py's disc_added,
              so that phase 2 has a real plan), phase 2 over --steps steps with the layout bias
 
 Launch once per GPU count, the 1-GPU run first (the others are compared with its final latents):
@@ -36,6 +36,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.e2e import disc_added                                                   # noqa: E402
 from numina_engine.engine import pipeline                                          # noqa: E402
 from numina_engine.engine.config import PRESETS                                    # noqa: E402
 from numina_engine.engine.forward_state import ForwardState, Modulation            # noqa: E402
@@ -51,15 +52,6 @@ from numina_engine.numina.modulation import build_modulation_plan               
 NOUN_TOKENS = {"cats": [1], "dogs": [4, 5]}          # text positions the layouts' nouns are read from
 COUNTS = {"cats": 3, "dogs": 2}
 SEED = 1
-
-
-def add_disc(labels: torch.Tensor) -> torch.Tensor:
-    """labels int32 [F, h, w] with a disc of radius 3 tokens marked added (100) in every frame."""
-    _, h, w = labels.shape
-    ys, xs = torch.meshgrid(torch.arange(h, device=labels.device), torch.arange(w, device=labels.device), indexing="ij")
-    edited = labels.clone()
-    edited[:, (ys - h // 2) ** 2 + (xs - w // 2) ** 2 <= 9] = 100
-    return edited
 
 
 def random_model(name: str, device: torch.device, dtype: torch.dtype) -> WanModel:
@@ -95,7 +87,7 @@ def numina_run(model, noise, context, settings, config: NuminaConfig, timer: dic
     noun_tokens = pipeline.noun_token_table(NOUN_TOKENS, model.device)
     ref = pipeline.reference_pass(model, noise, context, settings, config, noun_tokens, progress=False)
     reference, refined, _ = pipeline.plan_layouts(ref, COUNTS, config)
-    refined, _ = agree_on_layouts(model.dit, {noun: add_disc(labels) for noun, labels in refined.items()}, True)
+    refined, _ = agree_on_layouts(model.dit, {noun: disc_added(labels) for noun, labels in refined.items()}, True)
     plan = build_modulation_plan(refined, NOUN_TOKENS, model.device, model.dtype)
     synchronize(model.device)
     timer["phase1_and_layout_s"] = time.perf_counter() - start

@@ -66,7 +66,7 @@ def provenance(script: str, argv: list[str] | None = None, device: str | None = 
 
 def write_results(path: str | os.PathLike, script: str, results: dict, *, argv: list[str] | None = None,
                   device: str | None = None, header: dict | None = None) -> Path:
-    """Write `results` under a provenance header to `path` (JSON, 2-space indent); returns the path.
+    """Write `results` under a provenance header to `path` (JSON, 2-space indent, atomically); returns the path.
 
     `header`: a `provenance(...)` taken before measuring (long runs: the git state and date are then
     those of the start); by default it is taken now.
@@ -74,5 +74,7 @@ def write_results(path: str | os.PathLike, script: str, results: dict, *, argv: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {**(header or provenance(script, argv, device)), "results": results}
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    temp = path.with_name(path.name + ".tmp")         # whole file or none: a run killed mid-write keeps the last
+    temp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    temp.replace(path)
     return path

@@ -90,6 +90,10 @@ class Engine:
         `attention`: "bf16" (SDPA) or "fp8" for the DiT's plain self-attention calls; "fp8" on a device
         without FP8 tensor cores is refused (UserInputError) before any weights load."""
         device = device if isinstance(device, torch.device) else resolve_device(device)
+        if attention != "bf16":            # the head size from the config file alone, before any weights load
+            from .engine.parallel import read_dit_config
+            config = read_dit_config(ckpt_dir)
+            check_attention_setting(attention, device, config.dim // config.num_heads)
         check_attention_setting(attention, device)
         load = load_offloaded if offload_mode(offload) != "none" else load_model
         model = load(ckpt_dir, device=device, dtype=dtype)
@@ -148,7 +152,8 @@ class Engine:
                     layout = result.layout
                     render_layout_png(temp["layout"], preview_by_latent_frame(layout), layout.reference,
                                       layout.refined, frames_to_show=layout.shown_frames)
-                write_json_atomic(temp["report"], self.report(result, paths))
+                temp["report"].write_text(json.dumps(self.report(result, paths), indent=2, ensure_ascii=False) + "\n",
+                                          encoding="utf-8")       # already a temp file of atomic_output
         except BaseException:
             for folder in reversed(made):
                 _remove_if_empty(folder)

@@ -236,7 +236,7 @@ def _set_cpu_threads(device, settings) -> None:
     import torch
 
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ and settings.width * settings.height <= TINY_PIXELS:
-        torch.set_num_threads(CPU_THREADS)
+        torch.set_num_threads(min(CPU_THREADS, torch.get_num_threads()))   # measured on 2 cores only
 
 
 def _run(args) -> int:

@@ -30,6 +30,7 @@ def test_on_the_cpu_every_step_runs_the_forward_eagerly(monkeypatch):
     assert len(calls) == 3
     off = pipeline.generate(engine.model, request, progress=False, cuda_graphs=False)
     assert len(calls) == 6
+    assert torch.equal(on.frames, off.frames)
     assert on.report["cuda_graphs"] == {"enabled": False, "reason": "no CUDA device (cpu)"}
     assert off.report["cuda_graphs"] == {"enabled": False, "reason": "turned off (--no-cuda-graphs)"}
 

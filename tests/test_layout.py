@@ -230,6 +230,7 @@ def test_backends_agree_on_random_attention():
     for config in (CONFIG, CONFIG.with_overrides(meanshift_bandwidth=0.35)):
         ours = build_layouts(self_maps, noun_maps, (h, w), config, backend="torch")
         assert torch.equal(ours, build_layouts(self_maps, noun_maps, (h, w), config, backend="sklearn"))
+        assert torch.equal(ours, build_layouts(self_maps, noun_maps, (h, w), config))     # "auto" is torch
 
 
 def test_bin_seeded_mean_shift_matches_sklearn_with_the_subsampled_bandwidth():

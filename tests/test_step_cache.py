@@ -7,12 +7,12 @@ modulation stops; the regenerate-plain way of phase 2 caches as a plain run does
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import replace
 
 import pytest
 import torch
 
+from bench.step_cache import psnr_db
 from numina_engine import Engine, GenerationRequest, cli
 from numina_engine.engine import easycache, pipeline
 from numina_engine.engine.easycache import EasyCache
@@ -26,12 +26,6 @@ PROMPT = "Three cats chasing two dogs"
 COUNTS = {"cats": 3, "dogs": 2}
 DEMO_PROMPT = "Three apples and two trees drifting left."
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-
-def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR of uint8 videos [T, H, W, 3] over all their pixels, dB (inf when equal)."""
-    mse = (a.double() - b.double()).pow(2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
 def plant_an_added_instance(reference, refined):

@@ -54,7 +54,7 @@ def test_compare_cli_table_and_json(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| seed | plain | numina | numina - plain (paired) |" in table
     assert "| seed1 | 0.583 | 0.625 | +0.250 (2 prompts) |" in table
-    assert "| mean | 0.583 | 0.562 | -0.021 |" in table
+    assert "| mean | 0.583 | 0.562 | -0.042 (per prompt) |" in table     # paired: seed1 lacks prompt 3
     assert "numina better on 2, worse on 1, same on 0." in table
     saved = json.loads(out.read_text())
     assert saved["names"] == ["plain", "numina"] and saved["paired"]["better"] == 2

@@ -8,7 +8,7 @@ twice writes the same files. Special ids follow T5: <pad> 0, </s> 1, <unk> 2; no
     python tools/make_tiny_tokenizer.py --world --out numina_engine/assets/counting-world/tokenizer
 
 --world trains on the counting world's captions instead (numina_engine.demo: the demo model's
-vocabulary, 48 words) with WORLD_VOCAB_SIZE pieces, the most sentencepiece's unigram trainer allows on
+vocabulary, 45 words) with WORLD_VOCAB_SIZE pieces, the most sentencepiece's unigram trainer allows on
 so small a corpus: the nouns stay whole ("apples", "tree", "boxes"), other words are split into pieces
 ("▁Th", "ree"), and any other word still tokenizes from the letters.
 

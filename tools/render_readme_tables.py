@@ -234,7 +234,7 @@ def render_demo_workflow() -> str:
         lines.append(f"| {label} | {s['a']:.3f} | {s['b']:.3f} | {diff} ({s['paired_prompts']} prompts) |")
     a, b, p = comparison["a"], comparison["b"], comparison["paired"]
     lines += [f"| mean (sd over seeds) | {a['mean']:.3f} ({a['spread']:.3f}) | {b['mean']:.3f} ({b['spread']:.3f}) "
-              f"| {b['mean'] - a['mean']:+.3f} |", "",
+              f"| {p['mean_difference']:+.3f} (per prompt) |", "",
               f"Per prompt (averaged over seeds): NUMINA better on {p['better']}, worse on {p['worse']}, same on "
               f"{p['same']}. Wall time, one process: `batch` {seconds['batch']:.0f} s for "
               f"{results['videos_made_this_run']} videos, `eval` {seconds['eval']:.0f} s, `compare` "
@@ -260,11 +260,14 @@ def render_fp8_attention() -> str:
                       f"fp8 {forward['fp8_ms']:.1f} ms eager / {forward['fp8_graph_ms']:.1f} ms graph-replayed "
                       f"(target <= {forward['target_ms']:.0f} ms); relative error of the forward's output, fp8 vs bf16: "
                       f"{forward['relative_error_fp8_vs_bf16']:.4f}."]
-    sweep = results.get("sweep") or []
+    sweep = [row for row in results.get("sweep") or [] if "ms" in row]     # rows that failed to compile have none
     if sweep:
-        best = min(sweep, key=lambda r: r["ms"])
-        lines += ["", f"Tile sweep ({len(sweep)} candidates at {best['tokens']} tokens): fastest BLOCK_M {best['block_m']}, "
-                      f"BLOCK_N {best['block_n']}, {best['num_warps']} warps, {best['num_stages']} stages: {best['ms']:.2f} ms."]
+        best, default = min(sweep, key=lambda r: r["ms"]), next((r for r in sweep if r.get("default")), None)
+        variant = "+".join(name for name in ("tma", "warp_specialize", "block_pv") if best.get(name)) or "pointer loads"
+        lines += ["", f"Tile sweep ({len(sweep)} candidates that ran, at {best['tokens']} tokens): fastest BLOCK_M "
+                      f"{best['block_m']}, BLOCK_N {best['block_n']}, {best['num_warps']} warps, {best['num_stages']} "
+                      f"stages, {variant}: {best['ms']:.2f} ms"
+                      + (f"; the default tile {default['ms']:.2f} ms." if default else ".")]
     return "\n".join(lines + ["", f"Inputs: {results.get('inputs', 'random')}.", "", _source(path, data)])
 
 
@@ -295,8 +298,7 @@ def render_memory() -> str:
                      f"| {'-' if equal is None else equal} | {row['total_s']:.1f} s"
                      + (f" ({row['note']})" if row.get("note") else "") + " |")
     steps = sorted({row["steps"] for row in rows})
-    return "\n".join(lines + ["", f"{'/'.join(map(str, steps))} denoising steps a run (the peak does not grow with steps: "
-                                   f"each step replays the same CUDA graph).", ""] + [_source(path, data) for path, data in used])
+    return "\n".join(lines + ["", f"{'/'.join(map(str, steps))} denoising steps a run (longer runs were not measured).", ""] + [_source(path, data) for path, data in used])
 
 
 def render_step_cache() -> str:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..errors import UserInputError
 from ..kernels import cross_attention_with_column_bias, fp8_attention
 from ..kernels.dispatch import ATTENTION_CHOICES, AUTO, KernelChoice
-from ..kernels.fp8_attention import fp8_unsupported_reason
+from ..kernels.fp8_attention import FP8_HEAD_DIMS, fp8_unsupported_reason
 from ..numina.modulation import bias_for_queries, layout_bias
 from .extraction import extract_noun_maps, extract_self_attention
 from .forward_state import Extraction, ForwardState, Modulation
@@ -37,15 +37,18 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
-def check_attention_setting(attention: str, device: torch.device) -> None:
+def check_attention_setting(attention: str, device: torch.device, head_dim: int | None = None) -> None:
     """Refuse an `--attention` value the engine cannot run on `device` (UserInputError saying what to do):
-    anything but ATTENTION_CHOICES, or "fp8" without FP8 tensor cores (no CUDA, compute capability < 8.9)."""
+    anything but ATTENTION_CHOICES, or "fp8" without FP8 tensor cores (no CUDA, compute capability < 8.9)
+    or for a model whose `head_dim` the FP8 kernel does not take (FP8_HEAD_DIMS; e.g. the demo model's 48)."""
     if attention not in ATTENTION_CHOICES:
         raise UserInputError(f"--attention {attention!r} is not one of {', '.join(ATTENTION_CHOICES)}")
     if attention == "fp8":
         reason = fp8_unsupported_reason(device)
+        if reason is None and head_dim is not None and head_dim not in FP8_HEAD_DIMS:
+            reason = f"the FP8 kernel takes attention heads of {' or '.join(map(str, FP8_HEAD_DIMS))}, this model's are {head_dim}"
         if reason is not None:
-            raise UserInputError(f"--attention fp8: {reason}. Use --attention bf16 (the default) on this device.")
+            raise UserInputError(f"--attention fp8: {reason}. Use --attention bf16 (the default) here.")
 
 
 def _extraction_at(state: ForwardState | None, layer_index: int) -> Extraction | None:

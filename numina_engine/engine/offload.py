@@ -6,7 +6,8 @@ Three modes (`offload_mode`):
 - "text-encoder": the umT5-XXL text encoder (5.7B parameters, 11.4 GB in bf16, the largest part of
   Wan2.1-1.3B, run once per video) lives on the CPU and is streamed to the GPU one block at a time
   for the encoding (`TextEncoder.encode(device=)`: 0.47 GB on the GPU at a time, the same context
-  as the encoder on the GPU computes). For Wan2.1-14B at 720p on an 80 GB card.
+  as the encoder on the GPU computes). For Wan2.1-14B at 720p: 48.7 GiB allocated
+  on the H200 with NUMINA (docs/results/memory_h200_first.json); not run on an 80 GB card.
 - "full" (`--offload`): that, and the DiT leaves the GPU while the VAE decodes, so the decode's
   activations get its memory (it comes back at the start of the next generation), the VAE keeps its
   causal convolutions' cache in CPU memory (`vae.py`, HostFeatureCache: Wan2.1's VAE caches 3.5 GiB

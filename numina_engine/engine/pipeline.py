@@ -134,11 +134,8 @@ def numina_config_for(model: WanModel, request: GenerationRequest, steps: int) -
     choices: in authors mode they are left out, so that mode keeps every authors' rule unless the
     request itself sets one.
     """
-    checkpoint = dict(model.defaults.numina)
-    mode = request.numina_overrides.get("mode", checkpoint.get("mode", DEFAULT_MODE))
-    if mode == "authors":
-        checkpoint = {name: value for name, value in checkpoint.items() if name not in BEHAVIOURS}
-    overrides = {**checkpoint, **request.numina_overrides, "total_steps": steps, "pca_seed": request.seed}
+    overrides = {**checkpoint_numina(model, request), **request.numina_overrides, "total_steps": steps,
+                 "pca_seed": request.seed}
     user_step = request.numina_overrides.get("reference_step")
     if user_step is None:
         overrides["reference_step"] = scaled_reference_step(steps, *checkpoint_reference_step(model))
@@ -173,10 +170,19 @@ def reference_step_source(model: WanModel, request: GenerationRequest, steps: in
             f"(--reference-step not given)")
 
 
+def checkpoint_numina(model: WanModel, request: GenerationRequest) -> dict:
+    """The checkpoint's NUMINA settings as they apply to `request`: its behaviour fields (numina/config.py
+    BEHAVIOURS) are its engine-mode choices, left out when the request's mode is "authors"."""
+    checkpoint = dict(model.defaults.numina)
+    if request.numina_overrides.get("mode", checkpoint.get("mode", DEFAULT_MODE)) == "authors":
+        checkpoint = {name: value for name, value in checkpoint.items() if name not in BEHAVIOURS}
+    return checkpoint
+
+
 def behaviour_config(model: WanModel, request: GenerationRequest) -> NuminaConfig:
     """The NUMINA mode and behaviour fields of the checkpoint and the request alone (the rest default):
-    what the token matching and a plain run's sigma grid need before (or without) the full config."""
-    given = {**model.defaults.numina, **request.numina_overrides}
+    what a plain run's sigma grid needs without the full config."""
+    given = {**checkpoint_numina(model, request), **request.numina_overrides}
     return NuminaConfig(**{name: value for name, value in given.items() if name == "mode" or name in BEHAVIOURS})
 
 
@@ -449,7 +455,7 @@ def step_cache_for(model: WanModel, request: GenerationRequest, config: NuminaCo
     phase 2): on when request.cache_steps covers it, with phase 1's tau and warm-up (`config`'s; for a
     plain run, config None, the checkpoint's NUMINA settings, then the request's overrides)."""
     if config is None:
-        given = {**model.defaults.numina, **request.numina_overrides}
+        given = {**checkpoint_numina(model, request), **request.numina_overrides}
         config = NuminaConfig().with_overrides(**{name: given[name] for name in ("easycache_tau", "easycache_warmup")
                                                   if name in given})
     return EasyCache(config.easycache_tau, config.easycache_warmup, enabled=caches(request.cache_steps, run))

@@ -57,7 +57,7 @@ class SequenceShard:
         self.local = -(-length // degree)                    # rows per rank, padding included
         self.padded = self.local * degree
         self.start = rank * self.local
-        self._plan_rows: dict[int, tuple[ModulationPlan, PlanRows]] = {}
+        self._plan_rows: tuple[ModulationPlan, PlanRows] | None = None
 
     # ---------------------------------------------------------------- rows
     def local_rows(self, x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -119,11 +119,9 @@ class SequenceShard:
     # ---------------------------------------------------------------- modulation
     def plan_rows(self, plan: ModulationPlan) -> PlanRows:
         """The plan's rows on this rank (worked out once per plan: it reads the plan back to the host)."""
-        cached = self._plan_rows.get(id(plan))
-        if cached is None or cached[0] is not plan:
-            cached = (plan, self._restrict(plan))
-            self._plan_rows[id(plan)] = cached
-        return cached[1]
+        if self._plan_rows is None or self._plan_rows[0] is not plan:    # one plan a run: keep only the last
+            self._plan_rows = (plan, self._restrict(plan))
+        return self._plan_rows[1]
 
     def _restrict(self, plan: ModulationPlan) -> PlanRows:
         stop = self.start + self.local

@@ -1,9 +1,8 @@
 """Launch tiles of the attention kernels on the GPU, by kernel and head_dim, in one table.
 
-The head_dim-128 entries (Wan2.1's heads) are the fastest candidates of bench/sweep_attention_tiles.py
-at Wan2.1-1.3B's real shape (bf16, batch 1; run it on the target GPU, it writes
-docs/results/attention_tiles.json with the device, date and commit, and prints the table to put
-here). Smaller head sizes take smaller tiles (only the tests and tiny models use them). Triton's
+The head_dim-128 entries of the bf16 kernels (Wan2.1's heads) are the tiles chosen on the H100 before
+this table existed (docs/MEASUREMENTS.md); bench/sweep_attention_tiles.py times the candidates at
+Wan2.1-1.3B's real shape and writes docs/results/attention_tiles.json, but has not been run yet. Smaller head sizes take smaller tiles (only the tests and tiny models use them). Triton's
 interpreter always uses _triton.INTERPRETER_CONFIG.
 """
 from __future__ import annotations
@@ -38,8 +37,10 @@ ATTENTION_TILES: dict[str, dict[int, LaunchConfig]] = {
         128: LaunchConfig(block_m=128, block_n=128, num_warps=8, num_stages=2),
     },
     # e4m3 Q/K/V/P on the FP8 tensor cores (kernels/fp8_attention.py; BLOCK_M / BLOCK_N are also its
-    # quantisation blocks). 128: the fastest of bench/fp8_attention.py --sweep on an H200 (2 x 32,760 x 12:
-    # 16.87 ms, against 18.67 ms for 128/128/8/3).
+    # quantisation blocks). 128: the fastest plain-loop tile of a first bench/fp8_attention.py --sweep on the
+    # H200 (commit 5d8cb73, kernel only, 2 x 32,760 x 12; that results file was replaced). In the second sweep
+    # (docs/results/fp8_attention_h200.json) this tile took 17.81 ms, TMA + warp_specialize 16.54 ms and
+    # 128/64/4/3 17.31 ms: not switched, their compiled variant tests did not pass on the GPU.
     "fp8_attention": {
         64: LaunchConfig(block_m=128, block_n=64, num_warps=4, num_stages=3),
         128: LaunchConfig(block_m=64, block_n=128, num_warps=4, num_stages=3),
@@ -61,8 +62,7 @@ class Fp8Variant:
     block_pv: bool = False         # each key block's P V in a fresh accumulator, added to acc in float32
 
 
-# The variant fp8_attention runs unless told otherwise (the plain pointer-load loop until a sweep on the
-# target GPU shows another one faster).
+# The variant fp8_attention runs unless told otherwise: the plain pointer-load loop (see the fp8 tile note).
 FP8_VARIANT = Fp8Variant()
 
 # The candidates bench/fp8_attention.py --sweep times for fp8_attention at head_dim 128:

@@ -85,7 +85,7 @@ def format_table(comparison: dict, name_a: str, name_b: str) -> str:
         diff = "-" if s["paired_difference"] is None else f"{s['paired_difference']:+.3f}"
         lines.append(f"| {label} | {s['a']:.3f} | {s['b']:.3f} | {diff} ({s['paired_prompts']} prompts) |")
     a, b, p = comparison["a"], comparison["b"], comparison["paired"]
-    lines.append(f"| mean | {a['mean']:.3f} | {b['mean']:.3f} | {b['mean'] - a['mean']:+.3f} |")
+    lines.append(f"| mean | {a['mean']:.3f} | {b['mean']:.3f} | {p['mean_difference']:+.3f} (per prompt) |")
     lines.append(f"| spread (sd over seeds) | {a['spread']:.3f} | {b['spread']:.3f} | |")
     lines += ["", f"Per prompt (difference averaged over seeds, {p['prompts']} prompts): mean "
                   f"{p['mean_difference']:+.3f}, sd {p['spread']:.3f}; {name_b} better on {p['better']}, "
