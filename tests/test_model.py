@@ -363,3 +363,15 @@ def test_trainable_forward_equals_inference_and_backpropagates():
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert model.blocks[0].self_attn.q.weight.grad.abs().sum() > 0
+
+
+def test_fp8_is_refused_for_head_sizes_the_kernel_lacks(monkeypatch):
+    """On an FP8-capable device, a model whose heads the FP8 kernel does not take (the demo model's 48) is
+    refused with what to do, instead of failing at the first self-attention."""
+    from numina_engine.engine import attention
+    from numina_engine.errors import UserInputError
+
+    monkeypatch.setattr(attention, "fp8_unsupported_reason", lambda device: None)    # as on an H200
+    attention.check_attention_setting("fp8", torch.device("cpu"), head_dim=128)
+    with pytest.raises(UserInputError, match="heads of 64 or 128, this model's are 48.*--attention bf16"):
+        attention.check_attention_setting("fp8", torch.device("cpu"), head_dim=48)
