@@ -160,6 +160,11 @@ def summarise(out: Path) -> dict:
             mode_pairs[f"{b} - {a}"] = {"paired_difference": round(statistics.fmean(diffs), 4),
                                         "prompts_better": sum(d > 0 for d in diffs),
                                         "prompts_worse": sum(d < 0 for d in diffs)}
+    for field in ("git_commit", "checkpoint", "numina_overrides"):    # one run's parts, not a mix of runs
+        values = {json.dumps(part["meta"].get(field)) for part in parts}
+        if len(values) > 1:
+            raise SystemExit(f"{out}: the results files differ in {field} ({', '.join(sorted(values))}): "
+                             f"summarise the parts of one run only")
     meta = dict(parts[0]["meta"])
     results = {"checkpoint": meta.pop("checkpoint", None), "numina_overrides": meta.pop("numina_overrides", {}),
                "bench_seed": BENCH_SEED,

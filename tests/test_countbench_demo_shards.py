@@ -53,3 +53,13 @@ def test_bad_shard_is_refused(text):
     import argparse
     with pytest.raises(argparse.ArgumentTypeError):
         parse_shard(text)
+
+
+def test_summarise_refuses_parts_of_different_commits(tmp_path):
+    bench = _bench()
+    _write(tmp_path, "results_seed0.json", 0, 1.0, [_video(0, 0, 0.5, 0.5)])
+    other = json.loads((tmp_path / "results_seed0.json").read_text())
+    other["meta"]["git_commit"], other["seed"] = "another", 1
+    (tmp_path / "results_seed1.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="differ in git_commit"):
+        bench.summarise(tmp_path)
