@@ -27,8 +27,8 @@ Rounding to e4m3. The quantisation kernels always round in float32 arithmetic (`
 to nearest even, saturating at 448), after which the cast is exact, and divide with tl.div_rn: their
 output equals the torch reference's bit for bit (the reference divides once too,
 `e4m3_multiplier` / `e4m3_scale`) in Triton's interpreter, where the tests check it; compiled on the
-H200 a few elements still differ (tens in millions, scales equal; docs/MEASUREMENTS.md, stop 19:
-not resolved), and the cost is nil in a memory-bound kernel. Hardware casts are
+H200 too, once the sign of a negative value rounded to zero is set by bit operations (stop 19's
+mismatches were all +0 written for -0: docs/MEASUREMENTS.md), and the cost is nil in a memory-bound kernel. Hardware casts are
 not relied on there: Triton's interpreter (3.9) rounds float32 -> float8e4nv wrongly (a mantissa carry
 into the next power of two halves the value, 1.98 -> 1.0; subnormals are off), and compiled
 conversions are chosen per architecture (a path through float16 would round twice). In the attention kernel P is
@@ -121,7 +121,10 @@ def round_to_e4m3(x):
     # subnormals (below 2^-6): multiples of 2^-9; float32 numbers in [2^14, 2^15) are spaced 2^-9
     subnormal = (a + 16384.0) - 16384.0
     r = tl.where(a < 0.015625, subnormal, normal)
-    return tl.where(x.to(tl.int32, bitcast=True) < 0, -r, r)     # the sign bit: -0.0 stays -0.0
+    # x's sign bit put back by bit operations: compiled, `-r` of r = +0.0 is 0 - r = +0.0, so a negative
+    # value that rounds to zero would lose its sign (-0.0 in torch's cast)
+    sign = (x.to(tl.int32, bitcast=True) >> 31) << 31
+    return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
 
 
 @triton_helper
