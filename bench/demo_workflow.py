@@ -33,11 +33,11 @@ from numina_engine.workflow.demo_benchmark import write_demo_benchmark  # noqa: 
 VIDEO_SUFFIXES = (".mp4", ".npy")
 
 
-def _videos(folder: Path) -> int:
+def count_videos(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.suffix in VIDEO_SUFFIXES) if folder.is_dir() else 0
 
 
-def _timed(command: list[str]) -> float:
+def timed_command(command: list[str]) -> float:
     """Run one CLI command (stdout/stderr passed through); its wall time in seconds. Exits on failure."""
     print("+ " + " ".join(command), flush=True)
     started = time.perf_counter()
@@ -60,23 +60,23 @@ def main() -> None:
     cli = [sys.executable, "-m", "numina_engine"]
     prompts, counts = write_demo_benchmark(args.work / "bench", args.prompts)
     videos = args.work / "videos"
-    before = _videos(videos)
+    before = count_videos(videos)
     device = ["--device", args.device] if args.device else []
     seconds = {
-        "batch": _timed(cli + ["batch", "--prompts", str(prompts), "--counts", str(counts), "--seeds",
+        "batch": timed_command(cli + ["batch", "--prompts", str(prompts), "--counts", str(counts), "--seeds",
                                *map(str, args.seeds), "--modes", "plain", "numina", "--video-format", "npy",
                                "--out-dir", str(videos), "--quiet", *device]),
-        "eval": _timed(cli + ["eval", "--videos", str(videos), "--prompts", str(prompts), "--counts", str(counts),
+        "eval": timed_command(cli + ["eval", "--videos", str(videos), "--prompts", str(prompts), "--counts", str(counts),
                               "--detector", "demo-counter", *device]),
     }
     comparison_file = videos / "comparison.json"
-    seconds["compare"] = _timed(cli + ["compare", str(videos / "plain"), str(videos / "numina"),
+    seconds["compare"] = timed_command(cli + ["compare", str(videos / "plain"), str(videos / "numina"),
                                        "--out", str(comparison_file)])
     comparison = json.loads(comparison_file.read_text(encoding="utf-8"))
     comparison.pop("per_prompt_difference", None)        # per prompt: in the work folder, not the results file
-    made = _videos(videos) - before
+    made = count_videos(videos) - before
     results = {"prompts": args.prompts, "seeds": args.seeds, "modes": ["plain", "numina"],
-               "videos_made_this_run": made, "videos_total": _videos(videos), "wall_seconds": seconds,
+               "videos_made_this_run": made, "videos_total": count_videos(videos), "wall_seconds": seconds,
                "comparison": comparison}
     write_results(args.json, "bench/demo_workflow.py", results, header=header)
     print(json.dumps(results, indent=1))

@@ -11,7 +11,7 @@ Sections, in one process on one CUDA GPU:
     agreement  the compiled kernels against the torch reference at the 1.3B shape: quantised bytes and
                scales that differ (expected 0), and the output's relative error vs the reference;
     sweep      (--sweep) tiles.FP8_SWEEP_CANDIDATES ((BLOCK_M, BLOCK_N, num_warps, num_stages), loop
-               variant: TMA, warp specialisation, per-block P V) at --sweep-tokens, quantisation
+               variant: TMA, warp specialisation, per-block P V, float16 exp2) at --sweep-tokens, quantisation
                included; a candidate that fails to compile is recorded;
     forward    one WanDiT-1.3B forward at 832x480x81 (random weights, bf16, batch --forward-batch), with
                --attention bf16 vs fp8: eager and CUDA-graph ms, relative error of the forward output.
@@ -25,6 +25,7 @@ included) <= 0.6x cuDNN at both lengths, forward <= 380 ms.
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict, fields
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ from numina_engine.kernels.fp8_attention import (
     quantise_qkv,
     quantise_qkv_reference,
 )
-from numina_engine.kernels.tiles import FP8_SWEEP_CANDIDATES, FP8_VARIANT
+from numina_engine.kernels.tiles import FP8_SWEEP_CANDIDATES, FP8_VARIANT, Fp8Variant
 
 DEVICE = torch.device("cuda")
 HEAD_DIM = 128
@@ -126,8 +127,7 @@ def sweep_rows(tokens: int, repeats: int) -> list[dict]:
     rows = []
     for tiles, variant in FP8_SWEEP_CANDIDATES:
         row = {"tokens": tokens, "block_m": tiles.block_m, "block_n": tiles.block_n, "num_warps": tiles.num_warps,
-               "num_stages": tiles.num_stages, "tma": variant.tma, "warp_specialize": variant.warp_specialize,
-               "block_pv": variant.block_pv, "default": tiles == default and variant == FP8_VARIANT}
+               "num_stages": tiles.num_stages, **asdict(variant), "default": tiles == default and variant == FP8_VARIANT}
         try:
             row["ms"] = median_ms(lambda: fp8_attention(q, k, v, tiles=tiles, variant=variant), repeats)
             row["relative_error_vs_bf16_sdpa"] = relative_error(fp8_attention(q, k, v, tiles=tiles, variant=variant),
@@ -163,7 +163,7 @@ def forward_section(batch: int, repeats: int) -> dict:
 
 
 def variant_name(row: dict) -> str:
-    names = [name for name in ("tma", "warp_specialize", "block_pv") if row[name]]
+    names = [field.name for field in fields(Fp8Variant) if row.get(field.name)]
     return "+".join(names) if names else "pointer loads"
 
 

@@ -40,7 +40,7 @@ from numina_engine.kernels.fp8_attention import (
     quantise_qkv,
     quantise_qkv_reference,
 )
-from numina_engine.kernels.tiles import FP8_SWEEP_CANDIDATES, FP8_VARIANT, Fp8Variant
+from numina_engine.kernels.tiles import FP8_SWEEP_CANDIDATES, FP8_VARIANT
 from kernel_checks import DEVICE, KERNEL_PATH_MISSING, poison_outputs, relative_error
 from kernel_checks import requires_cuda, requires_triton
 
@@ -96,16 +96,27 @@ FP32_OUT = 1e-5      # both float32: only accumulation order differs
 FP16_OUT = 2e-3      # float16 output: one rounding of the same float32 value (2^-11 relative)
 # Compiled (on a GPU) the kernel's arithmetic is not the reference's: Hopper's FP8 tensor cores add
 # products with a truncated accumulator (about 14 bits retained: DeepSeek-V3, sec. 3.3.2; Triton leaves
-# sm_90 FP8 dots unpromoted, max_num_imprecise_acc = 2^30), exp2 is ex2.approx and multiply-adds are
-# fused. At these lengths (<= 128 keys per block, logits of a few units) that is ~1e-4 relative, so
-# compiled runs take 2^-9 (still ~10x below the e4m3 error the model bounds); interpreted runs stay tight.
-COMPILED_OUT = 2.0 ** -9
+# sm_90 FP8 dots unpromoted, max_num_imprecise_acc = 2^30), exp2 is ex2.approx (or float16 with the
+# half_exp variant) and multiply-adds are fused. Each changes a logit by ~1e-4 relative, which flips P's
+# e4m3 rounding (a 1/16 step) for the few probabilities near a rounding boundary: on the H200 the output
+# then differs from the reference by 2.6e-3 to 3.8e-3 on these cases (stop 20), ~5% of the e4m3 error the
+# model predicts (0.07 to 0.11). Compiled runs therefore take COMPILED_SHARE of the predicted error: an
+# order of magnitude below the quantisation error, which a dropped mask, a misplaced scale or a double
+# rounding exceed. Interpreted runs stay tight (same arithmetic as the reference).
+COMPILED_SHARE = 0.1
+# The half_exp variant rounds exp2's argument (|x| up to ~9 where P is not rounded to zero: a float16 step
+# of up to 2^-7, so p moves by up to 0.5%) and its result to float16: in the interpreter its output differs
+# from the float32 reference by 0.09 to 0.095 of the predicted error (stop 20), which adds ~0.5% to the
+# total error (errors add in quadrature). It takes twice COMPILED_SHARE; its error against exact attention
+# is held to the model like every variant's.
+HALF_EXP_SHARE = 0.2
 SMALL_CASES = {
     "one_block_20_tokens": (1, 20, 20, 1, 128, torch.float32, 1.0, 0.0, FP32_OUT),
     "77_tokens_shared_key_component": (2, 77, 77, 2, 128, torch.float32, 1.0, 2.0, FP32_OUT),
     "45_tokens_3_heads_fp16": (1, 45, 45, 3, 128, torch.float16, 2.0, 1.0, FP16_OUT),
     "whole_blocks_64_tokens_sharp": (1, 64, 64, 2, 128, torch.float32, 4.0, 0.0, FP32_OUT),
     "head_dim_64_33_queries_70_keys": (2, 33, 70, 2, 64, torch.float32, 2.0, 3.0, FP32_OUT),
+    "head_dim_48_padded_to_64": (1, 40, 51, 2, 48, torch.float32, 1.0, 1.0, FP32_OUT),
 }
 
 
@@ -126,10 +137,10 @@ def test_kernel_matches_reference_and_error_model_on_small_shapes(case, poisoned
 
     out = fp8_attention(q, k, v)
     assert out.shape == (batch, q_len, heads, head_dim) and out.dtype == dtype
-    versus_reference = relative_error(out, fp8_attention_reference(q, k, v))
-    assert versus_reference <= (rtol if TRITON_INTERPRETED else max(rtol, COMPILED_OUT)), versus_reference
-
     predicted, exact = predicted_relative_error(q, k, v)
+    versus_reference = relative_error(out, fp8_attention_reference(q, k, v))
+    assert versus_reference <= (rtol if TRITON_INTERPRETED else max(rtol, COMPILED_SHARE * predicted)), versus_reference
+
     assert relative_error(out, exact) <= MODEL_SLACK * predicted
     assert relative_error(out, exact_attention(q, k, v)) <= MODEL_SLACK * predicted
 
@@ -149,8 +160,13 @@ def test_every_swept_variant_matches_the_reference(case, variant, poisoned_outpu
     assert triton_runs_on(q), KERNEL_PATH_MISSING
     out = fp8_attention(q, k, v, variant=variant)
     assert out.shape == (batch, q_len, heads, head_dim) and out.dtype == dtype
+    predicted, _ = predicted_relative_error(q, k, v)
     versus_reference = relative_error(out, fp8_attention_reference(q, k, v))
-    assert versus_reference <= (rtol if TRITON_INTERPRETED else max(rtol, COMPILED_OUT)), versus_reference
+    share = HALF_EXP_SHARE if variant.half_exp else COMPILED_SHARE
+    if variant.half_exp:   # float16 exp2 perturbs the logits in the interpreter too
+        rtol = max(rtol, share * predicted)
+    assert versus_reference <= (rtol if TRITON_INTERPRETED else max(rtol, share * predicted)), versus_reference
+    assert relative_error(out, exact_attention(q, k, v)) <= MODEL_SLACK * predicted
 
 
 @requires_triton
@@ -209,7 +225,7 @@ def test_reference_with_tiny_blocks_stays_within_the_error_model():
 
 
 @pytest.mark.parametrize("bad_call, message", [
-    (lambda q, k, v: fp8_attention_reference(q[..., :32], k[..., :32], v[..., :32]), "head_dim must be one of"),
+    (lambda q, k, v: fp8_attention_reference(q[..., :40], k[..., :40], v[..., :40]), "head_dim must be a multiple of 16"),
     (lambda q, k, v: fp8_attention_reference(q, k[:, :, :1], v[:, :, :1]), "must match"),
     (lambda q, k, v: fp8_attention_reference(q[0], k, v), r"\[B, L, H, D\]"),
 ])
@@ -244,7 +260,9 @@ def test_compiled_quantisation_and_kernel_match_the_reference_on_gpu(poisoned_ou
     for kernel_part, reference_part in zip(quantise_qkv(q, k, v, tiles), quantise_qkv_reference(q, k, v, tiles)):
         as_bits = (lambda t: t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t)
         assert torch.equal(as_bits(kernel_part), as_bits(reference_part))
-    assert relative_error(fp8_attention(q, k, v), fp8_attention_reference(q, k, v)) <= 4e-3   # bf16 output
+    rows = torch.randperm(4099, generator=torch.Generator().manual_seed(1))[:SAMPLED_ROWS].to(q.device)
+    predicted, _ = predicted_relative_error(q, k, v, rows=rows)
+    assert relative_error(fp8_attention(q, k, v), fp8_attention_reference(q, k, v)) <= COMPILED_SHARE * predicted
 
 
 @pytest.mark.gpu

@@ -366,12 +366,15 @@ def test_trainable_forward_equals_inference_and_backpropagates():
 
 
 def test_fp8_is_refused_for_head_sizes_the_kernel_lacks(monkeypatch):
-    """On an FP8-capable device, a model whose heads the FP8 kernel does not take (the demo model's 48) is
-    refused with what to do, instead of failing at the first self-attention."""
+    """On an FP8-capable device, a model whose heads the FP8 kernel does not take (not a multiple of 16, or
+    above 128) is refused with what to do, instead of failing at the first self-attention; the demo model's
+    48 is taken (padded to 64)."""
     from numina_engine.engine import attention
     from numina_engine.errors import UserInputError
 
     monkeypatch.setattr(attention, "fp8_unsupported_reason", lambda device: None)    # as on an H200
-    attention.check_attention_setting("fp8", torch.device("cpu"), head_dim=128)
-    with pytest.raises(UserInputError, match="heads of 64 or 128, this model's are 48.*--attention bf16"):
-        attention.check_attention_setting("fp8", torch.device("cpu"), head_dim=48)
+    for taken in (48, 64, 128):
+        attention.check_attention_setting("fp8", torch.device("cpu"), head_dim=taken)
+    for refused in (40, 256):
+        with pytest.raises(UserInputError, match=f"steps of 16, this model's are {refused}.*--attention bf16"):
+            attention.check_attention_setting("fp8", torch.device("cpu"), head_dim=refused)

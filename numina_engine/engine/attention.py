@@ -40,13 +40,13 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def check_attention_setting(attention: str, device: torch.device, head_dim: int | None = None) -> None:
     """Refuse an `--attention` value the engine cannot run on `device` (UserInputError saying what to do):
     anything but ATTENTION_CHOICES, or "fp8" without FP8 tensor cores (no CUDA, compute capability < 8.9)
-    or for a model whose `head_dim` the FP8 kernel does not take (FP8_HEAD_DIMS; e.g. the demo model's 48)."""
+    or for a model whose `head_dim` the FP8 kernel does not take (FP8_HEAD_DIMS: multiples of 16 up to 128)."""
     if attention not in ATTENTION_CHOICES:
         raise UserInputError(f"--attention {attention!r} is not one of {', '.join(ATTENTION_CHOICES)}")
     if attention == "fp8":
         reason = fp8_unsupported_reason(device)
         if reason is None and head_dim is not None and head_dim not in FP8_HEAD_DIMS:
-            reason = f"the FP8 kernel takes attention heads of {' or '.join(map(str, FP8_HEAD_DIMS))}, this model's are {head_dim}"
+            reason = f"the FP8 kernel takes attention heads of 16 to 128 channels in steps of 16, this model's are {head_dim}"
         if reason is not None:
             raise UserInputError(f"--attention fp8: {reason}. Use --attention bf16 (the default) here.")
 

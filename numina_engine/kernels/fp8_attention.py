@@ -38,7 +38,9 @@ cast in hardware when compiled (cvt.rn.satfinite on sm_90) and in software when 
 Loop variants (tiles.Fp8Variant, compile-time switches of the one kernel; bench/fp8_attention.py
 --sweep times them): Q/K/V tiles through TMA (host tensor descriptors) or pointer loads; Triton's
 automatic warp specialisation of the key loop; P V per key block into a fresh accumulator added in
-float32 (Hopper's FP8 MMA accumulates with a truncated adder), or straight into the running one.
+float32 (Hopper's FP8 MMA accumulates with a truncated adder), or straight into the running one; the
+probabilities' exp2 in float16 pairs (`exp2_in_half`: half the special-function issues; P is rounded to
+e4m3 after, so float16's 11 bits lose nothing that e4m3's 4 keep), or in float32.
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ except ImportError:       # no triton (the launchers refuse first), or one witho
 E4M3_MAX = 448.0                       # largest finite float8_e4m3fn
 P_SHIFT = math.log2(E4M3_MAX)          # probabilities are exp2(logit - row max + P_SHIFT) <= 448
 SCALE_FLOOR = 1e-30                    # amax floor: an all-zero block gets a finite scale (and zeros)
-FP8_HEAD_DIMS = (64, 128)              # FP8 tensor-core products need a reduction depth of 32+
+FP8_HEAD_DIMS = tuple(range(16, 129, 16))   # head sizes taken (padded, below, to a reduction depth of 32+)
 MIN_CAPABILITY = (8, 9)                # e4m3 tensor cores: Ada (8.9) and Hopper (9.0) onwards
 
 _KERNEL_P_SHIFT = _kernel_constant(P_SHIFT)             # the same three, as kernel bodies read them
@@ -95,16 +97,23 @@ def fp8_unsupported_reason(device: torch.device | str) -> str | None:
     return None
 
 
+def padded_head_dim(head_dim: int) -> int:
+    """The head size the quantised tensors are stored at: head_dim rounded up to a power of two, at least 32
+    (Triton's block shapes are powers of two; FP8 tensor-core products reduce over 32 or more). The
+    padding channels are zeros: they add nothing to q . k and give output channels that are not stored."""
+    return max(32, 1 << (head_dim - 1).bit_length())
+
+
 def fp8_blocks(head_dim: int, tiles: LaunchConfig | None = None) -> LaunchConfig:
     """The launch tiles of one call (they also set the quantisation blocks): `tiles`, else
-    tiles.py's for `head_dim` (the interpreter's small ones when interpreting)."""
-    return tiles if tiles is not None else launch_config(gpu_tiles("fp8_attention", head_dim))
+    tiles.py's for `head_dim` padded (the interpreter's small ones when interpreting)."""
+    return tiles if tiles is not None else launch_config(gpu_tiles("fp8_attention", padded_head_dim(head_dim)))
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, what: str) -> None:
     check_qkv(q, k, v, what=what)
     if q.shape[-1] not in FP8_HEAD_DIMS:
-        raise ValueError(f"{what}: head_dim must be one of {FP8_HEAD_DIMS}, got {q.shape[-1]}")
+        raise ValueError(f"{what}: head_dim must be a multiple of 16 from 16 to 128 (FP8_HEAD_DIMS), got {q.shape[-1]}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,15 +144,31 @@ def to_e4m3(x, ROUND_IN_SOFTWARE: tl.constexpr):
     return x.to(tl.float8e4nv)
 
 
+@triton_helper
+def exp2_in_half(x, INTERPRETED: tl.constexpr):
+    """2^x for float32 x <= 9 computed in float16, returned as float32: argument and result rounded to float16.
+
+    Compiled: one `ex2.approx.f16x2` for two elements (the special-function unit gives two float16 results
+    per issue, one float32), behind one `cvt.rn.f16x2.f32`. Interpreted: the same roundings around torch's
+    exact exp2 (the interpreter runs no inline assembly)."""
+    if INTERPRETED:
+        return tl.exp2(x.to(tl.float16).to(tl.float32)).to(tl.float16).to(tl.float32)
+    else:
+        pair = tl.inline_asm_elementwise(
+            "{ .reg .b32 h; cvt.rn.f16x2.f32 h, $2, $1; ex2.approx.f16x2 $0, h; }",
+            "=r,r,r", [x], dtype=tl.float16, is_pure=True, pack=2)
+        return pair.to(tl.float32)
+
+
 @triton_kernel
 def _quantise_blocks_kernel(
     X, Mean, Out, Scale,
     stride_xb, stride_xl, stride_xh,
-    num_heads, seq_len, padded_len, num_blocks,
+    num_heads, seq_len, padded_len, num_blocks, head_dim,
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, SUBTRACT_MEAN: tl.constexpr,
 ):
-    # One program: BLOCK tokens of one (batch, head) of X [B, L, H, D] -> Out [B*H, padded_len, D]
-    # e4m3 (zeros past seq_len) and Scale [B*H, num_blocks] float32.
+    # One program: BLOCK tokens of one (batch, head) of X [B, L, H, head_dim] -> Out [B*H, padded_len, HEAD_DIM]
+    # e4m3 (zeros past seq_len and head_dim) and Scale [B*H, num_blocks] float32; Mean [B*H, HEAD_DIM].
     pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // num_heads
@@ -152,7 +177,8 @@ def _quantise_blocks_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     valid = rows < seq_len
     x_base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
-    x = tl.load(x_base + rows[:, None] * stride_xl + offs_d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+    x = tl.load(x_base + rows[:, None] * stride_xl + offs_d[None, :],
+                mask=valid[:, None] & (offs_d < head_dim)[None, :], other=0.0).to(tl.float32)
     if SUBTRACT_MEAN:
         mean = tl.load(Mean + pid_bh * HEAD_DIM + offs_d)
         x = tl.where(valid[:, None], x - mean[None, :], 0.0)
@@ -169,11 +195,12 @@ def _quantise_blocks_kernel(
 def _quantise_channels_transposed_kernel(
     X, Amax, Out,
     stride_xb, stride_xl, stride_xh,
-    num_heads, seq_len, padded_len,
+    num_heads, seq_len, padded_len, head_dim,
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
-    # One program: BLOCK tokens of one (batch, head) of X [B, L, H, D], each channel scaled by its
-    # Amax [B*H, D] (floored) / 448, written transposed to Out [B*H, D, padded_len] e4m3 (zeros past seq_len).
+    # One program: BLOCK tokens of one (batch, head) of X [B, L, H, head_dim], each channel scaled by its
+    # Amax [B*H, HEAD_DIM] (floored) / 448, written transposed to Out [B*H, HEAD_DIM, padded_len] e4m3
+    # (zeros past seq_len and head_dim).
     pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // num_heads
@@ -181,8 +208,8 @@ def _quantise_channels_transposed_kernel(
     rows = pid * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
     x_base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
-    x = tl.load(x_base + rows[:, None] * stride_xl + offs_d[None, :], mask=(rows < seq_len)[:, None],
-                other=0.0).to(tl.float32)
+    x = tl.load(x_base + rows[:, None] * stride_xl + offs_d[None, :],
+                mask=(rows < seq_len)[:, None] & (offs_d < head_dim)[None, :], other=0.0).to(tl.float32)
     amax = tl.maximum(tl.load(Amax + pid_bh * HEAD_DIM + offs_d), _KERNEL_SCALE_FLOOR)
     x8 = to_e4m3(x * tl.div_rn(_KERNEL_E4M3_MAX + tl.zeros_like(amax), amax)[None, :], True)
     out_base = Out + pid_bh.to(tl.int64) * padded_len * HEAD_DIM
@@ -191,16 +218,21 @@ def _quantise_channels_transposed_kernel(
 
 @triton_helper
 def _fp8_key_block(q8, k8t, vt8, k_scale, cols, kv_len, q_coef, m_i, l_i, acc,
-                   MASKED: tl.constexpr, BLOCK_PV: tl.constexpr, ROUND_IN_SOFTWARE: tl.constexpr):
+                   MASKED: tl.constexpr, BLOCK_PV: tl.constexpr, HALF_EXP: tl.constexpr,
+                   ROUND_IN_SOFTWARE: tl.constexpr):
     """Fold one key block (K^T k8t and V^T vt8, [D, BLOCK_N] e4m3, key positions `cols`) into
     (m_i, l_i, acc); base-2 logits; keys >= kv_len masked when MASKED. BLOCK_PV: the block's P V
-    goes into a fresh accumulator, added to acc in float32 (else the tensor core accumulates into acc)."""
+    goes into a fresh accumulator, added to acc in float32 (else the tensor core accumulates into acc).
+    HALF_EXP: the probabilities' exp2 in float16 pairs (exp2_in_half), else in float32."""
     coef = q_coef * k_scale
     s = tl.dot(q8, k8t)                                                                 # float32 [BLOCK_M, BLOCK_N]
     if MASKED:
         s = tl.where((cols < kv_len)[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1) * coef)      # coef > 0: the max commutes with the scaling
-    p = tl.exp2(s * coef - (m_new - _KERNEL_P_SHIFT)[:, None])                          # <= 448
+    if HALF_EXP:
+        p = exp2_in_half(s * coef - (m_new - _KERNEL_P_SHIFT)[:, None], ROUND_IN_SOFTWARE)   # <= 448
+    else:
+        p = tl.exp2(s * coef - (m_new - _KERNEL_P_SHIFT)[:, None])                      # <= 448
     alpha = tl.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     p8 = to_e4m3(p, ROUND_IN_SOFTWARE)
@@ -229,27 +261,28 @@ def _fp8_load_kv(K8, Vt8, k_scales, pid_bh, start_n, offs_n, offs_d, k_padded,
 @triton_helper
 def _fp8_full_block(q8, K8, Vt8, k_scales, pid_bh, start_n, offs_n, offs_d, k_padded, kv_len, q_coef, m_i, l_i, acc,
                     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr, BLOCK_PV: tl.constexpr,
-                    ROUND_IN_SOFTWARE: tl.constexpr):
+                    HALF_EXP: tl.constexpr, ROUND_IN_SOFTWARE: tl.constexpr):
     """One unmasked key block of the main loop: load, then fold into (m_i, l_i, acc)."""
     k8t, vt8, k_scale = _fp8_load_kv(K8, Vt8, k_scales, pid_bh, start_n, offs_n, offs_d, k_padded,
                                      HEAD_DIM, BLOCK_N, TMA)
     return _fp8_key_block(q8, k8t, vt8, k_scale, start_n + offs_n, kv_len, q_coef, m_i, l_i, acc,
-                          False, BLOCK_PV, ROUND_IN_SOFTWARE)
+                          False, BLOCK_PV, HALF_EXP, ROUND_IN_SOFTWARE)
 
 
 @triton_kernel
 def _fp8_attention_kernel(
     Q8, K8, Vt8, QScale, KScale, VScale, Out,
     stride_ob, stride_ol, stride_oh,
-    num_heads, q_len, kv_len, q_padded, k_padded, num_q_blocks, num_k_blocks,
+    num_heads, q_len, kv_len, q_padded, k_padded, num_q_blocks, num_k_blocks, head_dim,
     qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr, BLOCK_PV: tl.constexpr, ROUND_IN_SOFTWARE: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr, BLOCK_PV: tl.constexpr, HALF_EXP: tl.constexpr, ROUND_IN_SOFTWARE: tl.constexpr,
 ):
     # One program: BLOCK_M queries of one (batch, head). Q8 [B*H, q_padded, D], K8 [B*H, k_padded, D],
     # Vt8 [B*H, D, k_padded] e4m3 (pointers, or with TMA descriptors of their 2-d views [B*H*q_padded, D],
     # [B*H*k_padded, D], [B*H*D, k_padded] with blocks [BLOCK_M, D], [BLOCK_N, D], [D, BLOCK_N]);
-    # QScale [B*H, num_q_blocks], KScale [B*H, num_k_blocks], VScale [B*H, D] float32; Out [B, q_len, H, D].
+    # QScale [B*H, num_q_blocks], KScale [B*H, num_k_blocks], VScale [B*H, D] float32; Out [B, q_len, H, head_dim].
+    # D = HEAD_DIM is the padded head size (padded_head_dim); channels from head_dim on are zeros, not stored.
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // num_heads
@@ -271,22 +304,24 @@ def _fp8_attention_kernel(
     if WARP_SPECIALIZE:           # (the keyword only here: the plain loop compiles on any Triton)
         for start_n in tl.range(0, full_key_end, BLOCK_N, warp_specialize=True):
             m_i, l_i, acc = _fp8_full_block(q8, K8, Vt8, k_scales, pid_bh, start_n, offs_n, offs_d, k_padded, kv_len,
-                                            q_coef, m_i, l_i, acc, HEAD_DIM, BLOCK_N, TMA, BLOCK_PV, ROUND_IN_SOFTWARE)
+                                            q_coef, m_i, l_i, acc, HEAD_DIM, BLOCK_N, TMA, BLOCK_PV, HALF_EXP,
+                                            ROUND_IN_SOFTWARE)
     else:
         for start_n in range(0, full_key_end, BLOCK_N):
             m_i, l_i, acc = _fp8_full_block(q8, K8, Vt8, k_scales, pid_bh, start_n, offs_n, offs_d, k_padded, kv_len,
-                                            q_coef, m_i, l_i, acc, HEAD_DIM, BLOCK_N, TMA, BLOCK_PV, ROUND_IN_SOFTWARE)
+                                            q_coef, m_i, l_i, acc, HEAD_DIM, BLOCK_N, TMA, BLOCK_PV, HALF_EXP,
+                                            ROUND_IN_SOFTWARE)
     if full_key_end < kv_len:      # the partial tail block: keys past kv_len are padding
         k8t, vt8, k_scale = _fp8_load_kv(K8, Vt8, k_scales, pid_bh, full_key_end, offs_n, offs_d, k_padded,
                                          HEAD_DIM, BLOCK_N, TMA)
         m_i, l_i, acc = _fp8_key_block(q8, k8t, vt8, k_scale, full_key_end + offs_n, kv_len, q_coef, m_i, l_i, acc,
-                                       True, BLOCK_PV, ROUND_IN_SOFTWARE)
+                                       True, BLOCK_PV, HALF_EXP, ROUND_IN_SOFTWARE)
 
     v_scale = tl.load(VScale + pid_bh * HEAD_DIM + offs_d)
     out = acc * v_scale[None, :] / l_i[:, None]
     o_base = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
     tl.store(o_base + offs_m[:, None] * stride_ol + offs_d[None, :], out.to(Out.dtype.element_ty),
-             mask=(offs_m < q_len)[:, None])
+             mask=(offs_m < q_len)[:, None] & (offs_d < head_dim)[None, :])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,36 +344,43 @@ def e4m3_scale(amax: torch.Tensor) -> torch.Tensor:
     return amax / torch.full_like(amax, E4M3_MAX)
 
 
+def _pad_channels(per_channel: torch.Tensor) -> torch.Tensor:
+    """[B*H, D] -> [B*H, padded_head_dim(D)], zeros in the padding channels."""
+    return F.pad(per_channel, (0, padded_head_dim(per_channel.shape[-1]) - per_channel.shape[-1]))
+
+
 def channel_amax(x: torch.Tensor) -> torch.Tensor:
-    """max over tokens of |x| per (batch, head, channel): x [B, L, H, D] -> [B*H, D] float32 (no copy of x)."""
+    """max over tokens of |x| per (batch, head, channel): x [B, L, H, D] -> [B*H, Dp] float32 (no copy of x;
+    Dp = padded_head_dim(D), zeros in the padding channels)."""
     low, high = torch.aminmax(x, dim=1)                                 # [B, H, D] each, exact
-    return torch.maximum(-low, high).float().reshape(-1, x.shape[-1])
+    return _pad_channels(torch.maximum(-low, high).float().reshape(-1, x.shape[-1]))
 
 
 def token_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean over tokens per (batch, head, channel), accumulated in float32: x [B, L, H, D] -> [B*H, D] float32."""
-    return torch.mean(x, dim=1, dtype=torch.float32).reshape(-1, x.shape[-1])
+    """Mean over tokens per (batch, head, channel), accumulated in float32: x [B, L, H, D] -> [B*H, Dp] float32
+    (Dp = padded_head_dim(D), zeros in the padding channels)."""
+    return _pad_channels(torch.mean(x, dim=1, dtype=torch.float32).reshape(-1, x.shape[-1]))
 
 
 def quantise_blocks(x: torch.Tensor, block: int, mean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(x - mean) in e4m3 with one scale per block of `block` tokens per (batch, head).
 
-    x: [B, L, H, D] (fp32/fp16/bf16); mean: [B*H, D] float32 or None. Returns x8 [B*H, Lp, D]
-    float8_e4m3fn (Lp = L rounded up to whole blocks, zeros past L) and scale [B*H, Lp / block]
-    float32 (x - mean ~= x8 * scale)."""
+    x: [B, L, H, D] (fp32/fp16/bf16); mean: [B*H, Dp] float32 (token_mean) or None. Returns x8 [B*H, Lp, Dp]
+    float8_e4m3fn (Lp = L rounded up to whole blocks, Dp = padded_head_dim(D), zeros past L and D) and
+    scale [B*H, Lp / block] float32 (x - mean ~= x8 * scale)."""
     require_triton(x, x.dtype, what="quantise_blocks")
     batch, seq_len, heads, head_dim = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
     padded = _padded(seq_len, block)
-    out = new_output((batch * heads, padded, head_dim), torch.float8_e4m3fn, x.device)
+    out = new_output((batch * heads, padded, padded_head_dim(head_dim)), torch.float8_e4m3fn, x.device)
     scale = new_output((batch * heads, padded // block), torch.float32, x.device)
     grid = (padded // block, batch * heads)
     _quantise_blocks_kernel[grid](
         x, mean if mean is not None else scale, out, scale,
         x.stride(0), x.stride(1), x.stride(2),
-        heads, seq_len, padded, padded // block,
-        BLOCK=block, HEAD_DIM=head_dim, SUBTRACT_MEAN=mean is not None, num_warps=4,
+        heads, seq_len, padded, padded // block, head_dim,
+        BLOCK=block, HEAD_DIM=out.shape[-1], SUBTRACT_MEAN=mean is not None, num_warps=4,
     )
     return out, scale
 
@@ -346,21 +388,22 @@ def quantise_blocks(x: torch.Tensor, block: int, mean: torch.Tensor | None = Non
 def quantise_channels_transposed(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x in e4m3 with one scale per (batch, head, channel), stored transposed.
 
-    x: [B, L, H, D]. Returns xt8 [B*H, D, Lp] float8_e4m3fn (Lp = L rounded up to a multiple of
-    `block`, zeros past L) and scale [B*H, D] float32 (x[b, l, h, d] ~= xt8[b*H + h, d, l] * scale[b*H + h, d])."""
+    x: [B, L, H, D]. Returns xt8 [B*H, Dp, Lp] float8_e4m3fn (Lp = L rounded up to a multiple of
+    `block`, Dp = padded_head_dim(D), zeros past L and D) and scale [B*H, Dp] float32
+    (x[b, l, h, d] ~= xt8[b*H + h, d, l] * scale[b*H + h, d])."""
     require_triton(x, x.dtype, what="quantise_channels_transposed")
     batch, seq_len, heads, head_dim = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
     padded = _padded(seq_len, block)
     amax = channel_amax(x)
-    out = new_output((batch * heads, head_dim, padded), torch.float8_e4m3fn, x.device)
+    out = new_output((batch * heads, amax.shape[-1], padded), torch.float8_e4m3fn, x.device)
     grid = (padded // block, batch * heads)
     _quantise_channels_transposed_kernel[grid](
         x, amax, out,
         x.stride(0), x.stride(1), x.stride(2),
-        heads, seq_len, padded,
-        BLOCK=block, HEAD_DIM=head_dim, num_warps=4,
+        heads, seq_len, padded, head_dim,
+        BLOCK=block, HEAD_DIM=out.shape[1], num_warps=4,
     )
     return out, e4m3_scale(amax.clamp_min(SCALE_FLOOR))
 
@@ -377,7 +420,7 @@ def quantise_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles: Launc
 
 
 def _tma_descriptors(q8: torch.Tensor, k8: torch.Tensor, vt8: torch.Tensor, tiles: LaunchConfig) -> tuple:
-    """Host TMA descriptors of q8 [B*H, Lqp, D], k8 [B*H, Lkp, D], vt8 [B*H, D, Lkp] as 2-d views, with
+    """Host TMA descriptors of q8 [B*H, Lqp, Dp], k8 [B*H, Lkp, Dp], vt8 [B*H, Dp, Lkp] as 2-d views, with
     the kernel's blocks [BLOCK_M, D], [BLOCK_N, D], [D, BLOCK_N] (every block lies inside: lengths are padded)."""
     if TensorDescriptor is None:
         raise RuntimeError("fp8_attention: the TMA variant needs triton.tools.tensor_descriptor (Triton >= 3.3); "
@@ -402,10 +445,11 @@ def fp8_attention_quantised(quantised: tuple[torch.Tensor, ...], q_shape: torch.
     _fp8_attention_kernel[grid](
         *operands, q_scale, k_scale, v_scale, out,
         out.stride(0), out.stride(1), out.stride(2),
-        heads, q_len, kv_len, q8.shape[1], k8.shape[1], q_scale.shape[1], k_scale.shape[1],
+        heads, q_len, kv_len, q8.shape[1], k8.shape[1], q_scale.shape[1], k_scale.shape[1], head_dim,
         LOG2E / math.sqrt(head_dim),
-        HEAD_DIM=head_dim, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, TMA=variant.tma,
-        WARP_SPECIALIZE=variant.warp_specialize, BLOCK_PV=variant.block_pv, ROUND_IN_SOFTWARE=TRITON_INTERPRETED,
+        HEAD_DIM=q8.shape[-1], BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, TMA=variant.tma,
+        WARP_SPECIALIZE=variant.warp_specialize, BLOCK_PV=variant.block_pv, HALF_EXP=variant.half_exp,
+        ROUND_IN_SOFTWARE=TRITON_INTERPRETED,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )
     return out
@@ -417,7 +461,7 @@ def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, smooth_k
 
     Args:
         q: [B, Lq, H, D]; k, v: [B, Lk, H, D]; one dtype (bf16 on the GPU; fp16/fp32 in the
-            interpreter), D in FP8_HEAD_DIMS, any lengths.
+            interpreter), D in FP8_HEAD_DIMS (stored padded to padded_head_dim(D)), any lengths.
         smooth_k: subtract k's mean over tokens before quantising it (softmax-invariant).
         tiles: launch tiles (BLOCK_M, BLOCK_N also the quantisation blocks) instead of tiles.py's.
         variant: the kernel's loop variant (tiles.Fp8Variant: TMA loads, warp specialisation, per-block
@@ -441,12 +485,18 @@ def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, smooth_k
 # PyTorch references
 
 
+def _pad_head_dim(x: torch.Tensor) -> torch.Tensor:
+    """[B, L, H, D] -> [B, L, H, padded_head_dim(D)] float32, zeros in the padding channels."""
+    return F.pad(x.float(), (0, padded_head_dim(x.shape[-1]) - x.shape[-1]))
+
+
 def quantise_blocks_reference(x: torch.Tensor, block: int, mean: torch.Tensor | None = None
                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """quantise_blocks in torch ops (same contract, same float32 operations)."""
+    x = _pad_head_dim(x)
     batch, seq_len, heads, head_dim = x.shape
     padded = _padded(seq_len, block)
-    xf = x.float().transpose(1, 2).reshape(batch * heads, seq_len, head_dim)
+    xf = x.transpose(1, 2).reshape(batch * heads, seq_len, head_dim)
     if mean is not None:
         xf = xf - mean[:, None, :]
     xf = F.pad(xf, (0, 0, 0, padded - seq_len)).view(batch * heads, padded // block, block, head_dim)
@@ -457,10 +507,11 @@ def quantise_blocks_reference(x: torch.Tensor, block: int, mean: torch.Tensor | 
 
 def quantise_channels_transposed_reference(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """quantise_channels_transposed in torch ops (same contract, same float32 operations)."""
+    x = _pad_head_dim(x)
     batch, seq_len, heads, head_dim = x.shape
     padded = _padded(seq_len, block)
-    amax = channel_amax(x).clamp_min(SCALE_FLOOR)                                   # [B*H, D]
-    xt = x.float().permute(0, 2, 3, 1).reshape(batch * heads, head_dim, seq_len)
+    amax = channel_amax(x).clamp_min(SCALE_FLOOR)                                   # [B*H, Dp]
+    xt = x.permute(0, 2, 3, 1).reshape(batch * heads, head_dim, seq_len)
     xt8 = (xt * e4m3_multiplier(amax)[:, :, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     return F.pad(xt8.view(torch.uint8), (0, padded - seq_len)).view(torch.float8_e4m3fn), e4m3_scale(amax)
 
@@ -485,7 +536,7 @@ def fp8_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     batch, q_len, heads, head_dim = q.shape
     kv_len = k.shape[1]
     q8, q_scale, k8, k_scale, vt8, v_scale = quantise_qkv_reference(q, k, v, config, smooth_k=smooth_k)
-    qf, kf, vf = q8.float(), k8.float(), vt8.float().transpose(1, 2)                 # [B*H, L(p), D]
+    qf, kf, vf = q8.float(), k8.float(), vt8.float().transpose(1, 2)                 # [B*H, L(p), Dp]
     q_coef = q_scale.repeat_interleave(block_m, dim=1) * (LOG2E / math.sqrt(head_dim))   # [B*H, Lqp]
     m_i = torch.full(qf.shape[:2], float("-inf"), device=q.device)
     l_i = torch.zeros(qf.shape[:2], device=q.device)
@@ -503,7 +554,8 @@ def fp8_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
         acc = acc * alpha[:, :, None] + p8 @ vf[:, cols]
         m_i = m_new
     out = acc * v_scale[:, None, :] / l_i[:, :, None]
-    return out[:, :q_len].view(batch, heads, q_len, head_dim).transpose(1, 2).to(q.dtype)
+    out = out[:, :q_len, :head_dim].reshape(batch, heads, q_len, head_dim)
+    return out.transpose(1, 2).to(q.dtype)
 
 
 def exact_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
