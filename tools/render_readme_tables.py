@@ -65,34 +65,103 @@ def render_cli_threads() -> str:
                               f"{results['cpu_count']} cores{load}.", _source(path, data)])
 
 
+def _e2e_phase_table(runs: list[tuple[str, dict]]) -> list[str]:
+    """One row per (label, run) of bench/e2e.py: seconds per phase, total, peak allocated memory; an
+    offload column only when some run has an "offload" phase (offloaded runs)."""
+    offload = any("offload" in run["phases_s"] for _, run in runs)
+    lines = ["| run |" + (" offload |" if offload else "") + " text | phase 1 | layout | preview | phase 2 / denoising "
+             "| decode | total | peak allocated |", "| --- |" + " ---: |" * (8 + offload)]
+    for label, run in runs:
+        p = run["phases_s"]
+        cells = ([p.get("offload", 0)] if offload else []) + [
+            p.get("text encoding", 0), p.get("phase 1", 0), p.get("layout", 0), p.get("preview decode", 0),
+            p.get("phase 2", p.get("denoising", 0)), p.get("decode", 0), run["total_s"]]
+        lines.append(f"| {label} | " + " | ".join(f"{c:.2f} s" for c in cells) + f" | {_e2e_peak(run)} |")
+    return lines
+
+
+def _e2e_peak(run: dict) -> str:
+    allocated = run.get("peak_gpu_memory_gib", {}).get("allocated")
+    return "-" if allocated is None else f"{allocated:.1f} GiB"
+
+
+def _e2e_summary(results: dict) -> str:
+    """The sentence under the phase table, on the first (or only) configuration; parts a run did not
+    measure (--skip-graphs-off: no graphs-off ratio; another shape than 1.3B 832*480x81: no authors' ratio)
+    are left out."""
+    settings = [f"{results['steps']} steps"] + ([f"Wan2.1-{results['config']}"] if "config" in results else []) + [
+        results["size"], f"{results['frames']} frames",
+        f"forced modulation {'on' if results['forced_modulation'] else 'off'}"]
+    for key, flag, default in (("attention", "--attention", "bf16"), ("cache_steps", "--cache-steps", "off"),
+                               ("offload", "--offload", "none")):
+        if results.get(key, default) != default:
+            settings.append(f"{flag} {results[key]}")
+    if len(results.get("configurations_planned", [])) > 1:
+        settings.append(f"configuration {results['baseline']}")
+    parts = [f"**NUMINA / plain = {results['numina_over_plain']:.3f}** (target <= 1.3)"]
+    numina = results["runs"]["NUMINA"].get("numina", {})
+    if "phase1_steps_computed" in numina:
+        parts.append(f"phase 1 computed {numina['phase1_steps_computed']} passes and reused "
+                     f"{numina['phase1_steps_reused']}, phase 2 modulated {numina['phase2_modulated_steps']} steps")
+    if "graphs_off_over_on_step" in results:
+        parts.append(f"CUDA graphs off / on per plain step {results['graphs_off_over_on_step']:.3f}")
+    authors = results.get("authors_estimate_over_numina_50_steps")
+    if authors:
+        parts.append(f"the authors' ~{authors['authors_estimate_s']:.0f} s estimate / this NUMINA run "
+                     f"({authors['numina_s_is']}) = {authors['ratio']:.2f}")
+    return ", ".join(settings) + ": " + "; ".join(parts) + "."
+
+
+def _e2e_steps_reused(run: dict) -> str:
+    cache = run.get("step_cache", {})
+    return ", ".join(f"{phase} {entry['steps_reused']}" for phase, entry in cache.items() if isinstance(entry, dict))
+
+
+def _e2e_configurations(results: dict) -> list[str]:
+    """The configurations side by side: totals, ratios to the first configuration, peak allocated memory;
+    then their notes, the steps EasyCache reused, and the configurations planned but not run."""
+    configurations, baseline = results["configurations"], results["baseline"]
+    lines = [f"| configuration | attention | cache steps | offload | plain total | NUMINA total | NUMINA / plain "
+             f"| vs {baseline}: plain, NUMINA | peak allocated, plain / NUMINA |", "| --- | --- | --- | --- |" + " ---: |" * 5]
+    for name, entry in configurations.items():
+        plain, numina = entry["runs"]["plain"], entry["runs"]["NUMINA"]
+        lines.append(f"| {name} | {entry['attention']} | {entry['cache_steps']} | {entry['offload']} "
+                     f"| {plain['total_s']:.2f} s | {numina['total_s']:.2f} s | {entry['numina_over_plain']:.3f} "
+                     f"| {entry['plain_over_baseline']:.3f}, {entry['numina_over_baseline']:.3f} "
+                     f"| {_e2e_peak(plain)} / {_e2e_peak(numina)} |")
+    notes = [f"{name}: {entry['note'].rstrip('.')}." for name, entry in configurations.items() if entry.get("note")]
+    notes += [f"{name}: steps EasyCache reused, plain: {_e2e_steps_reused(entry['runs']['plain'])}; NUMINA: "
+              f"{_e2e_steps_reused(entry['runs']['NUMINA'])} (of {results['steps']})."
+              for name, entry in configurations.items() if entry["cache_steps"] != "off"]
+    if results.get("cache_steps_note"):
+        notes.append(f"Step caching: {results['cache_steps_note'].rstrip('.')}.")
+    missing = [name for name in results.get("configurations_planned", []) if name not in configurations]
+    if missing:
+        notes.append(f"Planned but not measured (the run stopped before them): {', '.join(missing)}.")
+    return lines + ([""] + notes if notes else [])
+
+
 def render_e2e() -> str:
     files = _load("e2e_*.json")
     if not files:
-        return _missing("python -m bench.e2e --steps 50 --force-modulation --json docs/results/e2e_<gpu>.json")
+        return _missing("python -m bench.e2e --steps 50 --force-modulation --configs bf16 cache-all fp8 offload-full "
+                        "--json docs/results/e2e_<gpu>.json")
     blocks = []
     for path, data in files:
         results = data["results"]
-        lines = ["| run | text | phase 1 | layout | preview | phase 2 / denoising | decode | total | "
-                 "peak allocated |", "| --- |" + " ---: |" * 8]
-        for name, run in results["runs"].items():
-            p = run["phases_s"]
-            cells = [p.get("text encoding", 0), p.get("phase 1", 0), p.get("layout", 0), p.get("preview decode", 0),
-                     p.get("phase 2", p.get("denoising", 0)), p.get("decode", 0), run["total_s"]]
-            lines.append(f"| {name} | " + " | ".join(f"{c:.2f} s" for c in cells)
-                         + f" | {run['peak_gpu_memory_gib']['allocated']:.1f} GiB |")
-        numina = results["runs"]["NUMINA"]["numina"]
-        authors = results["authors_estimate_over_numina_50_steps"]
-        cache = results.get("cache_steps", "off")
-        lines += ["", f"{results['steps']} steps, {results['size']}, {results['frames']} frames, forced modulation "
-                      f"{'on' if results['forced_modulation'] else 'off'}"
-                      f"{f', --cache-steps {cache}' if cache != 'off' else ''}: **NUMINA / plain = "
-                      f"{results['numina_over_plain']:.3f}** (target <= 1.3); phase 1 computed "
-                      f"{numina['phase1_steps_computed']} passes and reused {numina['phase1_steps_reused']}, phase 2 "
-                      f"modulated {numina['phase2_modulated_steps']} steps; CUDA graphs off / on per plain step "
-                      f"{results['graphs_off_over_on_step']:.3f}; the authors' ~{authors['authors_estimate_s']:.0f} s "
-                      f"estimate / this NUMINA run ({authors['numina_s_is']}) = {authors['ratio']:.2f}.",
-                  _source(path, data)]
-        blocks.append("\n".join(lines))
+        # a file of several configurations (planned: a run stopped early holds fewer) gets the side-by-side table
+        configurations = results.get("configurations") if len(results.get("configurations_planned", [])) > 1 else None
+        if configurations:          # the first configuration's runs (its graphs-off run too), then the others'
+            baseline = results["baseline"]
+            runs = [(f"{baseline}: {name}", run) for name, run in results["runs"].items()]
+            runs += [(f"{config}: {name}", run) for config, entry in configurations.items() if config != baseline
+                     for name, run in entry["runs"].items()]
+        else:
+            runs = list(results["runs"].items())
+        lines = _e2e_phase_table(runs) + ["", _e2e_summary(results)]
+        if configurations:
+            lines += [""] + _e2e_configurations(results) + [""]
+        blocks.append("\n".join(lines + [_source(path, data)]))
     return "\n\n".join(blocks)
 
 
