@@ -40,12 +40,13 @@ from numina_engine.kernels.fp8_attention import (
     fp8_attention,
     fp8_attention_quantised,
     fp8_attention_reference,
+    default_variant,
     fp8_blocks,
     fp8_unsupported_reason,
     quantise_qkv,
     quantise_qkv_reference,
 )
-from numina_engine.kernels.tiles import FP8_SWEEP_CANDIDATES, FP8_VARIANT, Fp8Variant
+from numina_engine.kernels.tiles import FP8_SWEEP_CANDIDATES, Fp8Variant
 
 DEVICE = torch.device("cuda")
 HEAD_DIM = 128
@@ -127,7 +128,7 @@ def sweep_rows(tokens: int, repeats: int) -> list[dict]:
     rows = []
     for tiles, variant in FP8_SWEEP_CANDIDATES:
         row = {"tokens": tokens, "block_m": tiles.block_m, "block_n": tiles.block_n, "num_warps": tiles.num_warps,
-               "num_stages": tiles.num_stages, **asdict(variant), "default": tiles == default and variant == FP8_VARIANT}
+               "num_stages": tiles.num_stages, **asdict(variant), "default": tiles == default and variant == default_variant(q.device)}
         try:
             row["ms"] = median_ms(lambda: fp8_attention(q, k, v, tiles=tiles, variant=variant), repeats)
             row["relative_error_vs_bf16_sdpa"] = relative_error(fp8_attention(q, k, v, tiles=tiles, variant=variant),

@@ -31,7 +31,8 @@ def test_fp8_attention_falls_back_to_its_reference_off_the_gpu_and_for_other_hea
     if torch.cuda.is_available():
         with torch.no_grad():
             assert KernelChoice("auto").pick(fp8_attention, torch.zeros(1, 4, 2, 128, device="cuda")) is fp8_attention
-            assert KernelChoice("auto").pick(fp8_attention, torch.zeros(1, 4, 2, 32, device="cuda")) \
+            assert KernelChoice("auto").pick(fp8_attention, torch.zeros(1, 4, 2, 48, device="cuda")) is fp8_attention
+            assert KernelChoice("auto").pick(fp8_attention, torch.zeros(1, 4, 2, 40, device="cuda")) \
                 is fp8_attention_reference
 
 

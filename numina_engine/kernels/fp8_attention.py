@@ -63,7 +63,7 @@ from ._triton import (
     triton_helper,
     triton_kernel,
 )
-from .tiles import FP8_VARIANT, Fp8Variant, gpu_tiles
+from .tiles import FP8_VARIANT, FP8_VARIANT_WITHOUT_TMA, Fp8Variant, gpu_tiles
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -431,13 +431,21 @@ def _tma_descriptors(q8: torch.Tensor, k8: torch.Tensor, vt8: torch.Tensor, tile
             TensorDescriptor.from_tensor(vt8.view(-1, vt8.shape[-1]), [head_dim, tiles.block_n]))
 
 
+def default_variant(device: torch.device) -> Fp8Variant:
+    """tiles.FP8_VARIANT (TMA loads) on a GPU of compute capability 9.0+ whose Triton has host tensor
+    descriptors; FP8_VARIANT_WITHOUT_TMA elsewhere (Ada, the interpreter)."""
+    tma_capable = (device.type == "cuda" and not TRITON_INTERPRETED and TensorDescriptor is not None
+                   and torch.cuda.get_device_capability(device) >= (9, 0))
+    return FP8_VARIANT if tma_capable else FP8_VARIANT_WITHOUT_TMA
+
+
 def fp8_attention_quantised(quantised: tuple[torch.Tensor, ...], q_shape: torch.Size, kv_len: int,
                             out_dtype: torch.dtype, tiles: LaunchConfig, variant: Fp8Variant | None = None
                             ) -> torch.Tensor:
     """The attention kernel alone, on quantise_qkv's output; q_shape = [B, Lq, H, D]. Returns [B, Lq, H, D].
-    variant: tiles.py's Fp8Variant (default FP8_VARIANT)."""
-    variant = variant if variant is not None else FP8_VARIANT
+    variant: tiles.py's Fp8Variant (default: default_variant(q8.device))."""
     q8, q_scale, k8, k_scale, vt8, v_scale = quantised
+    variant = variant if variant is not None else default_variant(q8.device)
     batch, q_len, heads, head_dim = q_shape
     out = new_output((batch, q_len, heads, head_dim), out_dtype, q8.device)
     operands = _tma_descriptors(q8, k8, vt8, tiles) if variant.tma else (q8, k8, vt8)
@@ -465,7 +473,7 @@ def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, smooth_k
         smooth_k: subtract k's mean over tokens before quantising it (softmax-invariant).
         tiles: launch tiles (BLOCK_M, BLOCK_N also the quantisation blocks) instead of tiles.py's.
         variant: the kernel's loop variant (tiles.Fp8Variant: TMA loads, warp specialisation, per-block
-            P V) instead of tiles.FP8_VARIANT.
+            P V, float16 exp2) instead of default_variant(q.device).
     Returns:
         [B, Lq, H, D] in q's dtype. No host sync: CUDA graphs capture it.
     """

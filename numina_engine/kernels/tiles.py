@@ -63,8 +63,11 @@ class Fp8Variant:
     half_exp: bool = False         # the probabilities' exp2 in float16 pairs (ex2.approx.f16x2), not float32
 
 
-# The variant fp8_attention runs unless told otherwise: the plain pointer-load loop (see the fp8 tile note).
-FP8_VARIANT = Fp8Variant()
+# The variant fp8_attention runs unless told otherwise: Q/K/V tiles through TMA on Hopper and newer (sm_90+:
+# 16.72 ms vs 18.00 ms with pointer loads in the stop-20 sweep, docs/results/fp8_attention_h200.json; warp
+# specialisation on top 16.76 ms, float16 exp2 slower everywhere), pointer loads below (Ada has no TMA).
+FP8_VARIANT = Fp8Variant(tma=True)
+FP8_VARIANT_WITHOUT_TMA = Fp8Variant()
 
 # The candidates bench/fp8_attention.py --sweep times for fp8_attention at head_dim 128:
 # (block_m, block_n, num_warps, num_stages), variant.
