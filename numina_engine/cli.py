@@ -259,7 +259,7 @@ def _run(args) -> int:
     ranks = distributed.start(args.device)
     try:
         device = resolve_device(ranks.device)
-        engine = Engine.load(args.ckpt_dir, device=device, cuda_graphs=not args.no_cuda_graphs and world_size == 1,
+        engine = Engine.load(args.ckpt_dir, device=device, cuda_graphs=not args.no_cuda_graphs,
                              offload=args.offload, attention=args.attention)
         if world_size > 1:
             engine.model = parallel.parallelize(engine.model, plan, ranks.rank)

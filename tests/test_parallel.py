@@ -136,6 +136,7 @@ def test_cli_under_torchrun_writes_the_outputs_once(tmp_path):
     assert done.stdout.count('"video"') == 1                 # one rank printed the paths
     report = json.loads((out_dir / "report.json").read_text())
     assert report["parallel"]["plan"] == "1 CFG x 2 Ulysses"
+    assert report["cuda_graphs"] == {"enabled": False, "reason": "not supported under --parallel"}
     assert (out_dir / "video.mp4").is_file() and (out_dir / "layout.png").is_file()
 
 

@@ -169,23 +169,26 @@ def test_demo_counter_on_rendered_scenes_counts_them_exactly(tmp_path):
 
 # --- GroundingDINO: a tiny random checkpoint saved and loaded as a real one would be -------------------------
 
+DINO_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "cats", "dogs", "dog", "bird"]
+
+
 @pytest.fixture(scope="module")
 def tiny_grounding_dino(tmp_path_factory):
     from transformers import (BertConfig, BertTokenizerFast, GroundingDinoConfig, GroundingDinoForObjectDetection,
                               GroundingDinoImageProcessorPil, GroundingDinoProcessor, SwinConfig)
 
     folder = tmp_path_factory.mktemp("grounding-dino-tiny")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "cats", "dogs", "dog", "bird"]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(DINO_VOCAB)})
+    assert tokenizer("cats .")["input_ids"] == [2, 6, 5, 3]      # the nouns are words of the vocabulary, not [UNK]
     processor = GroundingDinoProcessor(
         image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": 128, "longest_edge": 192}),
-        tokenizer=BertTokenizerFast(vocab_file=str(folder / "vocab.txt")))
+        tokenizer=tokenizer)
     config = GroundingDinoConfig(
         backbone_config=SwinConfig(image_size=128, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1],
                                    num_heads=[1, 1, 1, 1], window_size=2,
                                    out_features=["stage2", "stage3", "stage4"]),
-        text_config=BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=32, max_position_embeddings=64),
+        text_config=BertConfig(vocab_size=len(DINO_VOCAB), hidden_size=32, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=32, max_position_embeddings=64),
         d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
         encoder_attention_heads=2, decoder_attention_heads=2, num_queries=30, num_feature_levels=4,
         encoder_n_points=2, decoder_n_points=2, max_text_len=32)
@@ -193,6 +196,44 @@ def tiny_grounding_dino(tmp_path_factory):
     GroundingDinoForObjectDetection(config).save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+class DetectorSpy:
+    """Wraps GroundingDinoForObjectDetection.forward (installed with monkeypatch): records, per detector call, the
+    noun of the caption and the number of frames; with `planned` ({noun: [[box score of each query that should
+    score above 0.01] per frame]}), it then replaces the call's logits [frames, queries, text positions] so
+    that each frame's queries score exactly those box scores (the others 0.01), frames taken in order per noun."""
+
+    def __init__(self, monkeypatch, planned=None):
+        from transformers import GroundingDinoForObjectDetection
+
+        self.calls: list[tuple[str, int]] = []
+        self.planned = planned
+        self.next_frame: dict[str, int] = {}
+        forward = GroundingDinoForObjectDetection.forward
+
+        def spy(model, *args, **kwargs):
+            outputs = forward(model, *args, **kwargs)
+            self._record(kwargs["input_ids"], outputs)
+            return outputs
+
+        monkeypatch.setattr(GroundingDinoForObjectDetection, "forward", spy)
+
+    def _record(self, input_ids, outputs):
+        nouns = {DINO_VOCAB[int(i)] for i in input_ids[:, 1]}
+        assert len(nouns) == 1, nouns                               # one noun per call
+        noun = nouns.pop()
+        caption = [DINO_VOCAB.index(word) for word in ("[CLS]", noun, ".", "[SEP]")]
+        assert input_ids.tolist() == [caption] * len(input_ids)    # the caption "<noun> ." of every frame
+        self.calls.append((noun, len(input_ids)))
+        if self.planned is None:
+            return
+        first = self.next_frame.get(noun, 0)
+        self.next_frame[noun] = first + len(input_ids)
+        logits = torch.full_like(outputs.logits, float(torch.logit(torch.tensor(0.01))))
+        for row, scores in enumerate(self.planned[noun][first:first + len(input_ids)]):
+            logits[row, :len(scores), 1] = torch.logit(torch.tensor(scores, dtype=logits.dtype))
+        outputs["logits"] = logits
 
 
 def _count_one_frame_at_a_time(folder, frames, noun):
@@ -211,28 +252,65 @@ def _count_one_frame_at_a_time(folder, frames, noun):
     return counts
 
 
-def test_grounding_dino_eval_runs_batched_and_counts_by_the_box_threshold(tmp_path, tiny_grounding_dino, capsys):
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("Three cats and two dogs\nA dog\n")
-    counts = tmp_path / "counts.jsonl"
-    counts.write_text('{"cats": 3, "dogs": 2}\n{"dog": 1}\n')
+def _accuracy_by_hand(per_noun, targets):
+    """The authors' formula written out: mean over frames of the fraction of nouns whose count is the target."""
+    frames = len(next(iter(per_noun.values())))
+    return sum(sum(per_noun[noun][t] == target for noun, target in targets.items()) / len(targets)
+               for t in range(frames)) / frames
+
+
+def _grounding_dino_eval(tmp_path, folder, prompts, targets, frames, batch_size):
+    """Write the benchmark files and one `frames`-frame video per prompt, run `numina-engine eval` with
+    GroundingDINO from `folder` on the CPU; returns the videos folder."""
+    (tmp_path / "prompts.txt").write_text("".join(f"{prompt}\n" for prompt in prompts))
+    (tmp_path / "counts.jsonl").write_text("".join(json.dumps(target) + "\n" for target in targets))
     videos = tmp_path / "videos"
     videos.mkdir()
-    _video(videos / "001_cats.mp4", frames=5, seed=1)
-    _video(videos / "002_dog.mp4", frames=5, seed=2)
-    assert main(["eval", "--videos", str(videos), "--prompts", str(prompts), "--counts", str(counts),
-                 "--detector", "grounding-dino", "--detector-dir", str(tiny_grounding_dino), "--device", "cpu",
-                 "--batch-size", "2"]) == 0
+    for index in range(1, len(prompts) + 1):
+        _video(videos / f"{index:03d}_video.mp4", frames=frames, seed=index)
+    assert main(["eval", "--videos", str(videos), "--prompts", str(tmp_path / "prompts.txt"),
+                 "--counts", str(tmp_path / "counts.jsonl"), "--detector", "grounding-dino",
+                 "--detector-dir", str(folder), "--device", "cpu", "--batch-size", str(batch_size)]) == 0
+    return videos
+
+
+def test_grounding_dino_eval_runs_batched_through_the_saved_checkpoint(tmp_path, tiny_grounding_dino, capsys,
+                                                                        monkeypatch):
+    spy = DetectorSpy(monkeypatch)
+    videos = _grounding_dino_eval(tmp_path, tiny_grounding_dino, ["Three cats and two dogs", "A dog"],
+                                  [{"cats": 3, "dogs": 2}, {"dog": 1}], frames=5, batch_size=2)
+    # 5 frames, 2 per detector call, one pass per noun of each video
+    assert spy.calls == [("cats", 2), ("cats", 2), ("cats", 1), ("dogs", 2), ("dogs", 2), ("dogs", 1),
+                         ("dog", 2), ("dog", 2), ("dog", 1)]
     assert "frames/s" in capsys.readouterr().err
     results = json.loads((videos / "eval_results.json").read_text())
     assert (results["box_threshold"], results["text_threshold"], results["num_prompts"]) == (0.32, 0.25, 2)
     for entry in results["per_prompt"]:
         frames = read_video_frames(videos / entry["video"])
-        for noun, target in entry["targets"].items():
-            assert entry["per_noun"][noun] == _count_one_frame_at_a_time(tiny_grounding_dino, frames, noun)
-        assert entry["prompt_accuracy"] == pytest.approx(prompt_accuracy(entry["per_noun"], entry["targets"]))
+        by_hand = {noun: _count_one_frame_at_a_time(tiny_grounding_dino, frames, noun) for noun in entry["targets"]}
+        assert entry["per_noun"] == by_hand
+        assert entry["prompt_accuracy"] == pytest.approx(_accuracy_by_hand(by_hand, entry["targets"]))
     breakdown_file = json.loads((videos / "eval_breakdown.json").read_text())
     assert breakdown_file["frames_counted"] == 10 and breakdown_file["frames_per_second"] > 0
+
+
+def test_grounding_dino_counts_the_boxes_above_the_box_threshold_and_scores_them_by_hand(
+        tmp_path, tiny_grounding_dino, monkeypatch):
+    # box scores per frame around the box threshold 0.32; 0.26 is above the text threshold 0.25, which does not count
+    planned = {"cats": [[0.9, 0.5, 0.321, 0.319, 0.26], [0.9, 0.321, 0.31, 0.26], [0.95, 0.8, 0.7, 0.319],
+                        [0.33, 0.34, 0.35, 0.1]],
+               "dogs": [[0.9, 0.6], [0.321, 0.322, 0.319], [0.5, 0.31], []],
+               "bird": [[0.4, 0.2], [0.325], [0.318, 0.3], [0.99, 0.26]]}
+    spy = DetectorSpy(monkeypatch, planned)
+    videos = _grounding_dino_eval(tmp_path, tiny_grounding_dino, ["Three cats and two dogs", "One bird"],
+                                  [{"cats": 3, "dogs": 2}, {"bird": 1}], frames=4, batch_size=3)
+    assert spy.next_frame == {"cats": 4, "dogs": 4, "bird": 4}
+    first, second = json.loads((videos / "eval_results.json").read_text())["per_prompt"]
+    assert first["per_noun"] == {"cats": [3, 2, 3, 3], "dogs": [2, 2, 1, 0]}
+    assert second["per_noun"] == {"bird": [1, 1, 0, 1]}
+    # frames: both right, dogs only, cats only, cats only -> (1 + 1/2 + 1/2 + 1/2) / 4; the bird 3 frames of 4
+    assert (first["prompt_accuracy"], second["prompt_accuracy"]) == (0.625, 0.75)
+    assert json.loads((videos / "eval_results.json").read_text())["overall_accuracy"] == (0.625 + 0.75) / 2
 
 
 def test_bad_detector_folders_and_videos_are_user_errors(tmp_path, capsys):

@@ -57,17 +57,21 @@ class StepGraphs:
 
     `forward(latents, timestep, context, state)` is the step's batched forward; calls take the same
     arguments and return the same result (a fresh tensor). Graphs are used when `enabled` and
-    `device` is a CUDA device; otherwise every call runs `forward` eagerly (no error on the CPU).
+    `device` is a CUDA device and `unsupported` is None; otherwise every call runs `forward` eagerly (no
+    error on the CPU). `unsupported`: why this forward cannot be captured (e.g. a DiT under a ParallelPlan),
+    the reason summary() gives.
     A graph is keyed by the state object and the input shapes and dtypes; a state's tensors must
     keep their storage while its graph lives (write new values in place). Use one instance within
     one inference-mode scope (its static buffers are written in place).
     """
 
-    def __init__(self, forward: StepForward, device: torch.device, *, enabled: bool = True):
+    def __init__(self, forward: StepForward, device: torch.device, *, enabled: bool = True,
+                 unsupported: str | None = None):
         self.forward = forward
         self.device = torch.device(device)
         self.requested = enabled
-        self.enabled = enabled and self.device.type == "cuda"
+        self.unsupported = unsupported
+        self.enabled = enabled and unsupported is None and self.device.type == "cuda"
         self.captured = 0          # graphs captured so far (each after one eager warm-up call)
         self.replayed = 0
         self._steps: dict[tuple, _CapturedStep] = {}
@@ -128,6 +132,7 @@ class StepGraphs:
     def summary(self) -> dict:
         """For report.json: whether graphs were used, how many were captured, how many replays ran."""
         if not self.enabled:
-            reason = f"no CUDA device ({self.device})" if self.requested else "turned off (--no-cuda-graphs)"
+            reason = ("turned off (--no-cuda-graphs)" if not self.requested
+                      else (self.unsupported or f"no CUDA device ({self.device})"))
             return {"enabled": False, "reason": reason}
         return {"enabled": True, "graphs_captured": self.captured, "replays": self.replayed}

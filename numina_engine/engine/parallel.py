@@ -121,6 +121,9 @@ def read_dit_config(ckpt_dir: str | Path | None) -> WanConfig:
                                                     "diffusers transformer config"))
 
 
+CUDA_GRAPHS_UNSUPPORTED = "not supported under --parallel"    # report.json's reason: see ParallelDiT.forward
+
+
 class ParallelDiT(nn.Module):
     """A WanDiT run under a ParallelPlan: same call as `WanDiT.forward`, same result on every rank.
 
@@ -163,8 +166,8 @@ class ParallelDiT(nn.Module):
         """As `WanDiT.forward`: latents [B, C, F, H, W], timestep [B], context [B, T, text_dim]; returns
         float32 [B, out_dim, F, H, W] (None after `state.stop_after_layer`), the same on every rank."""
         if latents.is_cuda and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("CUDA graphs are not supported under a ParallelPlan: generate with cuda_graphs=False "
-                               "(the CLI does so under --parallel)")
+            raise RuntimeError(f"CUDA graphs are {CUDA_GRAPHS_UNSUPPORTED} (pipeline.generate runs a ParallelDiT "
+                               f"eagerly)")
         if self.plan.cfg == 1:
             return self._row_forward(latents, timestep, context, state)
         if latents.shape[0] == 2:

@@ -52,7 +52,7 @@ from .forward_state import Extraction, ForwardState, Modulation
 from .loading import WanModel
 from .offload import (maps_budget_bytes, offload_mode, park_dit_on_cpu, parks_dit, place_for_generation,
                       text_encoding_device)
-from .parallel import agree_on_layouts
+from .parallel import CUDA_GRAPHS_UNSUPPORTED, ParallelDiT, agree_on_layouts
 from .prompt_clean import clean_prompt
 from .scheduler import FlowUniPCScheduler
 from .settings import MAX_COUNT, GenerationRequest, ResolvedSettings, resolve, scaled_reference_step
@@ -505,7 +505,8 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
              | None = None) -> GenerationResult:
     """Make one video. Bad requests raise UserInputError before any heavy work starts.
 
-    `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA). `offload`: one of
+    `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA and for a DiT under a
+    ParallelPlan, whose collectives are not captured). `offload`: one of
     offload.OFFLOAD_MODES ("none", "text-encoder", "full"), or True ("full") / False ("none"); the video
     is the same in each (`offload.py`).
     `edit_layout`: for tests and benchmarks, a function (reference, refined) -> refined, each
@@ -524,7 +525,8 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
     if offload != "none":
         with timer("offload"):
             place_for_generation(model)
-    graphs = StepGraphs(partial(cfg_forward, model), model.device, enabled=cuda_graphs)
+    graphs = StepGraphs(partial(cfg_forward, model), model.device, enabled=cuda_graphs,
+                        unsupported=CUDA_GRAPHS_UNSUPPORTED if isinstance(model.dit, ParallelDiT) else None)
 
     with timer("text encoding"):
         context = encode_prompts(model, settings, device=text_encoding_device(model, offload))
