@@ -41,10 +41,10 @@ def test_a_changed_figure_is_caught(tmp_path, monkeypatch):
     """The check can fail: editing a figure in a results file changes the rendered table."""
     renderer = load_renderer()
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    source = REPO / "docs" / "results" / "e2e_h100.json"
+    source = REPO / "docs" / "results" / "e2e_h200.json"
     data = json.loads(source.read_text(encoding="utf-8"))
     data["results"]["numina_over_plain"] += 0.5
-    (tmp_path / "e2e_h100.json").write_text(json.dumps(data), encoding="utf-8")
+    (tmp_path / "e2e_h200.json").write_text(json.dumps(data), encoding="utf-8")
     monkeypatch.setattr(renderer, "RESULTS", tmp_path)
     monkeypatch.setattr(renderer, "REPO", tmp_path)
     assert renderer.render(readme) != readme

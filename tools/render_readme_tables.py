@@ -329,15 +329,52 @@ def render_fp8_attention() -> str:
                       f"fp8 {forward['fp8_ms']:.1f} ms eager / {forward['fp8_graph_ms']:.1f} ms graph-replayed "
                       f"(target <= {forward['target_ms']:.0f} ms); relative error of the forward's output, fp8 vs bf16: "
                       f"{forward['relative_error_fp8_vs_bf16']:.4f}."]
-    sweep = [row for row in results.get("sweep") or [] if "ms" in row]     # rows that failed to compile have none
-    if sweep:
+    sources = [_source(path, data)]
+    sweep_file = next(((p, d) for p, d in _load("fp8_*.json") if d["results"].get("sweep")), None)
+    if sweep_file:
+        sweep = [row for row in sweep_file[1]["results"]["sweep"] if "ms" in row]   # failed candidates have none
         best, default = min(sweep, key=lambda r: r["ms"]), next((r for r in sweep if r.get("default")), None)
-        variant = "+".join(name for name in ("tma", "warp_specialize", "block_pv") if best.get(name)) or "pointer loads"
-        lines += ["", f"Tile sweep ({len(sweep)} candidates that ran, at {best['tokens']} tokens): fastest BLOCK_M "
-                      f"{best['block_m']}, BLOCK_N {best['block_n']}, {best['num_warps']} warps, {best['num_stages']} "
-                      f"stages, {variant}: {best['ms']:.2f} ms"
-                      + (f"; the default tile {default['ms']:.2f} ms." if default else ".")]
-    return "\n".join(lines + ["", f"Inputs: {results.get('inputs', 'random')}.", "", _source(path, data)])
+        lines += ["", f"Tile and loop-variant sweep ({len(sweep)} candidates that ran, 2 x {best['tokens']} x 12, "
+                      f"one run): fastest BLOCK_M {best['block_m']}, BLOCK_N {best['block_n']}, {best['num_warps']} "
+                      f"warps, {best['num_stages']} stages, {_fp8_variant_name(best)}: {best['ms']:.2f} ms"
+                      + (f"; that run's default ({_fp8_variant_name(default)}) {default['ms']:.2f} ms" if default else "")
+                      + "; float16 exp2 (half_exp) "
+                      + ", ".join(f"{r['ms']:.2f}" for r in sweep if r.get("half_exp")) + " ms."]
+        if sweep_file[0] != path:
+            sources.append(_source(*sweep_file))
+    return "\n".join(lines + ["", f"Inputs: {results.get('inputs', 'random')}.", ""] + sources)
+
+
+def _fp8_variant_name(row: dict) -> str:
+    names = [name for name in ("tma", "warp_specialize", "block_pv", "half_exp") if row.get(name)]
+    return "+".join(names) if names else "pointer loads"
+
+
+def render_fp8_demo_accuracy() -> str:
+    files = _load("fp8_demo_accuracy_*.json")
+    if not files:
+        return _missing("python -m bench.fp8_demo_accuracy --prompts 100 --seeds 0 1 2 --work DIR --parallel "
+                        "--json docs/results/fp8_demo_accuracy_<gpu>.json")
+    path, data = files[0]
+    r = data["results"]
+    lines = [f"{r['prompts']} demo benchmark prompts x {len(r['seeds'])} noise seeds, the same prompts, seeds and "
+             f"counts under both attentions, scored by `eval --detector demo-counter`:", "",
+             "| attention | plain | NUMINA | NUMINA - plain (paired) | prompts better / worse |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for attention, c in r["numina_vs_plain"].items():
+        p = c["paired"]
+        lines.append(f"| {attention} | {c['a']['mean']:.3f} | {c['b']['mean']:.3f} | {p['mean_difference']:+.3f} "
+                     f"| {p['better']} / {p['worse']} |")
+    lines += ["", "| mode | bf16 | fp8 | fp8 - bf16 (paired) | prompts better / worse / same |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for mode, c in r["fp8_vs_bf16"].items():
+        p = c["paired"]
+        lines.append(f"| {mode} | {c['a']['mean']:.3f} | {c['b']['mean']:.3f} | {p['mean_difference']:+.3f} "
+                     f"| {p['better']} / {p['worse']} / {p['same']} |")
+    together = " (both batches at once on the GPU)" if r.get("batches_in_parallel") else ""
+    lines += ["", "Batch wall time" + together + ": " + ", ".join(
+        f"{a} {s:.0f} s" for a, s in r["wall_seconds"]["batch"].items()) + ".", "", _source(path, data)]
+    return "\n".join(lines)
 
 
 def render_memory() -> str:
@@ -398,6 +435,7 @@ def render_step_cache() -> str:
 
 RENDERERS = {"cli_threads": render_cli_threads, "e2e": render_e2e, "countbench_demo": render_countbench_demo,
              "numina_stages": render_numina_stages, "demo_workflow": render_demo_workflow,
+             "fp8_demo_accuracy": render_fp8_demo_accuracy,
              "modulated_cross_attention": render_modulated_cross_attention, "kernels": render_kernels,
              "dit_forward": render_dit_forward, "fp8_attention": render_fp8_attention, "memory": render_memory,
              "step_cache": render_step_cache}
