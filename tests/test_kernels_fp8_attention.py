@@ -238,7 +238,9 @@ def test_bad_inputs_are_refused(bad_call, message):
 
 
 def test_unsupported_devices_are_named():
-    assert "needs a CUDA GPU" in fp8_unsupported_reason("cpu")
+    assert fp8_unsupported_reason("cpu") == "FP8 attention needs a CUDA GPU, and the device is cpu"
+    if not torch.cuda.is_available():
+        assert "this machine has none usable (cuda asked for)" in fp8_unsupported_reason("cuda")
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
         reason = fp8_unsupported_reason("cuda")

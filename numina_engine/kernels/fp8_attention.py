@@ -85,8 +85,10 @@ def fp8_unsupported_reason(device: torch.device | str) -> str | None:
     """Why `fp8_attention` cannot run compiled on `device` (None when it can): no CUDA device, no
     triton, or a GPU below compute capability 8.9 (FP8 tensor cores: Ada, Hopper and newer)."""
     device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
+    if device.type != "cuda":
         return f"FP8 attention needs a CUDA GPU, and the device is {device}"
+    if not torch.cuda.is_available():
+        return f"FP8 attention needs a CUDA GPU, and this machine has none usable ({device} asked for)"
     if not TRITON_AVAILABLE:
         return "FP8 attention is a Triton kernel, and triton is not installed (pip install triton)"
     major, minor = torch.cuda.get_device_capability(device)
