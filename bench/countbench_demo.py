@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results_file import provenance  # noqa: E402
+from bench.results_file import provenance, require_one_run  # noqa: E402
 from bench.shards import parse_shard  # noqa: E402
 from numina_engine import Engine, GenerationRequest  # noqa: E402
 from numina_engine.demo.counter import count_world_nouns, video_accuracy  # noqa: E402
@@ -52,6 +52,7 @@ from numina_engine.demo.world import WorldConfig, captions, count_phrases, sampl
 from numina_engine.engine.pipeline import numina_config_for  # noqa: E402
 from numina_engine.numina.refinement import refine_layout  # noqa: E402
 
+RUN_FIELDS = ("git_commit", "checkpoint", "numina_overrides")   # parts of one run agree on these
 BENCH_SEED = 20261125        # the training script uses seed 1, bench/numina_stages.py 20261201
 MODES = {
     "plain": None,
@@ -121,9 +122,12 @@ def run_seed(engine: Engine, items: list[tuple[int, dict]], seed: int, modes: li
 
 def summarise(out: Path) -> dict:
     """Merge out/results_seed*.json into out/results.json and the table out/results.md."""
-    parts = [json.loads(p.read_text()) for p in sorted(out.glob("results_seed*.json"))]
+    paths = sorted(out.glob("results_seed*.json"))
+    parts = [json.loads(p.read_text()) for p in paths]
     if not parts:
         raise SystemExit(f"no results_seed*.json in {out}")
+    require_one_run({str(path): {field: part["meta"].get(field) for field in RUN_FIELDS}
+                     for path, part in zip(paths, parts)}, remedy="summarise the parts of one run only")
     by_seed: dict[int, list[dict]] = {}
     for part in parts:                       # a seed may come in several shards (--shard)
         by_seed.setdefault(part["seed"], []).append(part)
@@ -160,11 +164,6 @@ def summarise(out: Path) -> dict:
             mode_pairs[f"{b} - {a}"] = {"paired_difference": round(statistics.fmean(diffs), 4),
                                         "prompts_better": sum(d > 0 for d in diffs),
                                         "prompts_worse": sum(d < 0 for d in diffs)}
-    for field in ("git_commit", "checkpoint", "numina_overrides"):    # one run's parts, not a mix of runs
-        values = {json.dumps(part["meta"].get(field)) for part in parts}
-        if len(values) > 1:
-            raise SystemExit(f"{out}: the results files differ in {field} ({', '.join(sorted(values))}): "
-                             f"summarise the parts of one run only")
     meta = dict(parts[0]["meta"])
     results = {"checkpoint": meta.pop("checkpoint", None), "numina_overrides": meta.pop("numina_overrides", {}),
                "bench_seed": BENCH_SEED,

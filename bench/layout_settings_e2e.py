@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import countbench_demo  # noqa: E402
 from bench.countbench_demo import benchmark_prompts, run_seed  # noqa: E402
 from bench.numina_stages import VALIDATION_SEED  # noqa: E402
-from bench.results_file import provenance, write_results  # noqa: E402
+from bench.results_file import provenance, require_one_run, write_results  # noqa: E402
 from numina_engine import Engine  # noqa: E402
 
 MODES = ("engine-noun", "engine-phrase")
@@ -69,15 +69,23 @@ def summarise(videos: list[dict], candidates: dict[str, dict]) -> dict:
     return summary
 
 
+def run_fields(part: dict) -> dict:
+    """What the files of one run (on other noise seeds) share: commit, checkpoint, validation prompts,
+    candidates (name -> overrides). part: a results file of this script (header and results)."""
+    results = part["results"]
+    return {"git_commit": part.get("git_commit"), "checkpoint": part.get("checkpoint"),
+            "validation_seed": results.get("validation_seed"), "prompts": results["prompts"],
+            "candidates": {name: row["overrides"] for name, row in results["summary"].items() if name != "plain"}}
+
+
 def merge(paths: list[Path], out: Path) -> None:
-    """One results file from several runs of this script on other noise seeds (same prompts, candidates)."""
+    """One results file from several runs of this script on other noise seeds (refused unless they agree on
+    run_fields)."""
     parts = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    require_one_run({str(path): run_fields(part) for path, part in zip(paths, parts)},
+                    remedy="merge the files of one run (one commit, checkpoint, prompts and candidates) only")
     first = parts[0]["results"]
-    candidates = {name: first["summary"][name]["overrides"] for name in first["summary"] if name != "plain"}
-    for path, part in zip(paths, parts):
-        r = part["results"]
-        if r["prompts"] != first["prompts"] or {n: r["summary"][n]["overrides"] for n in candidates} != candidates:
-            raise SystemExit(f"{path}: other prompts or candidates than {paths[0]}")
+    candidates = run_fields(parts[0])["candidates"]
     videos = [v for part in parts for v in part["results"]["videos"]]
     seeds = sorted({v["seed"] for v in videos})
     if len(seeds) * first["prompts"] != len(videos):
@@ -119,6 +127,7 @@ def main() -> None:
         candidates[name] = overrides
     engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=False)
     header = provenance("bench/layout_settings_e2e.py", device=str(engine.model.device))
+    header["checkpoint"] = str(engine.model.path)
     items = benchmark_prompts(args.prompts, seed=VALIDATION_SEED)
     # each candidate's rows as modes of countbench_demo.run_seed, so that every (prompt, seed) runs plain once
     rows = {f"{mode}@{name}": {**countbench_demo.MODES[mode], **overrides}

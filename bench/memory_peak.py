@@ -10,10 +10,13 @@ forced to run with a real modulation plan (bench/e2e.py add_disc):
     14B at 1280x720x81   NUMINA, offload "text-encoder" (umT5 streamed to the GPU to encode, not kept
                          there); goal: <= 75 GiB allocated for the whole run
 
-A warm-up generation at the 1.3B size (5 frames) compiles the kernels first, so the 1.3B times
-compare offload against none fairly; the 14B run has no warm-up of its own (kernels for its widths
-compile inside it: its times are upper bounds; its memory is what it is). Per run: wall time and
-seconds per phase, and the peak allocated (and reserved) memory of the run and of each phase.
+Before the first 1.3B run of each offload mode, a warm-up generation of that mode at the runs' own
+shape (NUMINA, phase 2 forced; not timed; bench/e2e_configs.warmup_plan, as bench/e2e.py does) takes
+the one-time costs (kernel compilation, cuDNN plans, the encoder's move to the CPU, the VAE's first
+pinned host-cache allocations), so the 1.3B times compare offload against none fairly; the 14B run has
+no warm-up of its own (kernels for its widths compile inside it: its times are upper bounds; its memory
+is what it is). Per run: wall time and seconds per phase, and the peak allocated (and reserved) memory
+of the run and of each phase.
 
     python -m bench.memory_peak [--only 1.3B|14B] [--json docs/results/memory_h200.json]
 """
@@ -28,7 +31,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.e2e import COUNTS, PROMPT, timed_run  # noqa: E402
+from bench.e2e import COUNTS, PROMPT, timed_configuration_run, timed_run  # noqa: E402
+from bench.e2e_configs import Configuration, warmup_plan  # noqa: E402
 from bench.random_wan import random_wan  # noqa: E402
 from numina_engine.engine.settings import GenerationRequest  # noqa: E402
 
@@ -36,11 +40,13 @@ STEPS = 2
 GOALS_GIB = {"1.3B": 8.5, "14B": 75.0}          # peak allocated, issue #15
 SHAPES = {"1.3B": (832, 480), "14B": (1280, 720)}
 FRAMES = 81
+# the 1.3B runs' settings, one per offload mode, in the order run (each: plain, then NUMINA)
+CONFIGURATIONS_1_3B = [Configuration(f"1.3B offload {mode}", "bf16", "off", mode) for mode in ("none", "full")]
 
 
-def request(config: str, numina: bool, frames: int = FRAMES) -> GenerationRequest:
+def request(config: str, numina: bool) -> GenerationRequest:
     width, height = SHAPES[config]
-    return GenerationRequest(prompt=PROMPT, seed=1, width=width, height=height, frames=frames, steps=STEPS,
+    return GenerationRequest(prompt=PROMPT, seed=1, width=width, height=height, frames=FRAMES, steps=STEPS,
                              counts=COUNTS if numina else None, numina=numina,
                              numina_overrides={"reference_step": STEPS - 1} if numina else {})
 
@@ -62,12 +68,15 @@ def measured(config: str, numina: bool, offload: str, model) -> tuple[dict, torc
 
 def run_1_3b() -> list[dict]:
     model = random_wan("1.3B", torch.device("cuda"))
-    # warm-up at the runs' own shape (kernel compilation, cuDNN plans, first pinned-memory allocations)
-    timed_run(model, request("1.3B", True, frames=FRAMES), cuda_graphs=True, force_modulation=True)
     rows, videos = [], {}
-    for offload in ("none", "full"):
-        if offload == "full":           # where an offloaded engine loads it; not timed as the runs' "offload"
-            model.text_encoder.model.to("cpu")
+    for configuration, warmup in zip(CONFIGURATIONS_1_3B, warmup_plan(CONFIGURATIONS_1_3B)):
+        offload = configuration.offload
+        if warmup is not None:
+            # not timed; it also puts the text encoder where an offloaded engine loads it (the CPU) and leaves
+            # the DiT where a video of this mode finds it after another (bench/e2e.py place_as_between_videos)
+            attention, mode = warmup
+            timed_configuration_run(model, Configuration("warm-up", attention, "off", mode), request("1.3B", True),
+                                    force_modulation=True)
         for numina in (False, True):
             row, videos[offload, numina] = measured("1.3B", numina, offload, model)
             rows.append(row)

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.countbench_demo import benchmark_prompts  # noqa: E402
-from bench.results_file import provenance  # noqa: E402
+from bench.results_file import provenance, require_one_run  # noqa: E402
 from bench.shards import parse_shard  # noqa: E402
 from numina_engine import Engine, GenerationRequest  # noqa: E402
 from numina_engine.demo.counter import count_world_nouns  # noqa: E402
@@ -309,19 +309,26 @@ def print_tables(summary: dict, config) -> None:
         print(f"   {key}: success {v['success_rate']:.2f} moved the right way {v['moved_rate']:.2f} ({v['trials']})")
 
 
+# what a run's shards share besides commit and checkpoint (merge_shards refuses a mix)
+SHARD_SETTINGS = ("validation_seed", "noise_seed", "reference_layer", "reference_step", "mode", "prompts_asked")
+
+
 def merge_shards(out: Path) -> dict:
     """DIR/stages.json from DIR/stages_shard*.json (each shard's records keep their AUC lists): the summary
     over every shard's prompts, as one process would have written it; the header of the first shard."""
-    parts = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(out.glob("stages_shard*.json"))]
+    paths = sorted(out.glob("stages_shard*.json"))
+    parts = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
     if not parts:
         raise SystemExit(f"no stages_shard*.json in {out}")
+    require_one_run({str(path): {"git_commit": part.get("git_commit"), "checkpoint": part.get("checkpoint"),
+                                 **{field: part["results"].get(field) for field in SHARD_SETTINGS}}
+                     for path, part in zip(paths, parts)}, remedy="merge the shards of one run only")
     records = [r for part in parts for r in part["results"]["records"]]
     trials = [t for part in parts for t in part["results"]["trials"]]
     first = parts[0]["results"]
     summary = summarise(records, trials)
     payload = {**{k: v for k, v in parts[0].items() if k != "results"}, "results": {
-        **{k: first[k] for k in ("validation_seed", "noise_seed", "reference_layer", "reference_step", "mode")},
-        "prompts": len(records), "prompts_asked": first["prompts_asked"], "shards": len(parts),
+        **{k: first[k] for k in SHARD_SETTINGS}, "prompts": len(records), "shards": len(parts),
         "summary": summary, "trials": trials, "records": [{k: v for k, v in r.items() if k != "auc"} for r in records]}}
     (out / "stages.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     print(f"{len(records)} prompts from {len(parts)} shards")
@@ -346,6 +353,7 @@ def main() -> None:
         return
     engine = Engine.load(args.ckpt_dir, device=args.device, cuda_graphs=False)
     header = provenance("bench/numina_stages.py", device=str(engine.model.device))
+    header["checkpoint"] = str(engine.model.path)
     shard, shards = args.shard
     items = benchmark_prompts(args.prompts, seed=VALIDATION_SEED)
     config = pipeline.prepare(engine.model, GenerationRequest(

@@ -17,10 +17,11 @@ Launch once per GPU count, the 1-GPU run first (the others are compared with its
 
 Rank 0 prints one JSON object per run ({"model", "size", "frames", "mode", "gpus", "plan", "step_s",
 "speedup", "efficiency", "peak_memory_gib_per_gpu", "latents_relative_error_vs_1_gpu", ...}) and a table of
-every row in the --json file; it adds its rows to that file (a row of the same model, shape, mode and
-plan is replaced), and computes speedup = 1-GPU step_s / step_s and efficiency = speedup / gpus from
-the file's 1-GPU row of the same model, shape and mode. --device cpu --model tiny runs the same on a CPU
-gloo world (a check of the script, not a benchmark).
+every row in the --json file; it adds its rows to that file (a row of the same model, shape, steps, mode,
+reference step, GPU count and plan is replaced; a file written at another commit, on another device or
+with other versions is refused), and computes speedup = 1-GPU step_s / step_s and efficiency = speedup /
+gpus from the file's 1-GPU row of the same model, shape, steps, mode and reference step. --device cpu
+--model tiny runs the same on a CPU gloo world (a check of the script, not a benchmark).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.e2e import disc_added                                                   # noqa: E402
+from bench.results_file import provenance, require_one_run, write_results          # noqa: E402
 from numina_engine.engine import pipeline                                          # noqa: E402
 from numina_engine.engine.config import PRESETS                                    # noqa: E402
 from numina_engine.engine.forward_state import ForwardState, Modulation            # noqa: E402
@@ -49,6 +51,7 @@ from numina_engine.engine.settings import GenerationRequest, parse_size, resolve
 from numina_engine.numina.config import NuminaConfig                               # noqa: E402
 from numina_engine.numina.modulation import build_modulation_plan                  # noqa: E402
 
+RUN_FIELDS = ("git_commit", "device", "versions")   # a --json file's rows and this run's: one commit, GPU, software
 NOUN_TOKENS = {"cats": [1], "dogs": [4, 5]}          # text positions the layouts' nouns are read from
 COUNTS = {"cats": 3, "dogs": 2}
 SEED = 1
@@ -122,7 +125,28 @@ def peak_memory_gib(device: torch.device) -> list[float]:
 
 
 def row_key(row: dict) -> tuple:
-    return row["model"], row["size"], row["frames"], row["steps"], row["mode"]
+    """What a row's 1-GPU baseline shares with it: the model, the shape, the steps, the mode (and NUMINA's
+    reference step, None in plain rows)."""
+    return row["model"], row["size"], row["frames"], row["steps"], row["mode"], row.get("reference_step")
+
+
+def previous_rows(path: Path | None, header: dict) -> list[dict]:
+    """The rows already in the results file at `path` (none: no file, or no --json), refused (SystemExit)
+    where the file was written at another commit, on another device or with other versions than this run
+    (`header`, its provenance): this run's speedups are taken against the file's 1-GPU rows."""
+    if path is None or not path.is_file():
+        return []
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    require_one_run({str(path): {field: previous.get(field) for field in RUN_FIELDS},
+                     "this run": {field: header.get(field) for field in RUN_FIELDS}},
+                    remedy="run every GPU count at one commit on one machine, or write to another --json file")
+    return previous["results"]["rows"]
+
+
+def added_rows(previous: list[dict], rows: list[dict]) -> list[dict]:
+    """`previous` rows and this run's `rows`: a previous row of the same key, GPU count and plan is replaced."""
+    replaced = {(row_key(row), row["gpus"], row["plan"]) for row in rows}
+    return [row for row in previous if (row_key(row), row["gpus"], row["plan"]) not in replaced] + rows
 
 
 def finish_rows(rows: list[dict], latents_dir: Path) -> None:
@@ -143,10 +167,12 @@ def finish_rows(rows: list[dict], latents_dir: Path) -> None:
 def print_table(rows: list[dict]) -> None:
     print("| model | size x frames | mode | GPUs | plan | s/step | speedup | efficiency | peak GiB/GPU | rel. err vs 1 GPU |")
     print("| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-    for row in sorted(rows, key=lambda r: (*row_key(r), r["gpus"])):
+    for row in sorted(rows, key=lambda r: (*row_key(r)[:-1], r.get("reference_step") or 0, r["gpus"])):
         peak = max(row["peak_memory_gib_per_gpu"]) if row["peak_memory_gib_per_gpu"] else float("nan")
         error = row.get("latents_relative_error_vs_1_gpu")
-        print(f"| {row['model']} | {row['size']} x {row['frames']} | {row['mode']} | {row['gpus']} | {row['plan']} | "
+        step = row.get("reference_step")
+        mode = row["mode"] if step is None else f"{row['mode']} (ref. step {step})"
+        print(f"| {row['model']} | {row['size']} x {row['frames']} | {mode} | {row['gpus']} | {row['plan']} | "
               f"{row['step_s']:.3f} | {row.get('speedup', float('nan')):.2f} | {row.get('efficiency', float('nan')):.2f} | "
               f"{peak:.1f} | {'-' if error is None else f'{error:.2e}'} |")
 
@@ -174,6 +200,8 @@ def main() -> None:
         dtype = torch.bfloat16
     else:
         device, dtype = torch.device("cpu"), torch.float32
+    header = provenance("bench/parallel_scaling.py", device=str(device) if device.type == "cuda" else "cpu")
+    previous = previous_rows(Path(args.json) if args.json else None, header)    # every rank: all stop alike
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)
@@ -215,27 +243,24 @@ def main() -> None:
         else:
             latents = numina_run(model, noise, context, settings, config, timer)
             step_s = timer["phase2_s"] / args.steps
+        reference_step = args.reference_step if mode == "numina" else None
         row = {"model": args.model, "size": args.size, "frames": args.frames, "steps": args.steps, "mode": mode,
+               "reference_step": reference_step,
                "gpus": world, "plan": plan.describe(), "step_s": step_s, "timings_s": timer,
                "peak_memory_gib_per_gpu": peak_memory_gib(device), "grid": list(model.dit.token_grid(noise.shape)),
-               "latents_file": f"{args.model}_{args.size}_{args.frames}_{args.steps}_{mode}_{world}gpu.pt"}
+               "latents_file": f"{args.model}_{args.size}_{args.frames}_{args.steps}_{mode}"
+                               f"{'' if reference_step is None else f'_ref{reference_step}'}_{world}gpu.pt"}
         if rank == 0:
             torch.save(latents.cpu(), latents_dir / row["latents_file"])
         rows.append(row)
     if rank == 0:
-        all_rows = rows
-        if args.json and Path(args.json).is_file():
-            kept = [row for row in json.loads(Path(args.json).read_text())["results"]["rows"]
-                    if (row_key(row), row["gpus"], row["plan"]) not in {(row_key(r), r["gpus"], r["plan"]) for r in rows}]
-            all_rows = kept + rows
+        all_rows = added_rows(previous, rows)
         finish_rows(all_rows, latents_dir)
         for row in rows:
             print(json.dumps(row))
         print_table(all_rows)
         if args.json:
-            from bench.results_file import write_results
-            write_results(args.json, "bench/parallel_scaling.py", {"rows": all_rows},
-                          device=str(device) if device.type == "cuda" else "cpu")
+            write_results(args.json, "bench/parallel_scaling.py", {"rows": all_rows}, header=header)
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -7,6 +7,8 @@ The file holds {"script", "argv", "device", "date", "git_commit", "git_dirty", "
 `device` is the CUDA device's name (torch.cuda.get_device_name) or "cpu: <processor>, <n> cores" when
 nothing ran on a GPU; `date` is UTC ISO-8601; versions of python, torch and triton (None when absent).
 README's tables are rendered from these files (tools/render_readme_tables.py), never typed in.
+Scripts that merge several parts (shards, seeds, GPU counts) refuse parts of different runs with
+`require_one_run` (one rule for all of them: commit, checkpoint, settings agree).
 """
 from __future__ import annotations
 
@@ -78,3 +80,20 @@ def write_results(path: str | os.PathLike, script: str, results: dict, *, argv: 
     temp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     temp.replace(path)
     return path
+
+
+def require_one_run(parts: dict[str, dict], remedy: str) -> None:
+    """Refuse to merge results of different runs: SystemExit naming the first field whose value differs
+    between the parts, each value with the parts that have it, then `remedy`.
+
+    parts: a part's name (its file) -> the fields that make a run one run (its commit, checkpoint,
+    settings: JSON values), the same fields for every part; values are compared as JSON (None = absent).
+    """
+    fields = list(dict.fromkeys(field for values in parts.values() for field in values))
+    for field in fields:
+        holders: dict[str, list[str]] = {}
+        for name, values in parts.items():
+            holders.setdefault(json.dumps(values.get(field), sort_keys=True), []).append(name)
+        if len(holders) > 1:
+            listing = "; ".join(f"{value} in {', '.join(names)}" for value, names in holders.items())
+            raise SystemExit(f"the results differ in {field} ({listing}): {remedy}")

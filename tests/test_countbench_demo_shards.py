@@ -61,5 +61,18 @@ def test_summarise_refuses_parts_of_different_commits(tmp_path):
     other = json.loads((tmp_path / "results_seed0.json").read_text())
     other["meta"]["git_commit"], other["seed"] = "another", 1
     (tmp_path / "results_seed1.json").write_text(json.dumps(other))
-    with pytest.raises(SystemExit, match="differ in git_commit"):
+    with pytest.raises(SystemExit, match="differ in git_commit") as refused:
+        bench.summarise(tmp_path)
+    assert '"c" in ' in str(refused.value) and '"another" in ' in str(refused.value)
+    assert "results_seed1.json" in str(refused.value)
+
+
+def test_summarise_refuses_parts_of_other_overrides(tmp_path):
+    bench = _bench()
+    for seed, overrides in ((0, {"reference_layer": 4}), (1, {"reference_layer": 6})):
+        _write(tmp_path, f"results_seed{seed}.json", seed, 1.0, [_video(0, seed, 0.5, 0.5)])
+        part = json.loads((tmp_path / f"results_seed{seed}.json").read_text())
+        part["meta"]["numina_overrides"] = overrides
+        (tmp_path / f"results_seed{seed}.json").write_text(json.dumps(part))
+    with pytest.raises(SystemExit, match="differ in numina_overrides"):
         bench.summarise(tmp_path)

@@ -169,3 +169,33 @@ def test_e2e_merge_joins_seeds(tmp_path):
     assert merged["noise_seeds"] == [0, 1] and len(merged["videos"]) == 4
     assert merged["summary"]["c"]["engine-noun vs current"]["paired_difference_to_current"] == 0.75
     assert merged["summary"]["current"]["engine-noun"]["per_seed"] == {"0": 0.0, "1": 0.5}
+
+
+def test_e2e_merge_refuses_files_of_other_runs(tmp_path):
+    """Files of another commit, checkpoint or candidate set are not seeds of one run: refused, the field named."""
+    import json
+
+    import pytest
+
+    from bench.layout_settings_e2e import MODES, merge
+
+    def write(name: str, seed: int, commit: str = "c", checkpoint: str = "x", ratio: float = 0.5):
+        summary = {"plain": {}, "current": {"overrides": {}}, "c": {"overrides": {"cross_attn_peak_ratio": ratio}}}
+        videos = [{"index": 0, "seed": seed, "plain": {"accuracy": 0.5},
+                   **{f"{m}@{n}": {"accuracy": 0.5} for m in MODES for n in ("current", "c")}}]
+        (tmp_path / name).write_text(json.dumps({
+            "script": "bench/layout_settings_e2e.py", "argv": [], "device": "cpu", "date": "d", "git_commit": commit,
+            "checkpoint": checkpoint, "results": {"validation_seed": 1, "prompts": 1, "seconds": 1.0,
+                                                  "summary": summary, "videos": videos}}))
+        return tmp_path / name
+
+    same = write("s0.json", 0)
+    for changed, field in ((dict(commit="d"), "git_commit"), (dict(checkpoint="y"), "checkpoint"),
+                           (dict(ratio=0.6), "candidates")):
+        other = write("s1.json", 1, **changed)
+        with pytest.raises(SystemExit, match=f"differ in {field}") as refused:
+            merge([same, other], tmp_path / "all.json")
+        assert str(same) in str(refused.value) and str(other) in str(refused.value)
+    assert not (tmp_path / "all.json").exists()
+    merge([same, write("s1.json", 1)], tmp_path / "all.json")
+    assert json.loads((tmp_path / "all.json").read_text())["results"]["noise_seeds"] == [0, 1]

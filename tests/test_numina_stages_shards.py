@@ -7,6 +7,8 @@ import random
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -44,3 +46,29 @@ def test_merged_shards_summarise_like_one_run(tmp_path):
     assert merged["prompts"] == 7 and merged["shards"] == 3
     assert json.loads(json.dumps(merged["summary"])) == json.loads(json.dumps(expected))
     assert json.loads((tmp_path / "stages.json").read_text())["results"]["summary"] == json.loads(json.dumps(expected))
+
+
+def test_merge_refuses_shards_of_other_runs(tmp_path):
+    """Shards of another commit or with another reference step are not one run: refused, the field named."""
+    bench = _bench()
+    results = {"validation_seed": 1, "noise_seed": 0, "reference_layer": 4, "reference_step": 10, "mode": "engine",
+               "prompts_asked": 2}
+    header = {"script": "bench/numina_stages.py", "device": "cpu", "date": "d", "git_commit": "c", "checkpoint": "x"}
+
+    def write(shard: int, **changes):
+        head = {**header, **{k: v for k, v in changes.items() if k in header}}
+        res = {**results, **{k: v for k, v in changes.items() if k in results},
+               "records": [_record(random.Random(shard), shard)],
+               "trials": [{"edit": "add", "scope": "noun", "success": True, "moved": True}]}
+        (tmp_path / f"stages_shard{shard}of2.json").write_text(json.dumps({**head, "results": res}))
+
+    write(0)
+    write(1, reference_step=8)
+    with pytest.raises(SystemExit, match="differ in reference_step") as refused:
+        bench.merge_shards(tmp_path)
+    assert "10 in " in str(refused.value) and "8 in " in str(refused.value)
+    write(1, git_commit="another")
+    with pytest.raises(SystemExit, match="differ in git_commit"):
+        bench.merge_shards(tmp_path)
+    write(1)
+    assert bench.merge_shards(tmp_path)["results"]["shards"] == 2

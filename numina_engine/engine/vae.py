@@ -178,6 +178,11 @@ def pixels_to_uint8(video: torch.Tensor) -> torch.Tensor:
     return ((video + 1) / 2 * 255).to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous()
 
 
+def pinned_empty(shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor of `shape` and `dtype` in pinned (page-locked) CPU memory; needs CUDA."""
+    return torch.empty(shape, dtype=dtype, pin_memory=True)
+
+
 class HostFeatureCache(list):
     """diffusers' causal-convolution cache list (AutoencoderKLWan._feat_map: per convolution None, "Rep" or
     its last input frames [1, C, <=2, H, W]) that keeps each cached tensor in pinned CPU memory.
@@ -186,11 +191,30 @@ class HostFeatureCache(list):
     convolution only) and then writes its new input frames, which are copied to the CPU as they are
     written (asynchronously, in stream order): the GPU holds one convolution's cache at a time. Costs
     two copies of the cache per latent frame over PCIe (about 7.4 GB at 480p).
+
+    Each slot keeps one host buffer (`allocate(shape, dtype)`, pinned by default) and copies every later
+    write of the same shape and dtype into it; a write of another shape (the first latent frame caches
+    1 frame, the others 2) replaces it. So pinned memory is taken once per slot and shape, not once per
+    write (each new pinned tensor is a trip through PyTorch's caching host allocator, a cudaHostAlloc
+    when it holds no free block of that size, rounded up to a power of two).
+
+    The device-to-host copies stay non_blocking, and overwriting a buffer is safe without an event: an
+    entry is only read by the convolution that writes it, before it writes it (see DroppedFeatureCache),
+    and that read (`.to(device)`, blocking) is enqueued on the same current stream as the copy that
+    overwrites the buffer after it and has finished when it returns (a blocking copy from pinned memory
+    synchronises its stream); the CPU never touches a buffer's bytes.
     """
+
+    def __init__(self, entries=(), *, allocate=pinned_empty):
+        super().__init__(entries)
+        self._allocate = allocate
+        self._buffers: dict[int, torch.Tensor] = {}     # slot -> its host buffer, kept across writes
 
     def __setitem__(self, index, value):
         if isinstance(value, torch.Tensor) and value.is_cuda:
-            host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+            host = self._buffers.get(index)
+            if host is None or host.shape != value.shape or host.dtype != value.dtype:
+                host = self._buffers[index] = self._allocate(value.shape, value.dtype)
             host.copy_(value, non_blocking=True)
             value = host
         super().__setitem__(index, value)
