@@ -80,3 +80,11 @@ def test_meanshift_layouts_still_get_the_self_maps_and_best_heads(engine, monkey
     assert ref.extraction.head_scores.shape[0] == frames
     assert result.report["numina"]["best_head_per_frame"] == ref.extraction.best_head.tolist()
 
+
+def test_a_prepared_request_is_used_only_with_its_own_request(engine):
+    """generate takes check()'s result instead of preparing again, and refuses one made for another request."""
+    request = GenerationRequest(prompt=PROMPT, counts=COUNTS, **SMALL)
+    prepared = engine.check(request)
+    request.counts["apples"] = 4                       # changed after the check
+    with pytest.raises(ValueError, match="another request"):
+        engine.generate(request, progress=False, prepared=prepared)

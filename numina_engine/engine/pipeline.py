@@ -29,6 +29,7 @@ encode), the DiT off the GPU while the VAE decodes and the extraction's maps in 
 """
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -432,7 +433,9 @@ def plan_layouts(ref: ReferencePass, counts: dict[str, int], config: NuminaConfi
 
 @dataclass(frozen=True)
 class Prepared:
-    """A checked request: settings, counted nouns with their token positions, NUMINA settings (None: plain)."""
+    """A checked request (`request`: a copy of it as checked): settings, counted nouns with their token
+    positions, NUMINA settings (None: plain)."""
+    request: GenerationRequest
     settings: ResolvedSettings
     counts: dict[str, int]
     positions: dict[str, list[int]]
@@ -446,10 +449,10 @@ def prepare(model: WanModel, request: GenerationRequest) -> Prepared:
         raise CheckpointError(f"{model.path}: unknown counter {model.defaults.counter!r}; known: {sorted(COUNTERS)}")
     settings = resolve(request, model.defaults, model.geometry)
     if not request.numina:
-        return Prepared(settings, {}, {}, None)
+        return Prepared(copy.deepcopy(request), settings, {}, {}, None)
     config = numina_config_for(model, request, settings.steps)
     counts, positions = counted_nouns(model, request, settings.prompt, config.token_scope, config.token_match)
-    return Prepared(settings, counts, positions, config if counts else None)
+    return Prepared(copy.deepcopy(request), settings, counts, positions, config if counts else None)
 
 
 def step_cache_for(model: WanModel, request: GenerationRequest, config: NuminaConfig | None, run: str) -> EasyCache:
@@ -504,8 +507,11 @@ def outcome_message(summaries: dict, regenerated: bool, when_nothing_to_modulate
 def generate(model: WanModel, request: GenerationRequest, *, progress: bool = True, cuda_graphs: bool = True,
              offload: bool | str = False,
              edit_layout: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, torch.Tensor]]
-             | None = None) -> GenerationResult:
+             | None = None, prepared: Prepared | None = None) -> GenerationResult:
     """Make one video. Bad requests raise UserInputError before any heavy work starts.
+
+    `prepared`: prepare(model, request)'s result when the caller already checked the request (the CLI
+    does, to refuse bad input before generating), so that it is not prepared again; None: prepared here.
 
     `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA and for a DiT under a
     ParallelPlan, whose collectives are not captured). `offload`: one of
@@ -517,7 +523,10 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
     must not); whether phase 2 regenerates is then decided from the edited layouts (some refined layout
     differs from its reference), and the refinement summaries in the report describe the unedited layouts.
     """
-    prepared = prepare(model, request)
+    if prepared is None:
+        prepared = prepare(model, request)
+    elif prepared.request != request:
+        raise ValueError("`prepared` was prepared for another request than the one given")
     settings, counts, positions, config = prepared.settings, prepared.counts, prepared.positions, prepared.config
     offload = offload_mode(offload)
     if model.device.type == "cuda":
