@@ -105,10 +105,11 @@ class Engine:
         return pipeline.prepare(self.model, request)
 
     def generate(self, request: GenerationRequest, *, progress: bool = True,
-                 edit_layout=None) -> pipeline.GenerationResult:
-        """One video; `edit_layout` as in pipeline.generate (tests and benchmarks: a planted layout)."""
+                 edit_layout=None, prepared: pipeline.Prepared | None = None) -> pipeline.GenerationResult:
+        """One video; `edit_layout` as in pipeline.generate (tests and benchmarks: a planted layout);
+        `prepared`: `check(request)`'s result, when already made (not checked again)."""
         return pipeline.generate(self.model, request, progress=progress, cuda_graphs=self.cuda_graphs,
-                                 offload=self.offload, edit_layout=edit_layout)
+                                 offload=self.offload, edit_layout=edit_layout, prepared=prepared)
 
     def save(self, result: pipeline.GenerationResult, out_dir: str | Path, *, preview: bool = False,
              stem: str | None = None, video_format: str = "mp4") -> dict[str, Path]:

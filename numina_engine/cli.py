@@ -270,7 +270,7 @@ def _run(args) -> int:
             print("note: NUMINA skipped: the prompt has no counted noun (e.g. \"three cats\"); running plain "
                   "generation. Pass --counts to name nouns to count.", file=sys.stderr)
         _set_cpu_threads(device, prepared.settings)
-        result = engine.generate(request, progress=not args.quiet and ranks.is_main)
+        result = engine.generate(request, progress=not args.quiet and ranks.is_main, prepared=prepared)
         if ranks.is_main:                           # every rank holds the same video
             if world_size > 1:
                 result.report["parallel"] = {"plan": plan.describe(), "ranks": world_size,

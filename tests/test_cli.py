@@ -133,6 +133,25 @@ def test_prompt_without_counted_noun_runs_plain_and_says_so(tmp_path, capsys):
     assert numina == {"enabled": False, "reason": "the prompt has no counted noun; ran plain Wan2.1"}
 
 
+def test_a_run_prepares_its_request_once(tmp_path, capsys, monkeypatch):
+    """`run` checks the request before generating (bad input refused early) and hands that check on:
+    pipeline.prepare runs once per run, not again inside generate."""
+    from numina_engine.engine import pipeline
+
+    prepared, prepare = [], pipeline.prepare
+
+    def counted(model, request):
+        prepared.append(request.prompt)
+        return prepare(model, request)
+
+    monkeypatch.setattr(pipeline, "prepare", counted)
+    code, _, err = run_cli(capsys, "run", "--prompt", PROMPT, "--steps", "2", "--size", "16*16", "--frames", "3",
+                           "--out-dir", str(tmp_path), "--quiet")
+    assert code == 0, err
+    assert prepared == [PROMPT]
+    assert json.loads((tmp_path / "report.json").read_text())["numina"]["enabled"] is True
+
+
 def test_numina_mode_is_passed_through_and_recorded(tmp_path, capsys):
     code, _, err = run_cli(capsys, "run", "--prompt", PROMPT, "--numina-mode",
                            "engine", "--out-dir", str(tmp_path), "--quiet", "--steps", "6", "--reference-step", "3")

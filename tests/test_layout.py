@@ -9,7 +9,8 @@ import torch
 
 from numina_engine.numina.config import NuminaConfig
 from numina_engine.numina.layout import (assign_instances, build_layouts, count_instances, focus_clusters,
-                                         focus_clusters_sklearn, focus_masks, focus_masks_sklearn, layout_features)
+                                         focus_clusters_sklearn, focus_masks, focus_masks_sklearn, layout_features,
+                                         uses_self_maps)
 from numina_engine.numina.meanshift import (estimate_bandwidth, estimate_bandwidth_sklearn, mean_shift,
                                             mean_shift_sklearn)
 
@@ -190,7 +191,13 @@ def test_focus_clusters_give_the_planted_blobs():
         labels = build_layouts(self_map[None], noun[None, None], (h, w), config)
         assert same_partition(labels.flatten(), blob_id)
         assert torch.equal(labels, build_layouts(self_map[None], noun[None, None], (h, w), config, backend="sklearn"))
+        assert torch.equal(labels, build_layouts(None, noun[None, None], (h, w), config))     # not read
     assert AUTHORS.layout_instances == "meanshift"
+    assert not uses_self_maps(config) and uses_self_maps(CONFIG) and uses_self_maps(AUTHORS)
+    with pytest.raises(ValueError, match="needs the self-attention maps"):
+        build_layouts(None, noun[None, None], (h, w), CONFIG)
+    with pytest.raises(ValueError, match="noun_maps must be"):
+        build_layouts(None, noun[None], (h, w), config)
 
 
 def test_assign_instances_matches_per_frame_loop():

@@ -1,9 +1,11 @@
 """NUMINA's extraction pass at the reference block: what the attention interface hands over to it.
 
 At block `Extraction.layer`, the self-attention runs as `extract_self_attention` (the fused pass
-that also yields within-frame softmax statistics; then the within-frame maps, chunk by chunk of
-frames within a memory budget, each chunk's heads scored at once, each frame's best head kept) and
-the cross-attention as `extract_noun_maps` (each counted noun's probability map in the same pass).
+that also yields within-frame softmax statistics; then, when `Extraction.with_self_maps`, the
+within-frame maps, chunk by chunk of frames within a memory budget, each chunk's heads scored at
+once, each frame's best head kept) and the cross-attention as `extract_noun_maps` (each counted
+noun's probability map in the same pass). A layout that reads no self-attention maps (layout.py
+`uses_self_maps`: layout_instances "focus_clusters") asks for none: the block's output is the same.
 `NuminaConfig.extraction_block_output` picks the block's self-attention output: "full" (the true
 attention) or "within_frame" (block-diagonal, as the NUMINA authors' extraction returns it, so
 that block's cross-attention and noun maps see no cross-frame attention).
@@ -53,7 +55,8 @@ class Extraction:
 
     Inputs: `grid` = token grid (f, h, w); `noun_tokens` int32 [n_nouns, T] text positions of each
     counted noun, padded with -1; `config` (head scoring, `extraction_block_output`);
-    `maps_budget_bytes` bounds the within-frame maps held at a time (see frames_per_chunk).
+    `maps_budget_bytes` bounds the within-frame maps held at a time (see frames_per_chunk);
+    `with_self_maps` False: no within-frame maps and no head scoring (the three fields below stay None).
     Filled in during the forward call:
       `self_maps`   float32 [f, N, N]  within-frame self-attention map of each frame's best head,
       `best_head`   int64   [f],  `head_scores` float32 [f, heads],
@@ -65,6 +68,7 @@ class Extraction:
     config: NuminaConfig
     batch_index: int = 0
     maps_budget_bytes: int = DEFAULT_MAPS_BUDGET_BYTES
+    with_self_maps: bool = True
     self_maps: torch.Tensor | None = None
     best_head: torch.Tensor | None = None
     head_scores: torch.Tensor | None = None
@@ -73,7 +77,8 @@ class Extraction:
 
 def extract_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extraction: Extraction,
                            kernel_choice: KernelChoice, shard: SequenceShard | None = None) -> torch.Tensor:
-    """The reference block's self-attention; fills extraction.self_maps, best_head, head_scores.
+    """The reference block's self-attention; fills extraction.self_maps, best_head, head_scores
+    (with extraction.with_self_maps; without, only the output is computed, by the same kernel).
 
     q, k, v: [B, L, H, D] (RoPE applied), the video's f*h*w tokens first. Returns [B, L, H, D] in
     q's dtype: the full attention, or the within-frame one (config.extraction_block_output).
@@ -88,6 +93,8 @@ def extract_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ex
     out, frame_lse = kernel_choice.pick(kernels.attention_with_frame_lse, q)(
         q, k, v, frame_tokens=tokens, num_frames=frames, kv_len=shard.length if shard is not None else None,
         stats_batch=extraction.batch_index, output=extraction.config.extraction_block_output)
+    if not extraction.with_self_maps:
+        return out
     maps_of = kernel_choice.pick(kernels.frame_attention_maps, q)
     chunk = frames_per_chunk(frames, heads, tokens, extraction.maps_budget_bytes)
     best_maps, best_heads, all_scores = [], [], []

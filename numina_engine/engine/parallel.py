@@ -202,6 +202,8 @@ class ParallelDiT(nn.Module):
             shapes = {"self_maps": ((frames, tokens, tokens), torch.float32), "best_head": ((frames,), torch.int64),
                       "head_scores": ((frames, self.config.num_heads), torch.float32),
                       "noun_maps": ((extraction.noun_tokens.shape[0], frames, tokens), torch.float32)}
+            if not extraction.with_self_maps:            # none made (every rank has the same request)
+                shapes = {"noun_maps": shapes["noun_maps"]}
             for name, (shape, dtype) in shapes.items():
                 value = getattr(extraction, name).contiguous() if self.cfg_rank == 0 else torch.empty(
                     shape, dtype=dtype, device=latents.device)

@@ -8,8 +8,8 @@
     NUMINA:
       phase 1  denoise up to the reference step (EasyCache may reuse cached outputs on stable steps);
                at the reference step run only the conditional pass, only up to the reference layer,
-               extracting the best within-frame self-attention head per frame and each noun's
-               cross-attention map
+               extracting each noun's cross-attention map and, when the layout reads them (not with
+               layout_instances "focus_clusters"), the best within-frame self-attention head per frame
       layout   cluster into countable instances, refine to the target counts, build the modulation plan;
                decode the latent frames layout.png shows of phase 1's last x0 estimate
       phase 2  denoise again from the same noise with the layout bias on the conditional pass while
@@ -29,6 +29,7 @@ encode), the DiT off the GPU while the VAE decodes and the extraction's maps in 
 """
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, UserInputError
 from ..numina.config import BEHAVIOURS, DEFAULT_MODE, NuminaConfig
-from ..numina.layout import build_layouts, count_instances
+from ..numina.layout import build_layouts, count_instances, uses_self_maps
 from ..numina.modulation import build_modulation_plan
 from ..numina.prompt_counts import counted_nouns_from_phrases, parse_counted_nouns
 from ..numina.refinement import refine_layout, summarize_refinement
@@ -380,7 +381,8 @@ def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, 
                    ) -> ReferencePass:
     """Phase 1: denoise up to `config.reference_step` (steps replayed from `graphs`, released before the
     extraction, which runs eagerly), then extract at `config.reference_layer`, holding at most
-    `maps_budget_bytes` of within-frame maps at a time."""
+    `maps_budget_bytes` of within-frame maps at a time; the within-frame maps and head scores only
+    when the layout reads them (layout.uses_self_maps)."""
     scheduler = FlowUniPCScheduler(settings.steps, shift=settings.shift, device=model.device,
                                    sigma_grid=config.sigma_grid)
     cache = EasyCache(config.easycache_tau, config.easycache_warmup, enabled=config.easycache_enabled)
@@ -403,7 +405,8 @@ def reference_pass(model: WanModel, noise: torch.Tensor, context: torch.Tensor, 
 
     grid = model.dit.token_grid(latents.shape)
     extraction = Extraction(layer=config.reference_layer, grid=grid, noun_tokens=noun_tokens, config=config,
-                            batch_index=0, maps_budget_bytes=maps_budget_bytes)
+                            batch_index=0, maps_budget_bytes=maps_budget_bytes,
+                            with_self_maps=uses_self_maps(config))
     state = ForwardState(extraction=extraction, stop_after_layer=config.reference_layer)
     timestep = timestep_at(scheduler, config.reference_step, model.device)
     model.dit(latents.to(model.dtype).unsqueeze(0), timestep, context[COND:COND + 1], state=state)
@@ -430,7 +433,9 @@ def plan_layouts(ref: ReferencePass, counts: dict[str, int], config: NuminaConfi
 
 @dataclass(frozen=True)
 class Prepared:
-    """A checked request: settings, counted nouns with their token positions, NUMINA settings (None: plain)."""
+    """A checked request (`request`: a copy of it as checked): settings, counted nouns with their token
+    positions, NUMINA settings (None: plain)."""
+    request: GenerationRequest
     settings: ResolvedSettings
     counts: dict[str, int]
     positions: dict[str, list[int]]
@@ -444,10 +449,10 @@ def prepare(model: WanModel, request: GenerationRequest) -> Prepared:
         raise CheckpointError(f"{model.path}: unknown counter {model.defaults.counter!r}; known: {sorted(COUNTERS)}")
     settings = resolve(request, model.defaults, model.geometry)
     if not request.numina:
-        return Prepared(settings, {}, {}, None)
+        return Prepared(copy.deepcopy(request), settings, {}, {}, None)
     config = numina_config_for(model, request, settings.steps)
     counts, positions = counted_nouns(model, request, settings.prompt, config.token_scope, config.token_match)
-    return Prepared(settings, counts, positions, config if counts else None)
+    return Prepared(copy.deepcopy(request), settings, counts, positions, config if counts else None)
 
 
 def step_cache_for(model: WanModel, request: GenerationRequest, config: NuminaConfig | None, run: str) -> EasyCache:
@@ -502,8 +507,11 @@ def outcome_message(summaries: dict, regenerated: bool, when_nothing_to_modulate
 def generate(model: WanModel, request: GenerationRequest, *, progress: bool = True, cuda_graphs: bool = True,
              offload: bool | str = False,
              edit_layout: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, torch.Tensor]]
-             | None = None) -> GenerationResult:
+             | None = None, prepared: Prepared | None = None) -> GenerationResult:
     """Make one video. Bad requests raise UserInputError before any heavy work starts.
+
+    `prepared`: prepare(model, request)'s result when the caller already checked the request (the CLI
+    does, to refuse bad input before generating), so that it is not prepared again; None: prepared here.
 
     `cuda_graphs`: replay the denoising steps from CUDA graphs (ignored off CUDA and for a DiT under a
     ParallelPlan, whose collectives are not captured). `offload`: one of
@@ -515,7 +523,10 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
     must not); whether phase 2 regenerates is then decided from the edited layouts (some refined layout
     differs from its reference), and the refinement summaries in the report describe the unedited layouts.
     """
-    prepared = prepare(model, request)
+    if prepared is None:
+        prepared = prepare(model, request)
+    elif prepared.request != request:
+        raise ValueError("`prepared` was prepared for another request than the one given")
     settings, counts, positions, config = prepared.settings, prepared.counts, prepared.positions, prepared.config
     offload = offload_mode(offload)
     if model.device.type == "cuda":
@@ -615,7 +626,9 @@ def generate(model: WanModel, request: GenerationRequest, *, progress: bool = Tr
         "reference_step_source": reference_step_source(model, request, settings.steps),
         "reference_layer": config.reference_layer,
         "token_grid": list(ref.extraction.grid),
-        "best_head_per_frame": ref.extraction.best_head.tolist(),
+        # None with layout_instances "focus_clusters": no head is scored (layout.uses_self_maps)
+        "best_head_per_frame": (ref.extraction.best_head.tolist() if ref.extraction.best_head is not None
+                                else None),
         "counts_found_per_frame": found,
         # what the finished video shows, by the checkpoint's exact counter (None: it has none)
         "final_counts_per_frame": video_counts,

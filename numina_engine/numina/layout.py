@@ -203,27 +203,40 @@ def _resolve_backend(backend: str) -> str:
     return "torch" if backend == "auto" else backend
 
 
-def build_layouts(self_maps: torch.Tensor, noun_maps: torch.Tensor, grid_hw: tuple[int, int],
+def uses_self_maps(config: NuminaConfig) -> bool:
+    """Whether build_layouts reads the self-attention maps under `config` (not with layout_instances
+    "focus_clusters", whose instances come from the noun maps alone): the extraction computes them,
+    and scores the heads, only then."""
+    return config.layout_instances != "focus_clusters"
+
+
+def build_layouts(self_maps: torch.Tensor | None, noun_maps: torch.Tensor, grid_hw: tuple[int, int],
                   config: NuminaConfig, backend: str = "auto") -> torch.Tensor:
     """Countable layouts of every noun in every frame.
 
-    self_maps: [F, N, N] float (selected self-attention head per frame, softmax rows).
+    self_maps: [F, N, N] float (selected self-attention head per frame, softmax rows); may be None
+    when `uses_self_maps(config)` is False.
     noun_maps: [n_nouns, F, N] float (cross-attention response of each noun per token).
     grid_hw: (h, w) with h*w = N. backend: "torch", "sklearn" or "auto" (see module doc).
-    Returns labels int32 [n_nouns, F, h, w] on self_maps' device: 0 background, 1..99 instances.
+    Returns labels int32 [n_nouns, F, h, w] on self_maps' device (without self_maps: noun_maps'):
+    0 background, 1..99 instances.
     """
-    if self_maps.dim() != 3 or self_maps.shape[-1] != self_maps.shape[-2]:
+    if self_maps is None and uses_self_maps(config):
+        raise ValueError(f"layout_instances {config.layout_instances!r} needs the self-attention maps, got None")
+    if self_maps is not None and (self_maps.dim() != 3 or self_maps.shape[-1] != self_maps.shape[-2]):
         raise ValueError(f"self_maps must be [F, N, N], got shape {tuple(self_maps.shape)}")
-    frames, n = self_maps.shape[0], self_maps.shape[-1]
-    if noun_maps.dim() != 3 or noun_maps.shape[1:] != (frames, n):
+    if noun_maps.dim() != 3:
+        raise ValueError(f"noun_maps must be [n_nouns, F, N], got shape {tuple(noun_maps.shape)}")
+    frames, n = (self_maps.shape[0], self_maps.shape[-1]) if self_maps is not None else noun_maps.shape[1:]
+    if noun_maps.shape[1:] != (frames, n):
         raise ValueError(f"noun_maps must be [n_nouns, F={frames}, N={n}], got shape {tuple(noun_maps.shape)}")
     h, w = check_grid(grid_hw, n)
-    device = self_maps.device
+    device = self_maps.device if self_maps is not None else noun_maps.device
     backend = _resolve_backend(backend)
     noun_maps = noun_maps.to(device=device, dtype=torch.float32)
 
     n_nouns = noun_maps.shape[0]
-    if config.layout_instances == "focus_clusters":
+    if not uses_self_maps(config):
         cluster = focus_clusters if backend == "torch" else focus_clusters_sklearn
         labels = cluster(noun_maps, grid_hw, config).to(device)
     else:
