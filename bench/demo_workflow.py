@@ -47,6 +47,19 @@ def timed_command(command: list[str]) -> float:
     return round(time.perf_counter() - started, 1)
 
 
+def batch_command(cli: list[str], prompts: Path, counts: Path, seeds: list[int], out: Path, *options: str) -> list[str]:
+    """`numina-engine batch` over the prompt files, both modes, lossless .npy videos into `out`; `options`
+    are more run options (--device, --attention, ...)."""
+    return cli + ["batch", "--prompts", str(prompts), "--counts", str(counts), "--seeds", *map(str, seeds),
+                  "--modes", "plain", "numina", "--video-format", "npy", "--out-dir", str(out), "--quiet", *options]
+
+
+def eval_command(cli: list[str], videos: Path, prompts: Path, counts: Path, *options: str) -> list[str]:
+    """`numina-engine eval --detector demo-counter` over a batch folder."""
+    return cli + ["eval", "--videos", str(videos), "--prompts", str(prompts), "--counts", str(counts),
+                  "--detector", "demo-counter", *options]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=100, help="demo benchmark prompts (default 100)")
@@ -62,13 +75,8 @@ def main() -> None:
     videos = args.work / "videos"
     before = count_videos(videos)
     device = ["--device", args.device] if args.device else []
-    seconds = {
-        "batch": timed_command(cli + ["batch", "--prompts", str(prompts), "--counts", str(counts), "--seeds",
-                               *map(str, args.seeds), "--modes", "plain", "numina", "--video-format", "npy",
-                               "--out-dir", str(videos), "--quiet", *device]),
-        "eval": timed_command(cli + ["eval", "--videos", str(videos), "--prompts", str(prompts), "--counts", str(counts),
-                              "--detector", "demo-counter", *device]),
-    }
+    seconds = {"batch": timed_command(batch_command(cli, prompts, counts, args.seeds, videos, *device)),
+               "eval": timed_command(eval_command(cli, videos, prompts, counts, *device))}
     comparison_file = videos / "comparison.json"
     seconds["compare"] = timed_command(cli + ["compare", str(videos / "plain"), str(videos / "numina"),
                                        "--out", str(comparison_file)])

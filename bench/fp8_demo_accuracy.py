@@ -25,18 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.demo_workflow import count_videos, timed_command  # noqa: E402
+from bench.demo_workflow import batch_command, count_videos, eval_command, timed_command  # noqa: E402
 from bench.results_file import provenance, write_results  # noqa: E402
 from numina_engine.workflow.demo_benchmark import write_demo_benchmark  # noqa: E402
 
 ATTENTIONS = ("bf16", "fp8")
-MODES = ("plain", "numina")
-
-
-def batch_command(cli: list[str], attention: str, prompts: Path, counts: Path, seeds: list[int], out: Path) -> list[str]:
-    return cli + ["batch", "--attention", attention, "--prompts", str(prompts), "--counts", str(counts), "--seeds",
-                  *map(str, seeds), "--modes", *MODES, "--video-format", "npy", "--out-dir", str(out), "--quiet",
-                  "--device", "cuda"]
+MODES = ("plain", "numina")          # what batch_command makes
 
 
 def run_batches(commands: dict[str, list[str]], parallel: bool) -> dict[str, float]:
@@ -74,10 +68,9 @@ def main() -> None:
     cli = [sys.executable, "-m", "numina_engine"]
     prompts, counts = write_demo_benchmark(args.work / "bench", args.prompts)
     videos = {attention: args.work / attention for attention in ATTENTIONS}
-    batch_s = run_batches({a: batch_command(cli, a, prompts, counts, args.seeds, videos[a]) for a in ATTENTIONS},
-                          args.parallel)
-    eval_s = {a: timed_command(cli + ["eval", "--videos", str(videos[a]), "--prompts", str(prompts), "--counts",
-                                      str(counts), "--detector", "demo-counter"]) for a in ATTENTIONS}
+    batch_s = run_batches({a: batch_command(cli, prompts, counts, args.seeds, videos[a], "--attention", a,
+                                            "--device", "cuda") for a in ATTENTIONS}, args.parallel)
+    eval_s = {a: timed_command(eval_command(cli, videos[a], prompts, counts)) for a in ATTENTIONS}
     results = {"prompts": args.prompts, "seeds": args.seeds, "attentions": list(ATTENTIONS), "modes": list(MODES),
                "batches_in_parallel": args.parallel,
                "videos": {a: count_videos(videos[a]) for a in ATTENTIONS},

@@ -346,7 +346,9 @@ def render_fp8_attention() -> str:
 
 
 def _fp8_variant_name(row: dict) -> str:
-    names = [name for name in ("tma", "warp_specialize", "block_pv", "half_exp") if row.get(name)]
+    """A sweep row's loop variant: its switches that are on (the row's booleans other than "default": the
+    fields of tiles.Fp8Variant, written by bench/fp8_attention.py), else "pointer loads"."""
+    names = [key for key, value in row.items() if value is True and key != "default"]
     return "+".join(names) if names else "pointer loads"
 
 

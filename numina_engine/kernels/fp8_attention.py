@@ -44,6 +44,7 @@ e4m3 after, so float16's 11 bits lose nothing that e4m3's 4 keep), or in float32
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -433,6 +434,7 @@ def _tma_descriptors(q8: torch.Tensor, k8: torch.Tensor, vt8: torch.Tensor, tile
             TensorDescriptor.from_tensor(vt8.view(-1, vt8.shape[-1]), [head_dim, tiles.block_n]))
 
 
+@functools.lru_cache(maxsize=None)
 def default_variant(device: torch.device) -> Fp8Variant:
     """tiles.FP8_VARIANT (TMA loads) on a GPU of compute capability 9.0+ whose Triton has host tensor
     descriptors; FP8_VARIANT_WITHOUT_TMA elsewhere (Ada, the interpreter)."""

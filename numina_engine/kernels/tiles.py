@@ -37,11 +37,12 @@ ATTENTION_TILES: dict[str, dict[int, LaunchConfig]] = {
         128: LaunchConfig(block_m=128, block_n=128, num_warps=8, num_stages=2),
     },
     # e4m3 Q/K/V/P on the FP8 tensor cores (kernels/fp8_attention.py; BLOCK_M / BLOCK_N are also its
-    # quantisation blocks). 128: the fastest plain-loop tile of a first bench/fp8_attention.py --sweep on the
-    # H200 (commit 5d8cb73, kernel only, 2 x 32,760 x 12; that results file was replaced). In the second sweep
-    # (docs/results/fp8_attention_h200.json) this tile took 17.81 ms, TMA + warp_specialize 16.54 ms and
-    # 128/64/4/3 17.31 ms: not switched, their compiled variant tests did not pass on the GPU.
+    # quantisation blocks; keyed by the padded head size, fp8_attention.padded_head_dim: 32, 64 or 128).
+    # 128: the fastest tile of both H200 sweeps (docs/results/fp8_sweep_h200.json: 16.72 ms with TMA loads,
+    # FP8_VARIANT below). 32 and 64: not timed (no Wan2.1 model has such heads; the demo model's 48 is
+    # stored as 64).
     "fp8_attention": {
+        32: LaunchConfig(block_m=128, block_n=64, num_warps=4, num_stages=3),
         64: LaunchConfig(block_m=128, block_n=64, num_warps=4, num_stages=3),
         128: LaunchConfig(block_m=64, block_n=128, num_warps=4, num_stages=3),
     },
@@ -64,7 +65,7 @@ class Fp8Variant:
 
 
 # The variant fp8_attention runs unless told otherwise: Q/K/V tiles through TMA on Hopper and newer (sm_90+:
-# 16.72 ms vs 18.00 ms with pointer loads in the stop-20 sweep, docs/results/fp8_attention_h200.json; warp
+# 16.72 ms vs 18.00 ms with pointer loads in the stop-20 sweep, docs/results/fp8_sweep_h200.json; warp
 # specialisation on top 16.76 ms, float16 exp2 slower everywhere), pointer loads below (Ada has no TMA).
 FP8_VARIANT = Fp8Variant(tma=True)
 FP8_VARIANT_WITHOUT_TMA = Fp8Variant()
